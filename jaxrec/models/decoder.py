@@ -1,0 +1,97 @@
+"""The decoder LM (LLaMA and Qwen2 families) as a Flax Linen module.
+
+Layers run under ``nn.scan`` over stacked per-layer parameters, so a 30-layer
+model compiles one layer. The attention mask kind ("causal" or
+"bidirectional") is an argument of every call, not a property of the weights.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrec.models.config import DecoderConfig
+from jaxrec.models.layers import (
+    Attention,
+    Projection,
+    RMSNorm,
+    SwiGLU,
+    attention_mask_matrix,
+    positions_from_mask,
+    rope_tables,
+)
+
+
+class DecoderLayer(nn.Module):
+    config: DecoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        c = self.config
+        norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
+        attn = Attention(
+            c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, c.o_bias,
+            c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, name="attn",
+        )
+        x = x + attn(norm("input_norm")(x), cos, sin, mask)
+        x = x + SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, name="mlp")(norm("post_attn_norm")(x))
+        return x, None
+
+
+class Decoder(nn.Module):
+    """``apply({"params": p}, input_ids, attention_mask, mask="causal")`` -> logits.
+
+    ``output="hidden"`` returns the last layer's states after the final norm.
+    """
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        mask: str = "causal",
+        output: str = "logits",
+        deterministic: bool = True,
+    ) -> jax.Array:
+        c = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        embed = nn.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            name="embed",
+        )
+        x = embed(input_ids)
+        cos, sin = rope_tables(positions_from_mask(attention_mask), jnp.asarray(c.rope_inv_freq()))
+        attn_mask = attention_mask_matrix(attention_mask, mask)
+
+        layer = DecoderLayer
+        if c.remat:
+            layer = nn.remat(layer, prevent_cse=False)
+        layers = nn.scan(
+            layer,
+            variable_axes={True: 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c, deterministic, name="layers")
+        x, _ = layers(x, cos, sin, attn_mask)
+        x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
+        if output == "hidden":
+            return x
+        if output != "logits":
+            raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
+        if c.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Projection((c.vocab_size,), ("embed", "vocab"), 1, False, c.dtype, c.param_dtype, name="lm_head")(x)
+        return logits.astype(jnp.float32)

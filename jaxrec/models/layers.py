@@ -1,0 +1,169 @@
+"""Building blocks of the decoder: projections, RMSNorm, RoPE, attention, SwiGLU.
+
+Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
+``head_dim``, ``mlp``, ``vocab``) so a config can map them onto a device mesh.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MASK_KINDS = ("causal", "bidirectional")
+
+_init = nn.initializers.normal(stddev=0.02)
+
+
+class Projection(nn.Module):
+    """Contract the last ``contract_dims`` axes of the input with a kernel of
+    shape ``input_shape[-contract_dims:] + features``."""
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    contract_dims: int = 1
+    use_bias: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.contract_dims :]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_init, self.kernel_axes),
+            tuple(in_shape) + tuple(self.features),
+            self.param_dtype,
+        )
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract_dims)
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[self.contract_dims :]),
+                tuple(self.features),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back to the compute dtype before the scale."""
+
+    eps: float
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Position of every token counted from its row's first real token, so left
+    and right padding give real tokens the same positions as no padding."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [batch, length, head_dim] with float32 angles."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq.astype(jnp.float32)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Split-half rotation of x [batch, length, heads, head_dim]."""
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def attention_mask_matrix(attention_mask: jax.Array, kind: str) -> jax.Array:
+    """Boolean [batch, 1, query, key] mask from a [batch, length] padding mask.
+
+    Every query may see itself, so rows of padding never have an empty softmax;
+    real tokens never see padding.
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {MASK_KINDS}, got {kind!r}")
+    length = attention_mask.shape[-1]
+    visible = attention_mask.astype(bool)[:, None, None, :]
+    if kind == "causal":
+        visible = visible & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    return visible | jnp.eye(length, dtype=bool)[None, None]
+
+
+def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -> jax.Array:
+    """Reference attention with explicit softmax, used when attention dropout is on.
+
+    q [b, t, h, d], k/v [b, s, kv, d], mask [b, 1, t, s] -> [b, t, h, d].
+    """
+    groups = q.shape[2] // k.shape[2]
+    q = q.reshape(q.shape[:2] + (k.shape[2], groups, q.shape[-1]))
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v)
+    return out.reshape(out.shape[:2] + (-1, out.shape[-1]))
+
+
+class Attention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv_bias: bool
+    o_bias: bool
+    dropout_rate: float
+    deterministic: bool
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        def proj(name, features, axes, bias, contract=1):
+            return Projection(
+                features, axes, contract, bias, self.dtype, self.param_dtype, name=name
+            )
+
+        q = proj("q", (self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), self.qkv_bias)(x)
+        k = proj("k", (self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), self.qkv_bias)(x)
+        v = proj("v", (self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), self.qkv_bias)(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.dropout_rate > 0.0 and not self.deterministic:
+            out = dense_attention(
+                q, k, v, mask,
+                dropout_rate=self.dropout_rate,
+                dropout_rng=self.make_rng("dropout"),
+                dtype=self.dtype,
+            )
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        hidden = x.shape[-1]
+        return proj("o", (hidden,), ("heads", "head_dim", "embed"), self.o_bias, contract=2)(out)
+
+
+class SwiGLU(nn.Module):
+    intermediate_size: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        def proj(name, features, axes):
+            return Projection(features, axes, 1, False, self.dtype, self.param_dtype, name=name)
+
+        gate = proj("gate", (self.intermediate_size,), ("embed", "mlp"))(x)
+        up = proj("up", (self.intermediate_size,), ("embed", "mlp"))(x)
+        return proj("down", (x.shape[-1],), ("mlp", "embed"))(nn.silu(gate) * up)
+

@@ -1,0 +1,161 @@
+"""``load_lm``: a decoder LM with its weights and tokenizer, ready to call."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec import assets
+from jaxrec.data.bucketing import pad_rows, plan_batches
+from jaxrec.models.config import DecoderConfig, config_from_hf_dict, load_hf_config
+from jaxrec.models.convert import params_from_source
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import MASK_KINDS
+from jaxrec.models.pooling import POOLINGS, pool
+from jaxrec.models.sources import CheckpointError, GGUFSource, SafetensorsSource
+from jaxrec.models.tokenizer import has_tokenizer, tokenizer_from_dir, tokenizer_from_gguf
+from jaxrec.progress import progress_bar
+
+DTYPES = ("float32", "bfloat16")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mask", "output"))
+def _forward(model: Decoder, params, input_ids, attention_mask, mask: str, output: str):
+    return model.apply({"params": params}, input_ids, attention_mask, mask=mask, output=output)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mask", "pooling"))
+def _pooled(model: Decoder, params, input_ids, attention_mask, mask: str, pooling: str):
+    states = model.apply({"params": params}, input_ids, attention_mask, mask=mask, output="hidden")
+    return pool(states, attention_mask, pooling)
+
+
+class LM:
+    """A decoder LM: ``.config``, ``.params`` (a plain nested dict), ``.tokenizer``."""
+
+    def __init__(self, config: DecoderConfig, params: dict, tokenizer=None, source: str | None = None):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.source = source
+        self.model = Decoder(config)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"LM({c.model_type}, layers={c.num_layers}, hidden={c.hidden_size}, heads={c.num_heads}/"
+            f"{c.num_kv_heads}, vocab={c.vocab_size}, dtype={c.dtype}, source={self.source!r})"
+        )
+
+    def _inputs(self, input_ids, attention_mask, mask):
+        if mask not in MASK_KINDS:
+            raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return input_ids, jnp.asarray(attention_mask, jnp.int32)
+
+    def logits(self, input_ids, attention_mask=None, mask: str = "causal") -> jax.Array:
+        """Next-token logits [batch, length, vocab] in float32."""
+        ids, am = self._inputs(input_ids, attention_mask, mask)
+        return _forward(self.model, self.params, ids, am, mask=mask, output="logits")
+
+    def hidden_states(self, input_ids, attention_mask=None, mask: str = "causal") -> jax.Array:
+        """Last-layer states after the final norm, [batch, length, hidden]."""
+        ids, am = self._inputs(input_ids, attention_mask, mask)
+        return _forward(self.model, self.params, ids, am, mask=mask, output="hidden")
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{self.source}: this model has no tokenizer; pass tokenizer=PATH to load_lm "
+                "(an HF directory with tokenizer files, or a GGUF file)"
+            )
+        encoded = self.tokenizer(
+            list(texts), add_special_tokens=True, truncation=max_length is not None, max_length=max_length
+        )["input_ids"]
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"texts at positions {empty[:5]} produce no tokens (empty strings?)")
+        return encoded
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        pooling: str = "mean",
+        mask: str = "bidirectional",
+        batch_size: int = 64,
+        max_length: int | None = 512,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Pooled last-layer states, numpy float32 [len(texts), hidden].
+
+        Texts are sorted by token length and batched into a few padded shapes
+        (see :mod:`jaxrec.data.bucketing`); every batch has ``batch_size`` rows,
+        so the whole list compiles once per length bucket.
+        """
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if mask not in MASK_KINDS:
+            raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+        sequences = self.tokenize(texts, max_length)
+        batch_size = min(batch_size, len(sequences))
+        out = np.zeros((len(sequences), self.config.hidden_size), np.float32)
+        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        pending = None
+        with progress_bar("encoding", total=len(sequences), enabled=progress) as advance:
+            for batch in plan_batches([len(s) for s in sequences], batch_size) + [None]:
+                if batch is not None:
+                    ids, am = pad_rows(sequences, batch, batch_size, pad_id)
+                    result = _pooled(self.model, self.params, ids, am, mask=mask, pooling=pooling)
+                if pending is not None:  # collect the previous batch while this one runs
+                    done, values = pending
+                    out[done.indices] = np.asarray(values)[: len(done.indices)]
+                    advance(len(done.indices))
+                pending = None if batch is None else (batch, result)
+        return out
+
+
+def load_lm(
+    name_or_path: str | Path,
+    dtype: str = "float32",
+    *,
+    param_dtype: str | None = None,
+    tokenizer: str | Path | None = None,
+    attention_dropout: float | None = None,
+    remat: bool = False,
+) -> LM:
+    """Load a LLaMA / Qwen2 decoder from a named asset (``smollm2-135m``), an HF
+    model directory with safetensors, or a LLaMA GGUF file.
+
+    ``dtype`` is the compute dtype; parameters are kept in ``param_dtype``
+    (default: the same as ``dtype``).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    runtime = {"dtype": dtype, "param_dtype": param_dtype or dtype, "remat": remat}
+    path = assets.resolve_file(name_or_path)
+    if path.is_dir():
+        config = load_hf_config(path, **runtime)
+        source = SafetensorsSource(path)
+        tok = tokenizer_from_dir(path) if has_tokenizer(path) else None
+    elif path.suffix == ".gguf":
+        source = GGUFSource(path)
+        config = config_from_hf_dict(source.hf_config(), source=str(path), **runtime)
+        tok = tokenizer_from_gguf(path)
+    else:
+        raise CheckpointError(f"{path}: expected an HF model directory or a .gguf file")
+    if attention_dropout is not None:
+        config = config.replace(attention_dropout=attention_dropout)
+    params = params_from_source(config, source, origin=str(path))
+    if tokenizer is not None:
+        tok_path = assets.resolve_file(tokenizer)
+        tok = tokenizer_from_gguf(tok_path) if tok_path.suffix == ".gguf" else tokenizer_from_dir(tok_path)
+    return LM(config, params, tok, source=str(path))

@@ -1,0 +1,31 @@
+"""Sequence pooling over real (non-padding) tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+POOLINGS = ("mean", "last")
+
+
+def mean_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``states`` [batch, length, dim] over positions where ``mask`` is 1,
+    accumulated in float32."""
+    weights = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(states.astype(jnp.float32) * weights, axis=-2)
+    return total / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+
+
+def last_token_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
+    """State of each row's last real token; works for left and right padding."""
+    length = mask.shape[-1]
+    last = length - 1 - jnp.argmax(jnp.flip(mask.astype(jnp.int32), axis=-1), axis=-1)
+    return jnp.take_along_axis(states, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def pool(states: jax.Array, mask: jax.Array, how: str) -> jax.Array:
+    if how == "mean":
+        return mean_pool(states, mask)
+    if how == "last":
+        return last_token_pool(states, mask)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")

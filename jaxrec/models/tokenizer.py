@@ -1,0 +1,43 @@
+"""Tokenizers from an HF model directory or from a GGUF file.
+
+Building a tokenizer from GGUF metadata takes seconds, so the result is saved
+under ``$JAXREC_CACHE/tokenizers/<file sha256>`` and later loads read that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxrec.assets import cache_root
+from jaxrec.io import atomic_dir, sha256_file
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    return any((model_dir / name).exists() for name in _TOKENIZER_FILES)
+
+
+def tokenizer_from_dir(model_dir: str | Path):
+    transformers = _quiet_transformers()
+    return transformers.AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def tokenizer_from_gguf(gguf_path: str | Path, file_sha256: str | None = None):
+    gguf_path = Path(gguf_path)
+    digest = file_sha256 or sha256_file(gguf_path)
+    cached = cache_root() / "tokenizers" / digest[:24]
+    if has_tokenizer(cached):
+        return tokenizer_from_dir(cached)
+    transformers = _quiet_transformers()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with atomic_dir(cached) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return tokenizer
