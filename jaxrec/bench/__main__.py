@@ -1,0 +1,28 @@
+"""python -m jaxrec.bench BENCHMARK [options]; the last line printed is a JSON result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxrec.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    encode = sub.add_parser("encode", help="encode item titles: jaxrec vs transformers PyTorch eager")
+    encode.add_argument("--model", default="smollm2-135m")
+    encode.add_argument("--data", default="ml-100k")
+    encode.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
+    if args.bench == "encode":
+        from jaxrec.bench.encode import run
+
+        result = run(args.model, args.data, args.batch_size, log=log)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Typed run configuration: dataclasses filled from YAML (``safe_load`` only)
+plus ``key.path=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the key and
+list the valid ones; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    name: str = "smollm2-135m"
+    """A named asset (``smollm2-135m``), an HF model directory, or a LLaMA GGUF file."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tokenizer: str | None = None
+    """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
+
+
+@dataclasses.dataclass
+class DataSpec:
+    name: str = "ml-100k"
+    """A named dataset asset (``ml-100k``) or a directory with ``items.tsv`` or a RecBole ``.item`` file."""
+
+
+@dataclasses.dataclass
+class EncodeSpec:
+    pooling: Literal["mean", "last"] = "mean"
+    mask: Literal["bidirectional", "causal"] = "bidirectional"
+    batch_size: int = 64
+    max_length: int = 128
+
+    def __post_init__(self):
+        _require_positive(self, "batch_size", "max_length")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    task: Literal["encode"] = "encode"
+    run_dir: str | None = None
+    """Where outputs go; default ``runs/<task>-<timestamp>``."""
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
+
+
+def _require_positive(spec, *names: str) -> None:
+    for name in names:
+        if getattr(spec, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(spec, name)}")
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp, value: Any, key: str):
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, prefix=key + ".")
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp in (int, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+    else:
+        raise TypeError(f"config annotation {tp!r} of {key} is not supported")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def build(cls, data: Any, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from a mapping, checking every key and type."""
+    where = prefix.rstrip(".") or "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {prefix}{key!r}{hint}; valid keys under {where}: {', '.join(fields)}"
+            )
+    values = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
+    """Read a YAML config, apply overrides, and validate it into ``cls``."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return build(cls, tree)
+    except ConfigError as err:
+        origin = f"{path}" if path is not None else "config"
+        raise ConfigError(f"{origin}: {err}") from None
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

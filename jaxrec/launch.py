@@ -1,0 +1,77 @@
+"""Run a jaxrec task from a YAML config.
+
+    python -m jaxrec.launch --config configs/quickstart.yaml [--set key.path=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
+
+_EPILOG = """\
+tasks:
+  encode   embed every item title of a dataset with an LM; writes item_embeddings.npy,
+           item_ids.json and summary.json into the run directory
+
+examples:
+  python -m jaxrec.launch --config configs/quickstart.yaml
+  python -m jaxrec.launch --config configs/quickstart.yaml --set data.name=../shared/data/steam_100k
+  python -m jaxrec.launch --set model.name=/path/to/Qwen2-0.5B --set encode.batch_size=32 --print-config
+
+Named assets (model smollm2-135m, dataset ml-100k) are fetched once into $JAXREC_CACHE
+(default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxrec.launch",
+        description="Run a jaxrec task described by a YAML config.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file (omit to use every default)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set encode.batch_size=32 (repeatable; values are YAML)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+
+    from jaxrec.pipelines import TASKS
+
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    log = lambda message: print(f"[jaxrec {config.task}] {message}", file=sys.stderr, flush=True)
+    log(f"run directory: {run_dir}")
+    try:
+        TASKS[config.task](config, run_dir, log=log)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
