@@ -117,7 +117,7 @@ def build(cls, data: Any, prefix: str = ""):
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"unknown key {prefix}{key!r}{hint}; valid keys under {where}: {', '.join(fields)}"
+                f"unknown key '{prefix}{key}'{hint}; valid keys under {where}: {', '.join(fields)}"
             )
     values = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
     try:

@@ -244,8 +244,8 @@ class GGUFSource:
                 config[hf_key] = int(m[gguf_key])
         return config
 
-    def unknown_tensors(self) -> list[str]:
-        return list(self._unknown)
+    def has_tokenizer(self) -> bool:
+        return "tokenizer.ggml.model" in self.reader.fields
 
     def names(self) -> set[str]:
         return set(self._tensors) | set(self._unknown)

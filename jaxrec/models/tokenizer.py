@@ -6,6 +6,7 @@ under ``$JAXREC_CACHE/tokenizers/<file sha256>`` and later loads read that.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jaxrec.assets import cache_root
@@ -25,8 +26,17 @@ def has_tokenizer(model_dir: Path) -> bool:
     return any((model_dir / name).exists() for name in _TOKENIZER_FILES)
 
 
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def tokenizer_from_dir(model_dir: str | Path):
     transformers = _quiet_transformers()
+    config_path = Path(model_dir) / "tokenizer_config.json"
+    saved_class = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.exists() else None
+    if saved_class in _GENERIC_CLASSES:
+        # AutoTokenizer would follow config.json's model_type and rebuild a
+        # family tokenizer instead of the tokenizer.json that was saved.
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(model_dir))
     return transformers.AutoTokenizer.from_pretrained(str(model_dir))
 
 

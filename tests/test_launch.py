@@ -1,0 +1,94 @@
+"""``python -m jaxrec.launch``: the encode task end to end, its errors, and
+the README's quickstart on the real default assets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxrec
+from jaxrec import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+ITEMS = [("10", "toy story"), ("11", "star wars movie"), ("12", "space quest"), ("13", "call of duty game")]
+
+
+@pytest.fixture
+def tiny_run(tiny_checkpoints, tmp_path):
+    model_dir, _ = tiny_checkpoints("qwen2-tied")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in ITEMS))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: encode\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\nencode:\n  batch_size: 3\n")
+    return model_dir, data, config, tmp_path / "out"
+
+
+def test_encode_task_writes_embeddings_and_id_map(tiny_run, capsys):
+    model_dir, _, config, out = tiny_run
+    assert launch.main(["--config", str(config), "--set", f"run_dir={out}"]) == 0
+    embeddings = np.load(out / "item_embeddings.npy")
+    assert json.loads((out / "item_ids.json").read_text()) == [i for i, _ in ITEMS]
+    expected = jaxrec.load_lm(model_dir).encode([t for _, t in ITEMS], batch_size=3)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 4 and summary["dim"] == 64
+    assert "batch_size: 3" in (out / "config.yaml").read_text()
+
+
+def test_recbole_item_file_is_read(tiny_run):
+    _, data, config, out = tiny_run
+    (data / "items.tsv").unlink()
+    lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    lines += [f"{i}\t{t}\t1995\tAction Comedy" for i, t in ITEMS]
+    (data / "films.item").write_text("\n".join(lines) + "\n")
+    assert launch.main(["--config", str(config), "--set", f"run_dir={out}"]) == 0
+    assert np.load(out / "item_embeddings.npy").shape == (4, 64)
+
+
+def test_config_typo_exits_2_naming_the_key(tiny_run, capsys):
+    _, _, config, _ = tiny_run
+    assert launch.main(["--config", str(config), "--set", "encode.batch_sise=8"]) == 2
+    err = capsys.readouterr().err
+    assert "encode.batch_sise" in err and "did you mean 'batch_size'" in err
+
+
+def test_missing_data_is_a_clear_error(tiny_run, capsys):
+    _, _, config, out = tiny_run
+    assert launch.main(["--config", str(config), "--set", f"run_dir={out}", "--set", "data.name=/no/such/dir"]) == 1
+    assert "/no/such/dir" in capsys.readouterr().err
+
+
+def test_help_lists_tasks(capsys):
+    with pytest.raises(SystemExit) as info:
+        launch.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "encode" in out and "--set" in out and "JAXREC_CACHE" in out
+
+
+def test_print_config_shows_overrides(capsys):
+    assert launch.main(["--config", str(ROOT / "configs/quickstart.yaml"), "--set", "encode.batch_size=16", "--print-config"]) == 0
+    assert "batch_size: 16" in capsys.readouterr().out
+
+
+def test_quickstart_on_the_real_defaults(smollm2_gguf, ml100k_dir, tmp_path):
+    """The README's main job, as a user runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrec.launch", "--config", str(ROOT / "configs/quickstart.yaml"),
+         "--set", f"run_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "JAXREC_PROGRESS": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    embeddings = np.load(tmp_path / "item_embeddings.npy")
+    ids = json.loads((tmp_path / "item_ids.json").read_text())
+    assert embeddings.shape == (1682, 576) and len(ids) == 1682 and ids[0] == "1"
+    assert np.isfinite(embeddings).all()
+    cosine = embeddings @ embeddings.T / np.outer(*(2 * [np.linalg.norm(embeddings, axis=1)]))
+    assert cosine[0, 1:].max() < 0.9999  # titles get distinct vectors

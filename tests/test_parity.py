@@ -1,0 +1,117 @@
+"""jaxrec's decoder against transformers PyTorch on tiny random checkpoints of
+every supported architecture variant (float32)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import jaxrec
+from jaxrec.bench import torch_reference
+from jaxrec.models.config import load_hf_config
+from jaxrec.models.convert import params_to_hf
+from tests.conftest import VARIANTS, build_torch_model, random_ids
+
+ALL = sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_causal_logits_match_transformers(tiny_checkpoints, variant):
+    directory, torch_model = tiny_checkpoints(variant)
+    lm = jaxrec.load_lm(directory)
+    ids = random_ids(2, 24, seed=1)
+    expected = torch_reference.logits(torch_model, ids)
+    got = np.asarray(lm.logits(ids))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_bidirectional_states_match_transformers_without_causal_mask(tiny_checkpoints, variant):
+    directory, _ = tiny_checkpoints(variant)
+    torch_model = build_torch_model(variant)
+    torch_reference.make_bidirectional(torch_model)
+    lm = jaxrec.load_lm(directory)
+    ids = random_ids(2, 20, seed=2)
+    expected = torch_reference.hidden_states(torch_model, ids, bidirectional=True)
+    got = np.asarray(lm.hidden_states(ids, mask="bidirectional"))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    causal = np.asarray(lm.hidden_states(ids, mask="causal"))
+    assert np.abs(causal - expected)[:, :-1].max() > 1e-3, "bidirectional mask had no effect"
+
+
+@pytest.mark.parametrize("variant", ["llama-tied-gqa", "qwen2-untied"])
+@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_does_not_change_real_tokens(tiny_checkpoints, variant, mask, side):
+    directory, _ = tiny_checkpoints(variant)
+    lm = jaxrec.load_lm(directory)
+    lengths = [11, 6, 16]
+    width = 16
+    rows = [random_ids(1, n, seed=10 + n)[0] for n in lengths]
+    ids = np.zeros((len(rows), width), np.int32)
+    attention = np.zeros_like(ids)
+    for r, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[r, span] = row
+        attention[r, span] = 1
+    batched = np.asarray(lm.hidden_states(ids, attention, mask=mask))
+    for r, row in enumerate(rows):
+        alone = np.asarray(lm.hidden_states(row[None], mask=mask))[0]
+        real = attention[r].astype(bool)
+        np.testing.assert_allclose(batched[r][real], alone, atol=1e-5, rtol=0)
+
+
+def test_sharded_checkpoint_loads_the_same(tiny_checkpoints):
+    single, torch_model = tiny_checkpoints("llama-untied-mha")
+    sharded, _ = tiny_checkpoints("llama-untied-mha", max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    ids = random_ids(1, 12, seed=3)
+    a = np.asarray(jaxrec.load_lm(single).logits(ids))
+    b = np.asarray(jaxrec.load_lm(sharded).logits(ids))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_transformers4_rope_keys_give_the_same_config(tiny_checkpoints, tmp_path):
+    directory, _ = tiny_checkpoints("llama3-rope-scaling")
+    hf = json.loads((directory / "config.json").read_text())
+    rope = hf.pop("rope_parameters")
+    hf["rope_theta"] = rope.pop("rope_theta")
+    hf["rope_scaling"] = rope
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    old_style = load_hf_config(tmp_path)
+    new_style = load_hf_config(directory)
+    assert old_style == new_style
+    assert new_style.rope_scaling is not None and new_style.rope_theta == 500000.0
+
+
+def test_llama3_scaling_changes_frequencies(tiny_checkpoints):
+    config = load_hf_config(tiny_checkpoints("llama3-rope-scaling")[0])
+    plain = config.replace(rope_scaling=None)
+    assert not np.allclose(config.rope_inv_freq(), plain.rope_inv_freq())
+    # the slowest frequency's wavelength exceeds original_max / low_freq_factor: divided by factor
+    np.testing.assert_allclose(config.rope_inv_freq()[-1], plain.rope_inv_freq()[-1] / 8.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_conversion_table_round_trips_exactly(tiny_checkpoints, variant):
+    directory, _ = tiny_checkpoints(variant)
+    lm = jaxrec.load_lm(directory)
+    original = safetensors.numpy.load_file(str(directory / "model.safetensors"))
+    exported = dict(params_to_hf(lm.config, lm.params))
+    assert set(exported) == set(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_checkpoints):
+    directory, _ = tiny_checkpoints("qwen2-tied")
+    ids = random_ids(2, 16, seed=4)
+    full = np.asarray(jaxrec.load_lm(directory).hidden_states(ids))
+    half_lm = jaxrec.load_lm(directory, dtype="bfloat16")
+    half = np.asarray(half_lm.hidden_states(ids)).astype(np.float32)
+    assert half_lm.params["layers"]["attn"]["q"]["kernel"].dtype == "bfloat16"
+    assert np.abs(half - full).max() / np.abs(full).max() < 0.05

@@ -1,0 +1,77 @@
+"""Mask semantics on a randomly initialised decoder (no checkpoint needed)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.models.config import DecoderConfig
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import attention_mask_matrix, positions_from_mask
+
+CONFIG = DecoderConfig(
+    model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
+    num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
+)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = Decoder(CONFIG)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return model, nn.unbox(model.init(jax.random.key(0), ids))
+
+
+def _first_state(model, params, ids, mask):
+    return np.asarray(model.apply(params, jnp.asarray(ids), mask=mask, output="hidden"))[0, 0]
+
+
+def test_first_position_sees_the_last_token_only_when_bidirectional(model_and_params):
+    model, params = model_and_params
+    ids = np.array([[5, 9, 13, 17, 21, 25, 29, 33]])
+    changed = ids.copy()
+    changed[0, -1] = 40
+    causal = _first_state(model, params, ids, "causal"), _first_state(model, params, changed, "causal")
+    bidi = _first_state(model, params, ids, "bidirectional"), _first_state(model, params, changed, "bidirectional")
+    np.testing.assert_array_equal(causal[0], causal[1])
+    assert np.abs(bidi[0] - bidi[1]).max() > 1e-4
+
+
+def test_remat_gives_the_same_output(model_and_params):
+    model, params = model_and_params
+    ids = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+    plain = model.apply(params, ids, mask="bidirectional")
+    remat = Decoder(CONFIG.replace(remat=True)).apply(params, ids, mask="bidirectional")
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(remat), atol=1e-6)
+
+
+def test_attention_dropout_is_active_only_when_not_deterministic(model_and_params):
+    _, params = model_and_params
+    model = Decoder(CONFIG.replace(attention_dropout=0.5))
+    ids = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+    eval_out = model.apply(params, ids)
+    np.testing.assert_allclose(np.asarray(eval_out), np.asarray(Decoder(CONFIG).apply(params, ids)), atol=1e-5)
+    rngs = lambda seed: {"dropout": jax.random.key(seed)}
+    a = model.apply(params, ids, deterministic=False, rngs=rngs(1))
+    b = model.apply(params, ids, deterministic=False, rngs=rngs(2))
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_positions_count_from_the_first_real_token():
+    mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(positions_from_mask(mask))[0, 2:], [0, 1, 2])
+    np.testing.assert_array_equal(np.asarray(positions_from_mask(mask))[1, :3], [0, 1, 2])
+
+
+def test_mask_matrix_hides_padding_and_future():
+    mask = jnp.asarray([[0, 1, 1]])
+    causal = np.asarray(attention_mask_matrix(mask, "causal"))[0, 0]
+    bidi = np.asarray(attention_mask_matrix(mask, "bidirectional"))[0, 0]
+    np.testing.assert_array_equal(causal[1:, 1:], [[True, False], [True, True]])
+    np.testing.assert_array_equal(bidi[1:, 1:], [[True, True], [True, True]])
+    assert not causal[1:, 0].any() and not bidi[1:, 0].any()
+    with pytest.raises(ValueError, match="mask must be one of"):
+        attention_mask_matrix(mask, "prefix")
