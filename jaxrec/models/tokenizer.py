@@ -1,6 +1,6 @@
 """Tokenizers from an HF model directory or from a GGUF file.
 
-Building a tokenizer from GGUF metadata takes seconds, so the result is saved
+Building a tokenizer from GGUF metadata takes a few seconds, so the result is saved
 under ``$JAXREC_CACHE/tokenizers/<file sha256>`` and later loads read that.
 """
 
@@ -26,6 +26,9 @@ def has_tokenizer(model_dir: Path) -> bool:
     return any((model_dir / name).exists() for name in _TOKENIZER_FILES)
 
 
+# Bumped when the GGUF conversion changes, so stale cached tokenizers are not reused.
+_GGUF_TOKENIZER_VERSION = "v1"
+
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
@@ -41,13 +44,17 @@ def tokenizer_from_dir(model_dir: str | Path):
 
 
 def tokenizer_from_gguf(gguf_path: str | Path, file_sha256: str | None = None):
+    import gguf
+
+    from jaxrec.models.gguf_tokenizer import tokenizer_from_gguf_metadata
+
     gguf_path = Path(gguf_path)
     digest = file_sha256 or sha256_file(gguf_path)
-    cached = cache_root() / "tokenizers" / digest[:24]
+    cached = cache_root() / "tokenizers" / f"{digest[:24]}-{_GGUF_TOKENIZER_VERSION}"
     if has_tokenizer(cached):
         return tokenizer_from_dir(cached)
-    transformers = _quiet_transformers()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    _quiet_transformers()
+    tokenizer = tokenizer_from_gguf_metadata(gguf.GGUFReader(gguf_path), str(gguf_path))
     with atomic_dir(cached) as tmp:
         tokenizer.save_pretrained(str(tmp))
     return tokenizer
