@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxrec.models.layers import LoraSpec
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
@@ -58,7 +60,9 @@ class DecoderConfig:
     param_dtype: str = "float32"
     attention_dropout: float = 0.0
     remat: bool = False
-    scan_layers: bool = True
+    lora: LoraSpec | None = None
+    extra_tokens: int = 0
+    """New input-only token embeddings at ids vocab_size .. vocab_size + extra_tokens - 1."""
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

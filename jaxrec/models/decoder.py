@@ -33,10 +33,11 @@ class DecoderLayer(nn.Module):
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
         attn = Attention(
             c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, c.o_bias,
-            c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, name="attn",
+            c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, c.lora, name="attn",
         )
         x = x + attn(norm("input_norm")(x), cos, sin, mask)
-        x = x + SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, name="mlp")(norm("post_attn_norm")(x))
+        mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, name="mlp")
+        x = x + mlp(norm("post_attn_norm")(x))
         return x, None
 
 
@@ -69,7 +70,16 @@ class Decoder(nn.Module):
             param_dtype=c.param_dtype,
             name="embed",
         )
-        x = embed(input_ids)
+        x = embed(jnp.where(input_ids < c.vocab_size, input_ids, 0))
+        if c.extra_tokens:
+            extra = self.param(
+                "extra_embedding",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+                (c.extra_tokens, c.hidden_size),
+                c.param_dtype,
+            )
+            rows = jnp.clip(input_ids - c.vocab_size, 0, c.extra_tokens - 1)
+            x = jnp.where((input_ids >= c.vocab_size)[..., None], extra[rows].astype(x.dtype), x)
         cos, sin = rope_tables(positions_from_mask(attention_mask), jnp.asarray(c.rope_inv_freq()))
         attn_mask = attention_mask_matrix(attention_mask, mask)
 

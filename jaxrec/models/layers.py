@@ -6,6 +6,9 @@ Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,9 +18,30 @@ MASK_KINDS = ("causal", "bidirectional")
 _init = nn.initializers.normal(stddev=0.02)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters on the projections whose module name matches ``targets``."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "q|k|v|o|gate|up|down"
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+_lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's Linear default
+
+
 class Projection(nn.Module):
     """Contract the last ``contract_dims`` axes of the input with a kernel of
-    shape ``input_shape[-contract_dims:] + features``."""
+    shape ``input_shape[-contract_dims:] + features``.
+
+    With a matching ``lora`` spec, a low-rank update ``x A B * alpha / rank`` is
+    added; A and B live in the ``lora`` variable collection, B starts at zero.
+    """
 
     features: tuple[int, ...]
     kernel_axes: tuple[str, ...]
@@ -25,14 +49,16 @@ class Projection(nn.Module):
     use_bias: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
+    lora: LoraSpec | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        in_shape = x.shape[-self.contract_dims :]
+        in_shape = tuple(x.shape[-self.contract_dims :])
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(_init, self.kernel_axes),
-            tuple(in_shape) + tuple(self.features),
+            in_shape + tuple(self.features),
             self.param_dtype,
         )
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract_dims)
@@ -44,7 +70,23 @@ class Projection(nn.Module):
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
+        if self.lora is not None and re.fullmatch(self.lora.targets, self.name or ""):
+            y = y + self._lora_update(x, in_shape)
         return y
+
+    def _lora_update(self, x: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
+        spec = self.lora
+        in_axes = self.kernel_axes[: self.contract_dims]
+        out_axes = self.kernel_axes[self.contract_dims :]
+        a_init = nn.with_logical_partitioning(_lora_a_init, in_axes + ("lora_rank",))
+        b_init = nn.with_logical_partitioning(nn.initializers.zeros, ("lora_rank",) + out_axes)
+        # the rng is drawn only when the variable is created (init), never in apply
+        a = self.variable("lora", "a", lambda: a_init(self.make_rng("params"), in_shape + (spec.rank,), jnp.float32))
+        b = self.variable("lora", "b", lambda: b_init(self.make_rng("params"), (spec.rank,) + tuple(self.features), jnp.float32))
+        a, b = a.value, b.value
+        x = nn.Dropout(spec.dropout, deterministic=self.deterministic)(x)
+        low = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), axes=self.contract_dims)
+        return jnp.tensordot(low, b.astype(self.dtype), axes=1) * spec.scale
 
 
 class RMSNorm(nn.Module):
@@ -128,12 +170,13 @@ class Attention(nn.Module):
     deterministic: bool
     dtype: str = "float32"
     param_dtype: str = "float32"
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x, cos, sin, mask):
         def proj(name, features, axes, bias, contract=1):
             return Projection(
-                features, axes, contract, bias, self.dtype, self.param_dtype, name=name
+                features, axes, contract, bias, self.dtype, self.param_dtype, self.lora, self.deterministic, name=name
             )
 
         q = proj("q", (self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), self.qkv_bias)(x)
@@ -157,11 +200,15 @@ class SwiGLU(nn.Module):
     intermediate_size: int
     dtype: str = "float32"
     param_dtype: str = "float32"
+    lora: LoraSpec | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x):
         def proj(name, features, axes):
-            return Projection(features, axes, 1, False, self.dtype, self.param_dtype, name=name)
+            return Projection(
+                features, axes, 1, False, self.dtype, self.param_dtype, self.lora, self.deterministic, name=name
+            )
 
         gate = proj("gate", (self.intermediate_size,), ("embed", "mlp"))(x)
         up = proj("up", (self.intermediate_size,), ("embed", "mlp"))(x)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrec.models.layers import positions_from_mask
+
 POOLINGS = ("mean", "last")
 
 
-def mean_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
+def mean_pool(states: jax.Array, mask: jax.Array, skip: jax.Array | None = None) -> jax.Array:
     """Mean of ``states`` [batch, length, dim] over positions where ``mask`` is 1,
-    accumulated in float32."""
-    weights = mask.astype(jnp.float32)[..., None]
+    accumulated in float32. ``skip`` [batch] leaves out that many leading real
+    tokens of each row (an instruction prefix)."""
+    keep = mask.astype(bool)
+    if skip is not None:
+        keep &= positions_from_mask(mask) >= skip[:, None]
+    weights = keep.astype(jnp.float32)[..., None]
     total = jnp.sum(states.astype(jnp.float32) * weights, axis=-2)
     return total / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
 

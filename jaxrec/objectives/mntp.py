@@ -1,0 +1,45 @@
+"""MNTP: masked next-token prediction with bidirectional attention.
+
+A rate of the real tokens is chosen (special tokens, padding and each row's
+first real token never: nothing precedes it to predict it from). Of the chosen,
+80% become the mask token, 10% a random token and 10% stay unchanged. The
+logit at position i-1 predicts the original token at i, which keeps the
+pretrained LM head meaningful.
+
+Batch: ``input_ids``, ``attention_mask`` [batch, length]. ``mask_tokens`` adds
+``labels`` (original ids) and ``label_mask``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.objectives.csft import next_token_loss
+
+
+def mask_tokens(
+    rng: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    rate: float,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: tuple[int, ...] = (),
+) -> tuple[jax.Array, jax.Array]:
+    """Returns (corrupted input ids, label mask)."""
+    real = attention_mask.astype(bool)
+    first_real = jnp.cumsum(real.astype(jnp.int32), axis=-1) == 1
+    eligible = real & ~first_real & ~jnp.isin(input_ids, jnp.asarray(special_ids, input_ids.dtype))
+    choose_key, kind_key, random_key = jax.random.split(rng, 3)
+    chosen = eligible & jax.random.bernoulli(choose_key, rate, input_ids.shape)
+    kind = jax.random.uniform(kind_key, input_ids.shape)
+    random_tokens = jax.random.randint(random_key, input_ids.shape, 0, vocab_size, input_ids.dtype)
+    corrupted = jnp.where(kind < 0.8, mask_token_id, jnp.where(kind < 0.9, random_tokens, input_ids))
+    return jnp.where(chosen, corrupted, input_ids), chosen
+
+
+def masked_next_token_loss(logits: jax.Array, labels: jax.Array, label_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss of predicting ``labels`` at masked positions from the logit one to the left."""
+    return next_token_loss(logits, labels, label_mask)

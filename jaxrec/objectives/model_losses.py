@@ -1,0 +1,110 @@
+"""Objectives bound to the decoder: each ``make_*`` returns
+``(init_params, loss)`` where ``init_params(rng)`` gives the objective's own
+trainable parameters (a learnable temperature, heads; often none) and
+``loss(variables, objective_params, batch, rng) -> (loss, metrics)``.
+
+Batches (all int32 [batch, length] unless noted):
+- csft: input_ids, attention_mask, target_mask;
+- mntp: input_ids, attention_mask;
+- contrastive: input_ids, attention_mask (one row per item; the two views are
+  made here, by dropout or by token masking);
+- scft: view_a_ids, view_a_mask, view_b_ids, view_b_mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.pooling import mean_pool
+from jaxrec.objectives import contrastive, csft, mntp, scft
+
+
+@dataclasses.dataclass
+class MaskingSpec:
+    rate: float = 0.2
+    mask_token_id: int | None = None
+    """Token used for [MASK]; default: the tokenizer's mask, else its pad/eos token."""
+
+
+@dataclasses.dataclass
+class ContrastiveSpec:
+    temperature: float = 0.1
+    views: Literal["dropout", "masking"] = "dropout"
+    symmetric: bool = False
+
+
+def _apply(model: Decoder, variables, ids, mask, kind: str, output: str, rng):
+    return model.apply(
+        variables, ids, mask, mask=kind, output=output, deterministic=False, rngs={"dropout": rng}
+    )
+
+
+def _no_params(rng):
+    return {}
+
+
+def make_csft(model: Decoder):
+    def loss(variables, _, batch, rng):
+        logits = _apply(model, variables, batch["input_ids"], batch["attention_mask"], "causal", "logits", rng)
+        value, count = csft.next_token_loss(logits, batch["input_ids"], batch["target_mask"])
+        return value, {"tokens": count}
+
+    return _no_params, loss
+
+
+def make_mntp(model: Decoder, spec: MaskingSpec, mask_token_id: int, special_ids: tuple[int, ...]):
+    vocab = model.config.vocab_size
+
+    def loss(variables, _, batch, rng):
+        mask_rng, dropout_rng = jax.random.split(rng)
+        corrupted, label_mask = mntp.mask_tokens(
+            mask_rng, batch["input_ids"], batch["attention_mask"], rate=spec.rate,
+            mask_token_id=mask_token_id, vocab_size=vocab, special_ids=special_ids,
+        )
+        logits = _apply(model, variables, corrupted, batch["attention_mask"], "bidirectional", "logits", dropout_rng)
+        value, count = mntp.masked_next_token_loss(logits, batch["input_ids"], label_mask)
+        return value, {"masked_tokens": count}
+
+    return _no_params, loss
+
+
+def make_contrastive(
+    model: Decoder, spec: ContrastiveSpec, masking: MaskingSpec, mask_token_id: int, special_ids: tuple[int, ...]
+):
+    vocab = model.config.vocab_size
+
+    def embed(variables, ids, mask, rng):
+        view_rng, dropout_rng = jax.random.split(rng)
+        if spec.views == "masking":
+            ids, _ = mntp.mask_tokens(
+                view_rng, ids, mask, rate=masking.rate, mask_token_id=mask_token_id,
+                vocab_size=vocab, special_ids=special_ids,
+            )
+        states = _apply(model, variables, ids, mask, "bidirectional", "hidden", dropout_rng)
+        return mean_pool(states, mask)
+
+    def loss(variables, _, batch, rng):
+        rng_a, rng_b = jax.random.split(rng)
+        a = embed(variables, batch["input_ids"], batch["attention_mask"], rng_a)
+        b = embed(variables, batch["input_ids"], batch["attention_mask"], rng_b)
+        return contrastive.info_nce(a, b, spec.temperature, spec.symmetric), {}
+
+    return _no_params, loss
+
+
+def make_scft(model: Decoder, normalize: bool = True):
+    def init_params(rng):
+        return {"tau": jnp.asarray(scft.TAU_INIT, jnp.float32)}
+
+    def loss(variables, params, batch, rng):
+        rng_a, rng_b = jax.random.split(rng)
+        x = mean_pool(_apply(model, variables, batch["view_a_ids"], batch["view_a_mask"], "bidirectional", "hidden", rng_a), batch["view_a_mask"])
+        y = mean_pool(_apply(model, variables, batch["view_b_ids"], batch["view_b_mask"], "bidirectional", "hidden", rng_b), batch["view_b_mask"])
+        return scft.soft_clip_loss(x, y, params["tau"], normalize), {"tau": params["tau"]}
+
+    return init_params, loss

@@ -1,0 +1,116 @@
+"""Assembles a training run's device state: shard the model's variables by
+their logical axes, split them into trainable and frozen, add the objective's
+own parameters, initialise the optimizer sharded, and jit the step once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import LoraSpec
+from jaxrec.train import mesh as mesh_lib
+from jaxrec.train.partition import combine, split, trainable_patterns
+from jaxrec.train.step import init_state, jit_train_step, make_eval_step, make_train_step, shardings_of
+
+
+@dataclasses.dataclass
+class TrainableSpec:
+    mode: Literal["lora", "full", "subtrees"] = "lora"
+    subtrees: list[str] = dataclasses.field(default_factory=list)
+    """Regular expressions over variable paths (e.g. ``params/extra_embedding``) for mode 'subtrees'."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "q|k|v|o|gate|up|down"
+
+    def lora_spec(self) -> LoraSpec | None:
+        if self.mode != "lora":
+            return None
+        return LoraSpec(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+
+    def patterns(self) -> tuple[str, ...]:
+        return trainable_patterns(self.mode, self.subtrees)
+
+
+def _logical_specs(model: Decoder):
+    abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32)), jax.random.key(0))
+    return nn.unbox(abstract), nn.get_partition_spec(abstract)
+
+
+def place_variables(model: Decoder, params: dict, mesh: Mesh, rules: dict, rng: jax.Array) -> dict:
+    """The model's variables on the mesh: the given ``params`` moved to their
+    shardings, and every other collection (LoRA) freshly initialised sharded."""
+    abstract, logical = _logical_specs(model)
+    shardings = mesh_lib.tree_shardings(abstract, logical, mesh, rules)
+    variables = {"params": jax.device_put(params, shardings["params"])}
+    others = {k: v for k, v in shardings.items() if k != "params"}
+    if others:
+        init_others = lambda r: {
+            k: v for k, v in nn.unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))).items() if k != "params"
+        }
+        variables.update(jax.jit(init_others, out_shardings=others)(rng))
+    return variables
+
+
+class Engine:
+    """Device state and compiled steps of one training run."""
+
+    def __init__(
+        self,
+        model: Decoder,
+        variables: dict,
+        objective: tuple[Callable, Callable],
+        patterns: tuple[str, ...],
+        optimizer: optax.GradientTransformation,
+        mesh: Mesh,
+        seed: int = 0,
+    ):
+        self.model, self.mesh = model, mesh
+        init_objective, objective_loss = objective
+        self.base_rng = jax.random.key(seed)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        model_trainable, model_frozen = split(variables, patterns)
+        objective_params = jax.device_put(init_objective(jax.random.fold_in(self.base_rng, 1)), replicated)
+        self.frozen = {"model": model_frozen}
+
+        def loss_fn(trainable, frozen, batch, rng):
+            merged = combine(trainable["model"], frozen["model"])
+            return objective_loss(merged, trainable["objective"], batch, rng)
+
+        self.state = init_state({"model": model_trainable, "objective": objective_params}, optimizer)
+        self.batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+        self.step_fn = jit_train_step(
+            make_train_step(loss_fn, optimizer), shardings_of(self.state), shardings_of(self.frozen),
+            self.batch_sharding, mesh,
+        )
+        self.eval_fn = jax.jit(make_eval_step(loss_fn), out_shardings=replicated)
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assemble this process's rows into arrays sharded over the mesh."""
+        return {
+            key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(value))
+            for key, value in local_batch.items()
+        }
+
+    def train_step(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        self.state, metrics = self.step_fn(self.state, self.frozen, self.global_batch(local_batch), self.base_rng)
+        return metrics
+
+    def evaluate(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return self.eval_fn(self.state, self.frozen, self.global_batch(local_batch), self.base_rng)
+
+    def variables(self) -> dict:
+        """The model's full variables (trainable merged back into frozen)."""
+        return combine(self.state.trainable["model"], self.frozen["model"])

@@ -1,0 +1,97 @@
+"""Device mesh with axes (data, fsdp, tensor) and logical-axis sharding rules.
+
+Parameters carry logical axis names; rules map each onto mesh axes. A mesh
+axis that does not divide a dimension is dropped for that dimension (the
+dimension is replicated), so e.g. 3 KV heads still run on tensor=2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("lora_rank", None),
+)
+
+
+@dataclasses.dataclass
+class MeshSpec:
+    data: int = -1
+    """Devices along the data axis; -1 takes every device not used by fsdp and tensor."""
+    fsdp: int = 1
+    tensor: int = 1
+    rules: list[list[str]] | None = None
+    """Logical-axis rules as [[logical, mesh axis or null], ...]; default: DEFAULT_RULES."""
+
+
+def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    data = spec.data if spec.data != -1 else len(devices) // (spec.fsdp * spec.tensor)
+    shape = (data, spec.fsdp, spec.tensor)
+    if math.prod(shape) != len(devices) or data < 1:
+        raise ValueError(
+            f"mesh data={spec.data}, fsdp={spec.fsdp}, tensor={spec.tensor} does not fit {len(devices)} devices"
+        )
+    axis_types = (jax.sharding.AxisType.Auto,) * 3  # sharding propagates from the annotated inputs
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def rules_of(spec: MeshSpec) -> dict[str, tuple[str, ...]]:
+    pairs = DEFAULT_RULES if spec.rules is None else [tuple(r) for r in spec.rules]
+    table = {}
+    for logical, target in pairs:
+        if target is None:
+            table[logical] = ()
+        else:
+            table[logical] = (target,) if isinstance(target, str) else tuple(target)
+        unknown = [a for a in table[logical] if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"sharding rule for {logical!r} names unknown mesh axes {unknown}; use {MESH_AXES}")
+    return table
+
+
+def physical_spec(shape: Sequence[int], logical: Sequence[str | None], mesh: Mesh, rules: dict) -> PartitionSpec:
+    """Mesh axes for each dimension; axes that do not divide it or are already
+    used by an earlier dimension are left out."""
+    used: set[str] = set()
+    out = []
+    for size, name in zip(shape, logical):
+        axes = []
+        for axis in rules.get(name, ()) if name is not None else ():
+            span = math.prod(mesh.shape[a] for a in axes + [axis])
+            if axis not in used and size % span == 0:
+                axes.append(axis)
+        used.update(axes)
+        out.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
+    return PartitionSpec(*out)
+
+
+def tree_shardings(abstract, logical_specs, mesh: Mesh, rules: dict):
+    """NamedShardings for a tree of arrays given their logical PartitionSpecs."""
+    return jax.tree.map(
+        lambda leaf, spec: NamedSharding(mesh, physical_spec(leaf.shape, tuple(spec), mesh, rules)),
+        abstract,
+        logical_specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def batch_sharding(mesh: Mesh, rules: dict, batch_size: int, ndim: int) -> NamedSharding:
+    spec = physical_spec((batch_size,), ("batch",), mesh, rules)
+    return NamedSharding(mesh, PartitionSpec(*(tuple(spec) + (None,) * (ndim - 1))))

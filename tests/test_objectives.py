@@ -1,0 +1,122 @@
+"""Every loss against a numpy reference on small hand-built batches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.models.pooling import last_token_pool, mean_pool
+from jaxrec.objectives import contrastive, csft, distill, mntp, scft
+
+RNG = np.random.default_rng(0)
+
+
+def _log_softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_next_token_loss_counts_only_target_tokens():
+    logits = RNG.normal(size=(2, 5, 7)).astype(np.float32)
+    ids = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    target = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 0]])
+    logp = _log_softmax(logits)
+    terms = [-logp[b, t - 1, ids[b, t]] for b in range(2) for t in range(1, 5) if target[b, t]]
+    loss, count = csft.next_token_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(target))
+    assert int(count) == 4
+    np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-6)
+
+
+def test_mntp_masking_statistics_and_special_tokens():
+    batch, length = 64, 64
+    ids = RNG.integers(10, 100, size=(batch, length)).astype(np.int32)
+    ids[:, 5] = 2  # a special token in every row
+    attention = np.ones_like(ids)
+    attention[:, :8] = 0  # left padding
+    chosen_total, eligible_total = 0, 0
+    kinds = np.zeros(3)
+    for seed in range(40):
+        corrupted, chosen = mntp.mask_tokens(
+            jax.random.key(seed), jnp.asarray(ids), jnp.asarray(attention),
+            rate=0.2, mask_token_id=1, vocab_size=100, special_ids=(2,),
+        )
+        corrupted, chosen = np.asarray(corrupted), np.asarray(chosen)
+        assert not chosen[:, :9].any(), "padding, the special token and the first real token are never chosen"
+        np.testing.assert_array_equal(corrupted[~chosen], ids[~chosen])
+        chosen_total += chosen.sum()
+        eligible_total += batch * (length - 9)
+        kinds += [(corrupted[chosen] == 1).sum(), (corrupted[chosen] == ids[chosen]).sum(), 0]
+    rate = chosen_total / eligible_total
+    assert abs(rate - 0.2) < 0.01
+    assert abs(kinds[0] / chosen_total - 0.8) < 0.02
+    # unchanged: 10% kept + the ~1% of random replacements that draw the same id
+    assert abs(kinds[1] / chosen_total - 0.1) < 0.02
+
+
+def test_masked_next_token_loss_uses_the_logit_to_the_left():
+    logits = RNG.normal(size=(1, 4, 6)).astype(np.float32)
+    labels = np.array([[3, 1, 4, 1]])
+    label_mask = np.array([[False, False, True, False]])
+    loss, _ = mntp.masked_next_token_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(label_mask))
+    np.testing.assert_allclose(float(loss), -_log_softmax(logits)[0, 1, 4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_info_nce_matches_numpy(symmetric):
+    a, b = RNG.normal(size=(6, 8)), RNG.normal(size=(6, 8))
+    logits = _normalize(a) @ _normalize(b).T / 0.1
+    forward = -np.mean(np.diag(_log_softmax(logits, axis=1)))
+    backward = -np.mean(np.diag(_log_softmax(logits.T, axis=1)))
+    expected = (forward + backward) / 2 if symmetric else forward
+    got = contrastive.info_nce(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 0.1, symmetric)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_soft_clip_loss_matches_numpy():
+    x, y = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))
+    tau = 3.0
+    xn, yn = _normalize(x), _normalize(y)
+    logits = xn @ yn.T / tau
+    sim = (xn @ xn.T + yn @ yn.T) / 2 * tau
+    targets = np.exp(_log_softmax(sim, axis=1))
+    forward = -(targets * _log_softmax(logits, axis=1)).sum(1)
+    backward = -(targets.T * _log_softmax(logits.T, axis=1)).sum(1)
+    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(tau))
+    np.testing.assert_allclose(float(got), np.mean((forward + backward) / 2), rtol=1e-5)
+    grad = jax.grad(lambda t: scft.soft_clip_loss(jnp.asarray(x), jnp.asarray(y), t))(jnp.float32(3.0))
+    assert np.isfinite(grad) and grad != 0.0, "tau must be learnable"
+
+
+def test_sequence_distillation_parts_match_numpy():
+    user, teacher = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
+    items = RNG.normal(size=(4, 5, 3))
+    scores = np.einsum("bd,bnd->bn", user, items)
+    retrieval = -np.mean(_log_softmax(scores, axis=1)[:, 0])
+    distillation = np.mean(np.sum((_normalize(user) - _normalize(teacher)) ** 2, axis=1))
+    z = _normalize(user)
+    pairs = [np.exp(-2 * np.sum((z[a] - z[b]) ** 2)) for a in range(4) for b in range(4) if a != b]
+    uniformity = np.log(np.mean(pairs))
+    total, parts = distill.sequence_distillation_loss(
+        jnp.asarray(user), jnp.asarray(items), jnp.asarray(teacher), distillation_weight=0.5, uniformity_weight=2.0
+    )
+    np.testing.assert_allclose(float(parts["retrieval"]), retrieval, rtol=1e-5)
+    np.testing.assert_allclose(float(parts["distillation"]), distillation, rtol=1e-5)
+    np.testing.assert_allclose(float(parts["uniformity"]), uniformity, rtol=1e-5)
+    np.testing.assert_allclose(float(total), retrieval + 0.5 * distillation + 2.0 * uniformity, rtol=1e-5)
+
+
+def test_pooling_over_real_tokens_with_a_skipped_prefix():
+    states = RNG.normal(size=(2, 5, 3)).astype(np.float32)
+    mask = np.array([[0, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    np.testing.assert_allclose(np.asarray(mean_pool(jnp.asarray(states), jnp.asarray(mask))),
+                               [states[0, 1:].mean(0), states[1, :3].mean(0)], rtol=1e-6)
+    skipped = mean_pool(jnp.asarray(states), jnp.asarray(mask), skip=jnp.asarray([2, 1]))
+    np.testing.assert_allclose(np.asarray(skipped), [states[0, 3:].mean(0), states[1, 1:3].mean(0)], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(last_token_pool(jnp.asarray(states), jnp.asarray(mask))),
+                               [states[0, 4], states[1, 2]], rtol=1e-6)

@@ -1,0 +1,48 @@
+"""Small training setups shared by the training tests and their subprocess scripts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import LoraSpec
+from jaxrec.objectives import model_losses
+from jaxrec.train import mesh as mesh_lib
+from jaxrec.train.engine import Engine, place_variables
+from jaxrec.train.optim import OptimizerSpec, make_optimizer
+
+LORA = LoraSpec(rank=4, alpha=8.0, dropout=0.0)
+
+
+def title_batches(steps: int, batch: int = 8, length: int = 12, seed: int = 0, vocab: int = 128):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        ids = rng.integers(3, vocab, size=(batch, length)).astype(np.int32)
+        lengths = rng.integers(4, length + 1, size=batch)
+        mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+        out.append({"input_ids": ids * mask + 2 * (1 - mask), "attention_mask": mask})
+    return out
+
+
+def build_engine(lm, objective: str, mesh_spec=None, devices=None, mode="lora", lr=5e-3, total_steps=100,
+                 dropout=0.0):
+    config = lm.config.replace(lora=LORA if mode == "lora" else None, attention_dropout=dropout)
+    model = Decoder(config)
+    mesh = mesh_lib.make_mesh(mesh_spec or mesh_lib.MeshSpec(data=1), devices)
+    rules = mesh_lib.rules_of(mesh_lib.MeshSpec())
+    import jax
+
+    variables = place_variables(model, lm.params, mesh, rules, jax.random.key(0))
+    masking = model_losses.MaskingSpec(rate=0.3)
+    if objective == "mntp":
+        bound = model_losses.make_mntp(model, masking, mask_token_id=1, special_ids=(0, 1, 2))
+    elif objective == "contrastive":
+        bound = model_losses.make_contrastive(
+            model, model_losses.ContrastiveSpec(temperature=0.1, views="masking"), masking, 1, (0, 1, 2)
+        )
+    else:
+        raise ValueError(objective)
+    patterns = ("^lora/",) if mode == "lora" else ("^params/",)
+    optimizer = make_optimizer(OptimizerSpec(learning_rate=lr, decay="constant"), total_steps)
+    return Engine(model, variables, bound, patterns, optimizer, mesh, seed=0)
