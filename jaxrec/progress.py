@@ -20,10 +20,13 @@ def _enabled() -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None, enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n)``; shows a bar with count, elapsed time and ETA."""
+def progress_bar(
+    description: str, total: int | None, enabled: bool | None = None, completed: int = 0
+) -> Iterator[Callable[..., None]]:
+    """Yields ``advance(n=1, status=None)``; shows a bar with count, elapsed
+    time, ETA and an optional status text (loss, throughput)."""
     if not (_enabled() if enabled is None else enabled):
-        yield lambda n=1: None
+        yield lambda n=1, status=None: None
         return
     columns = [
         TextColumn("{task.description}"),
@@ -31,7 +34,12 @@ def progress_bar(description: str, total: int | None, enabled: bool | None = Non
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
     ]
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        task = progress.add_task(description, total=total, completed=completed, status="")
+
+        def advance(n: int = 1, status: str | None = None) -> None:
+            progress.update(task, advance=n, **({"status": status} if status is not None else {}))
+
+        yield advance

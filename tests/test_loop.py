@@ -1,0 +1,111 @@
+"""The training loop: exact resume after SIGKILL, the non-finite-loss guard,
+early stopping, metrics files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.data.batches import ShuffledBatches
+from jaxrec.train import mesh as mesh_lib
+from jaxrec.train.checkpoint import Checkpointer, ResumeError
+from jaxrec.train.engine import Engine
+from jaxrec.train.loop import LoopSpec, TrainingDiverged, train
+from jaxrec.train.optim import OptimizerSpec, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(model_dir, run_dir, steps, kill_at=None):
+    args = [sys.executable, "-m", "tests.resume_script", str(model_dir), str(run_dir), str(steps)]
+    if kill_at is not None:
+        args.append(str(kill_at))
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "JAXREC_PROGRESS": "0"})
+
+
+def test_sigkilled_run_resumes_to_the_same_parameters(tiny_checkpoints, tmp_path):
+    model_dir, _ = tiny_checkpoints("llama-tied-gqa")
+    straight = _run(model_dir, tmp_path / "straight", 10)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = _run(model_dir, tmp_path / "resumed", 10, kill_at=7)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    saved = Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step()
+    assert saved in (4, 6)  # the step-6 save may still have been in flight when killed
+    resumed = _run(model_dir, tmp_path / "resumed", 10)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint" in resumed.stdout
+
+    consumed = json.loads((tmp_path / "resumed" / "consumed.jsonl").read_text().splitlines()[-1])
+    assert consumed == list(range(saved, 10))  # the batches the uninterrupted run used for those steps
+    a, b = np.load(tmp_path / "straight" / "final.npz"), np.load(tmp_path / "resumed" / "final.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def _toy_engine(lr=0.1):
+    """A one-parameter-vector 'model' whose loss is (w . x)^2."""
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshSpec(data=1), jax.devices()[:1])
+    loss = lambda variables, _, batch, rng: (jnp.mean((batch["x"] @ variables["params"]["w"]) ** 2), {})
+    variables = {"params": {"w": jnp.ones(3)}}
+    return Engine(None, variables, (lambda r: {}, loss), ("^params/",), make_optimizer(OptimizerSpec(lr, clip_norm=None), 100), mesh)
+
+
+def _toy_data(values, nan_at=None):
+    def make(idx):
+        x = values[idx].copy()
+        return {"x": x}
+
+    data = ShuffledBatches(len(values), 1, make, seed=0)
+    if nan_at is not None:
+        original = data.make_batch
+        data.make_batch = lambda idx: {"x": np.full((1, 3), np.nan, np.float32)} if data.position == nan_at else original(idx)
+    return data
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    engine = _toy_engine()
+    with pytest.raises(TrainingDiverged, match=r"step 6.*Last good checkpoint: step 4"):
+        train(engine, _toy_data(values, nan_at=5), LoopSpec(steps=10, log_every=1, save_every=2), tmp_path, {"m": 1})
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.latest_step() == 4
+    state, _ = checkpoints.restore(_toy_engine().state, {"m": 1})
+    assert np.isfinite(np.asarray(state.trainable["model"]["params"]["w"])).all()
+    checkpoints.close()
+
+
+def test_resume_refuses_another_base(tmp_path):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    train(_toy_engine(), _toy_data(values), LoopSpec(steps=2, save_every=2), tmp_path, {"model": "a", "sha256": "1"})
+    with pytest.raises(ResumeError, match="was made for"):
+        train(_toy_engine(), _toy_data(values), LoopSpec(steps=4, save_every=2), tmp_path, {"model": "b", "sha256": "2"})
+
+
+def test_early_stopping_and_metrics_files(tmp_path):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    engine = _toy_engine(lr=1e-12)  # float32 weights cannot move: validation never improves
+    held_out = [{"x": values[:4]}]
+    summary = train(
+        engine, _toy_data(values), LoopSpec(steps=50, log_every=5, save_every=0, eval_every=5, patience=2),
+        tmp_path, {"m": 1}, eval_batches=lambda: held_out,
+    )
+    assert summary["stopped_early"] and summary["steps"] < 50
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "validation"}
+    assert all("loss" in r and "tokens_per_s" in r for r in rows if r["split"] == "train")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "validation/loss"} <= set(events.Tags()["scalars"])
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == summary["steps"]
