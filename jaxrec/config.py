@@ -16,6 +16,12 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
+from jaxrec.train.engine import TrainableSpec
+from jaxrec.train.loop import LoopSpec
+from jaxrec.train.mesh import MeshSpec
+from jaxrec.train.optim import OptimizerSpec
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid."""
@@ -28,6 +34,8 @@ class ModelSpec:
     dtype: Literal["float32", "bfloat16"] = "float32"
     tokenizer: str | None = None
     """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
+    attention_dropout: float | None = None
+    """Attention dropout while training (default: the checkpoint's, usually 0)."""
 
 
 @dataclasses.dataclass
@@ -48,13 +56,42 @@ class EncodeSpec:
 
 
 @dataclasses.dataclass
+class BatchSpec:
+    """How training examples are batched (global batch over all processes)."""
+
+    size: int = 32
+    max_length: int = 64
+    max_history: int = 10
+    """CSFT: most recent items in a history."""
+    domain: str = "movie"
+    """SCFT: the <domain> in "The <domain> item has the following attributes:"."""
+    attribute_drop: float = 0.4
+    """SCFT: share of attributes dropped in each view."""
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        _require_positive(self, "size", "max_length", "max_history", "eval_batches")
+
+
+TRAINING_TASKS = ("csft", "mntp", "contrastive", "scft")
+
+
+@dataclasses.dataclass
 class RunConfig:
-    task: Literal["encode"] = "encode"
+    task: Literal["encode", "csft", "mntp", "contrastive", "scft"] = "encode"
     run_dir: str | None = None
-    """Where outputs go; default ``runs/<task>-<timestamp>``."""
+    """Where outputs go; default ``runs/<task>-<timestamp>``. A training run resumes from its checkpoints here."""
+    seed: int = 0
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     data: DataSpec = dataclasses.field(default_factory=DataSpec)
     encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
+    batch: BatchSpec = dataclasses.field(default_factory=BatchSpec)
+    trainable: TrainableSpec = dataclasses.field(default_factory=TrainableSpec)
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)
+    loop: LoopSpec = dataclasses.field(default_factory=LoopSpec)
+    masking: MaskingSpec = dataclasses.field(default_factory=MaskingSpec)
+    contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
 
 
 def _require_positive(spec, *names: str) -> None:

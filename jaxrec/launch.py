@@ -14,13 +14,20 @@ from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
 
 _EPILOG = """\
 tasks:
-  encode   embed every item title of a dataset with an LM; writes item_embeddings.npy,
-           item_ids.json and summary.json into the run directory
+  encode       embed every item title of a dataset with an LM; writes item_embeddings.npy,
+               item_ids.json and summary.json into the run directory
+  csft         causal LM fine-tuning on users' title sequences (LLM2Rec step 1)
+  mntp         masked next-token prediction on item titles, bidirectional (LLM2Rec step 2b)
+  contrastive  item-level contrastive learning on titles (LLM2Rec step 2c)
+  scft         supervised contrastive fine-tuning on attribute prompts (LLMEmb step 1)
+  Training tasks write checkpoints/, metrics.jsonl and tensorboard/ into the run directory
+  and resume from its latest checkpoint when started again.
 
 examples:
   python -m jaxrec.launch --config configs/quickstart.yaml
   python -m jaxrec.launch --config configs/quickstart.yaml --set data.name=../shared/data/steam_100k
   python -m jaxrec.launch --set model.name=/path/to/Qwen2-0.5B --set encode.batch_size=32 --print-config
+  python -m jaxrec.launch --config configs/mntp_smollm2.yaml --set loop.steps=200
 
 Named assets (model smollm2-135m, dataset ml-100k) are fetched once into $JAXREC_CACHE
 (default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them.

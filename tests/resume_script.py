@@ -38,7 +38,7 @@ def main(model_dir: str, run_dir: str, steps: int, kill_at: int | None) -> None:
     engine = build_engine(lm, "mntp", dropout=0.1)
     pool = title_batches(8, batch=8, seed=7)
     examples = {k: np.concatenate([b[k] for b in pool]) for k in pool[0]}
-    data = Recording(len(examples["input_ids"]), 8, lambda idx: {k: v[idx] for k, v in examples.items()},
+    data = Recording(len(examples["input_ids"]), 8, lambda idx, _: {k: v[idx] for k, v in examples.items()},
                      seed=3, kill_at=kill_at)
     train(engine, data, LoopSpec(steps=steps, log_every=1, save_every=2, keep_checkpoints=2), run_dir,
           identity={"model": model_dir})

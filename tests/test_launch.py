@@ -92,3 +92,41 @@ def test_quickstart_on_the_real_defaults(smollm2_gguf, ml100k_dir, tmp_path):
     assert np.isfinite(embeddings).all()
     cosine = embeddings @ embeddings.T / np.outer(*(2 * [np.linalg.norm(embeddings, axis=1)]))
     assert cosine[0, 1:].max() < 0.9999  # titles get distinct vectors
+
+
+def _training_setup(tiny_run, task):
+    model_dir, data, _, out = tiny_run
+    titles = ["toy story", "star wars movie", "space quest", "call of duty game", "the movie", "a game of toy",
+              "space wars", "the call"]
+    (data / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(titles)))
+    rows = [(u, (u * 3 + k) % len(titles), 100 + k) for u in range(6) for k in range(5)]
+    (data / "interactions.tsv").write_text(
+        "user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows)
+    )
+    return [
+        "--set", f"task={task}", "--set", f"model.name={model_dir}", "--set", f"data.name={data}",
+        "--set", f"run_dir={out}", "--set", "batch.size=4", "--set", "batch.max_length=32",
+        "--set", "loop.log_every=1", "--set", "loop.save_every=2", "--set", "model.attention_dropout=0.1",
+        "--set", "batch.eval_batches=1", "--set", "loop.eval_every=2",
+    ]
+
+
+@pytest.mark.parametrize("task", ["csft", "mntp", "contrastive", "scft"])
+def test_training_task_runs_and_resumes(tiny_run, task):
+    args = _training_setup(tiny_run, task)
+    out = tiny_run[3]
+    assert launch.main(args + ["--set", "loop.steps=2"]) == 0
+    assert launch.main(args + ["--set", "loop.steps=4"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_from"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert any(r["split"] == "validation" for r in rows)
+
+
+def test_contrastive_dropout_views_need_dropout(tiny_run, capsys):
+    args = _training_setup(tiny_run, "contrastive")
+    assert launch.main(args + ["--set", "model.attention_dropout=0.0", "--set", "loop.steps=1"]) == 1
+    assert "model.attention_dropout" in capsys.readouterr().err

@@ -61,14 +61,13 @@ def _toy_engine(lr=0.1):
 
 
 def _toy_data(values, nan_at=None):
-    def make(idx):
-        x = values[idx].copy()
-        return {"x": x}
+    def make(idx, position):
+        return {"x": values[idx].copy()}
 
     data = ShuffledBatches(len(values), 1, make, seed=0)
     if nan_at is not None:
         original = data.make_batch
-        data.make_batch = lambda idx: {"x": np.full((1, 3), np.nan, np.float32)} if data.position == nan_at else original(idx)
+        data.make_batch = lambda idx, pos: {"x": np.full((1, 3), np.nan, np.float32)} if pos == nan_at else original(idx, pos)
     return data
 
 

@@ -2,7 +2,9 @@
 
 Batch ``k`` depends only on (seed, k): each epoch is a seeded permutation of
 all examples, cut into global batches (remainder dropped), and each process
-takes its contiguous slice of every global batch. The state is one integer,
+takes its contiguous slice of every global batch. ``make_batch(indices,
+position)`` builds the arrays; random augmentations should seed from the
+position so they repeat exactly on resume. The state is one integer,
 saved with the checkpoint, so a resumed run continues with exactly the batch
 an uninterrupted run would have produced.
 """
@@ -19,7 +21,7 @@ class ShuffledBatches:
         self,
         num_examples: int,
         global_batch_size: int,
-        make_batch: Callable[[np.ndarray], dict[str, np.ndarray]],
+        make_batch: Callable[[np.ndarray, int], dict[str, np.ndarray]],
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
@@ -45,7 +47,7 @@ class ShuffledBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.make_batch(self.indices(self.position))
+        batch = self.make_batch(self.indices(self.position), self.position)
         self.position += 1
         return batch
 

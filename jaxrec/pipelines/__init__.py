@@ -1,5 +1,11 @@
 """Tasks that ``python -m jaxrec.launch`` runs, by the config's ``task`` value."""
 
-from jaxrec.pipelines import encode
+from jaxrec.pipelines import encode, train_objective
 
-TASKS = {"encode": encode.run}
+TASKS = {
+    "encode": encode.run,
+    "csft": train_objective.run,
+    "mntp": train_objective.run,
+    "contrastive": train_objective.run,
+    "scft": train_objective.run,
+}

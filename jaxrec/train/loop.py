@@ -84,8 +84,7 @@ def train(
                 batch = next(data)
                 metrics = engine.train_step(batch)
                 step += 1
-                if "attention_mask" in batch:
-                    tokens += int(np.asarray(batch["attention_mask"]).sum())
+                tokens += sum(int(np.asarray(v).sum()) for k, v in batch.items() if k.endswith("attention_mask"))
                 status = None
                 if step % spec.log_every == 0 or step == spec.steps:
                     values = _host(metrics)
