@@ -108,3 +108,24 @@ def test_early_stopping_and_metrics_files(tmp_path):
     events.Reload()
     assert {"train/loss", "validation/loss"} <= set(events.Tags()["scalars"])
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == summary["steps"]
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    """Two accumulated half batches make the same update as the full batch."""
+    values = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshSpec(data=1), jax.devices()[:1])
+    loss = lambda variables, _, batch, rng: (jnp.mean((batch["x"] @ variables["params"]["w"] - 1.0) ** 2), {})
+
+    def engine(accumulate):
+        spec = OptimizerSpec(0.05, clip_norm=None, decay="constant", accumulate_steps=accumulate)
+        return Engine(None, {"params": {"w": jnp.ones(3)}}, (lambda r: {}, loss), ("^params/",), make_optimizer(spec, 10), mesh)
+
+    full, halves = engine(1), engine(2)
+    full.train_step({"x": values})
+    halves.train_step({"x": values[:2]})
+    np.testing.assert_array_equal(np.asarray(halves.state.trainable["model"]["params"]["w"]), np.ones(3))
+    halves.train_step({"x": values[2:]})
+    np.testing.assert_allclose(
+        np.asarray(halves.state.trainable["model"]["params"]["w"]),
+        np.asarray(full.state.trainable["model"]["params"]["w"]), rtol=1e-6,
+    )

@@ -120,3 +120,18 @@ def test_pooling_over_real_tokens_with_a_skipped_prefix():
     np.testing.assert_allclose(np.asarray(skipped), [states[0, 3:].mean(0), states[1, 1:3].mean(0)], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(last_token_pool(jnp.asarray(states), jnp.asarray(mask))),
                                [states[0, 4], states[1, 2]], rtol=1e-6)
+
+
+def test_mntp_selected_positions_give_the_full_loss():
+    """Scoring only masked positions equals the loss over full logits."""
+    logits = RNG.normal(size=(3, 10, 7)).astype(np.float32)
+    labels = RNG.integers(0, 7, size=(3, 10))
+    label_mask = RNG.random((3, 10)) < 0.3
+    label_mask[:, 0] = False
+    full, count = mntp.masked_next_token_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(label_mask))
+    positions, valid = mntp.masked_positions(jnp.asarray(label_mask), 10)
+    picked = jnp.take_along_axis(jnp.asarray(logits), jnp.maximum(positions - 1, 0)[..., None], axis=1)
+    part, part_count = mntp.selected_loss(picked, jnp.asarray(labels), positions, valid)
+    np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
+    assert int(part_count) == int(count) == label_mask.sum()
+    assert mntp.selection_budget(16, 0.2) < 16 and mntp.selection_budget(4, 0.2) == 4

@@ -104,3 +104,14 @@ def test_eight_devices_match_one_device():
         assert len(set(one.tolist())) == len(one), "parameters should change from step to step"
     assert report["compiles_over_20_steps"] == 1
     assert report["param_sharded"], "tensor/fsdp axes should actually shard a kernel"
+
+
+def test_bfloat16_compute_keeps_float32_lora_weights(tiny_checkpoints):
+    lm = jaxrec.load_lm(tiny_checkpoints("llama-tied-gqa")[0], dtype="bfloat16")
+    engine = build_engine(lm, "mntp")
+    lora = engine.state.trainable["model"]["lora"]
+    assert {str(x.dtype) for x in jax.tree.leaves(lora)} == {"float32"}
+    assert str(engine.frozen["model"]["params"]["layers"]["mlp"]["up"]["kernel"].dtype) == "bfloat16"
+    batch = title_batches(1)[0]
+    losses = [float(engine.train_step(batch)["loss"]) for _ in range(10)]
+    assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < losses[0]

@@ -14,12 +14,19 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--model", default="smollm2-135m")
     encode.add_argument("--data", default="ml-100k")
     encode.add_argument("--batch-size", type=int, default=64)
+    train = sub.add_parser("train", help="LoRA MNTP and contrastive steps: jaxrec vs PyTorch + peft")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--steps", type=int, default=12)
     args = parser.parse_args(argv)
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
     if args.bench == "encode":
         from jaxrec.bench.encode import run
 
         result = run(args.model, args.data, args.batch_size, log=log)
+    elif args.bench == "train":
+        from jaxrec.bench.train import run
+
+        result = run(args.batch_size, args.steps, log=log)
     print(json.dumps(result))
     return 0
 

@@ -45,6 +45,9 @@ class Decoder(nn.Module):
     """``apply({"params": p}, input_ids, attention_mask, mask="causal")`` -> logits.
 
     ``output="hidden"`` returns the last layer's states after the final norm.
+    ``select`` [batch, k] keeps only those positions of each row before the
+    output head (a loss that scores a few positions skips the rest of the
+    vocabulary projection).
     """
 
     config: DecoderConfig
@@ -58,6 +61,7 @@ class Decoder(nn.Module):
         mask: str = "causal",
         output: str = "logits",
         deterministic: bool = True,
+        select: jax.Array | None = None,
     ) -> jax.Array:
         c = self.config
         if attention_mask is None:
@@ -96,6 +100,8 @@ class Decoder(nn.Module):
         )(c, deterministic, name="layers")
         x, _ = layers(x, cos, sin, attn_mask)
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
+        if select is not None:
+            x = jnp.take_along_axis(x, select[..., None], axis=1)
         if output == "hidden":
             return x
         if output != "logits":

@@ -12,8 +12,11 @@ Batch: ``input_ids``, ``attention_mask`` [batch, length]. ``mask_tokens`` adds
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrec.objectives.csft import next_token_loss
 
@@ -43,3 +46,26 @@ def mask_tokens(
 def masked_next_token_loss(logits: jax.Array, labels: jax.Array, label_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Loss of predicting ``labels`` at masked positions from the logit one to the left."""
     return next_token_loss(logits, labels, label_mask)
+
+
+def selection_budget(length: int, rate: float) -> int:
+    """Masked positions kept per row: the expected count plus four standard
+    deviations, so rows almost never exceed it (any excess is left out of the loss)."""
+    mean = rate * length
+    return int(min(length, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1))
+
+
+def masked_positions(label_mask: jax.Array, budget: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``budget`` masked positions of each row [batch, budget] and
+    which of those slots hold a real masked position."""
+    order = jnp.argsort(~label_mask, axis=-1, stable=True)[:, :budget]
+    return order, jnp.take_along_axis(label_mask, order, axis=-1)
+
+
+def selected_loss(logits: jax.Array, labels: jax.Array, positions: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss from logits computed only at ``positions - 1`` ([batch, budget, vocab])."""
+    targets = jnp.take_along_axis(labels, positions, axis=-1)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    weights = valid.astype(jnp.float32)
+    count = jnp.sum(weights)
+    return jnp.sum(nll * weights) / jnp.maximum(count, 1.0), count

@@ -62,12 +62,18 @@ def make_mntp(model: Decoder, spec: MaskingSpec, mask_token_id: int, special_ids
 
     def loss(variables, _, batch, rng):
         mask_rng, dropout_rng = jax.random.split(rng)
+        ids = batch["input_ids"]
         corrupted, label_mask = mntp.mask_tokens(
-            mask_rng, batch["input_ids"], batch["attention_mask"], rate=spec.rate,
+            mask_rng, ids, batch["attention_mask"], rate=spec.rate,
             mask_token_id=mask_token_id, vocab_size=vocab, special_ids=special_ids,
         )
-        logits = _apply(model, variables, corrupted, batch["attention_mask"], "bidirectional", "logits", dropout_rng)
-        value, count = mntp.masked_next_token_loss(logits, batch["input_ids"], label_mask)
+        # the vocabulary projection runs only where a masked token is predicted
+        positions, valid = mntp.masked_positions(label_mask, mntp.selection_budget(ids.shape[1], spec.rate))
+        logits = model.apply(
+            variables, corrupted, batch["attention_mask"], mask="bidirectional", deterministic=False,
+            rngs={"dropout": dropout_rng}, select=jnp.maximum(positions - 1, 0),
+        )
+        value, count = mntp.selected_loss(logits, ids, positions, valid)
         return value, {"masked_tokens": count}
 
     return _no_params, loss

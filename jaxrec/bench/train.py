@@ -1,0 +1,133 @@
+"""Benchmark: tokens/s of a LoRA MNTP step and a contrastive step on item
+titles (batch 32), jaxrec vs PyTorch + peft, same model file, batches, LoRA
+shape and optimizer, in one process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxrec import assets
+from jaxrec.bench import torch_reference
+from jaxrec.data.examples import pad_batch
+from jaxrec.data.items import read_items
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import LoraSpec
+from jaxrec.models.lm import load_lm
+from jaxrec.objectives import model_losses
+from jaxrec.train import mesh as mesh_lib
+from jaxrec.train.engine import Engine, place_variables
+from jaxrec.train.optim import OptimizerSpec, make_optimizer
+
+LORA = LoraSpec(rank=8, alpha=16.0, dropout=0.0)
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _batches(lm, titles, batch_size, steps, seed=0):
+    ids = lm.tokenizer(titles, truncation=True, max_length=64)["input_ids"]
+    rng = np.random.default_rng(seed)
+    pad = lm.config.pad_token_id or 0
+    return [pad_batch([ids[i] for i in rng.choice(len(ids), batch_size, replace=False)], pad, 64) for _ in range(steps)]
+
+
+def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
+    model = Decoder(lm.config.replace(lora=LORA, attention_dropout=dropout))
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshSpec())
+    variables = place_variables(model, lm.params, mesh, mesh_lib.rules_of(mesh_lib.MeshSpec()), jax.random.key(0))
+    specials = tuple(lm.tokenizer.all_special_ids)
+    masking = model_losses.MaskingSpec(rate=0.2)
+    if objective == "mntp":
+        bound = model_losses.make_mntp(model, masking, lm.config.pad_token_id or 0, specials)
+    else:
+        bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
+    engine = Engine(model, variables, bound, ("^lora/",), make_optimizer(OptimizerSpec(1e-4, decay="constant"), 1000), mesh)
+    for batch in batches[:warmup]:
+        jax.block_until_ready(engine.train_step(batch))
+    start = time.perf_counter()
+    for batch in batches[warmup:]:
+        metrics = engine.train_step(batch)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    return sum(int(b["attention_mask"].sum()) for b in batches[warmup:]) / seconds, float(metrics["loss"])
+
+
+def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, special_ids):
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    path = assets.resolve_file("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32,
+        attention_dropout=dropout,
+    )
+    torch_reference.make_bidirectional(model)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=TARGETS))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+    special = torch.tensor(special_ids)
+
+    def step(batch):
+        ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+        mask = torch.as_tensor(batch["attention_mask"], dtype=torch.long)
+        visible = torch_reference.visible_keys_mask(mask, torch.float32)
+        if objective == "mntp":
+            real = mask.bool() & ~torch.isin(ids, special)
+            real &= torch.cumsum(mask, -1) != 1
+            chosen = real & (torch.rand(ids.shape) < 0.2)
+            kind = torch.rand(ids.shape)
+            corrupted = torch.where(kind < 0.8, mask_token_id, torch.where(kind < 0.9, torch.randint_like(ids, 0, model.config.vocab_size), ids))
+            inputs = torch.where(chosen, corrupted, ids)
+            logits = model(input_ids=inputs, attention_mask=visible).logits[:, :-1]
+            loss = torch.nn.functional.cross_entropy(logits[chosen[:, 1:]], ids[:, 1:][chosen[:, 1:]])
+        else:
+            def embed():
+                states = model.base_model.model.model(input_ids=ids, attention_mask=visible).last_hidden_state
+                pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                return torch.nn.functional.normalize(pooled, dim=-1)
+
+            a, b = embed(), embed()
+            loss = torch.nn.functional.cross_entropy(a @ b.T / 0.1, torch.arange(len(a)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    for batch in batches[:warmup]:
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches[warmup:]:
+        loss = step(batch)
+    seconds = time.perf_counter() - start
+    return sum(int(b["attention_mask"].sum()) for b in batches[warmup:]) / seconds, loss
+
+
+def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    lm = load_lm("smollm2-135m")
+    titles = read_items("ml-100k").titles
+    timed = _batches(lm, titles, batch_size, steps)
+    shapes = sorted({b["input_ids"].shape for b in timed})
+    # warm-up: one batch of every shape the timed steps use, so no compilation is timed
+    first_of_shape = {b["input_ids"].shape: b for b in reversed(timed)}
+    batches = [first_of_shape[s] for s in shapes] * max(1, warmup // len(shapes)) + timed
+    warmup = len(batches) - len(timed)
+    log(f"{steps} timed steps after {warmup} warm-up steps, batch shapes {shapes}")
+    result = {"bench": "train", "model": "smollm2-135m", "batch_size": batch_size, "timed_steps": steps,
+              "lora_rank": LORA.rank, "torch_threads": torch.get_num_threads()}
+    specials = tuple(lm.tokenizer.all_special_ids)
+    for objective, dropout in (("mntp", 0.0), ("contrastive", 0.2)):
+        jax_rate, jax_loss = _jax_tokens_per_s(lm, objective, batches, warmup, dropout)
+        log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s (loss {jax_loss:.3f})")
+        torch_rate, torch_loss = _torch_tokens_per_s(objective, batches, warmup, dropout, lm.config.pad_token_id or 0, specials)
+        log(f"{objective}: torch+peft {torch_rate:.0f} tokens/s (loss {torch_loss:.3f})")
+        result[f"{objective}_jaxrec_tokens_per_s"] = round(jax_rate, 1)
+        result[f"{objective}_torch_tokens_per_s"] = round(torch_rate, 1)
+        result[f"{objective}_speedup"] = round(jax_rate / torch_rate, 2)
+    return result
