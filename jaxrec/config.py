@@ -41,7 +41,15 @@ class ModelSpec:
 @dataclasses.dataclass
 class DataSpec:
     name: str = "ml-100k"
-    """A named dataset asset (``ml-100k``) or a directory with ``items.tsv`` or a RecBole ``.item`` file."""
+    """A named dataset asset (``ml-100k``), a directory with interactions.tsv + items.tsv, or RecBole .inter + .item files."""
+    min_rating: float | None = None
+    k_core: int = 5
+    sample_users: int | None = None
+
+    def prep(self, seed: int):
+        from jaxrec.data.prep import PrepSpec
+
+        return PrepSpec(self.min_rating, self.k_core, self.sample_users, seed)
 
 
 @dataclasses.dataclass
@@ -68,6 +76,8 @@ class BatchSpec:
     attribute_drop: float = 0.4
     """SCFT: share of attributes dropped in each view."""
     eval_batches: int = 4
+    workers: int = 0
+    """Grain worker processes that prepare batches ahead (0: in the training process)."""
 
     def __post_init__(self):
         _require_positive(self, "size", "max_length", "max_history", "eval_batches")

@@ -15,20 +15,24 @@ import numpy as np
 from flax import traverse_util
 
 import jaxrec
-from jaxrec.data.batches import ShuffledBatches
+from jaxrec.data.pipeline import GrainBatches
 from jaxrec.train.loop import LoopSpec, train
 from tests.train_helpers import build_engine, title_batches
 
 
-class Recording(ShuffledBatches):
+class Recording(GrainBatches):
+    """Records which batches it hands out (by the iterator's position) and
+    SIGKILLs the process when asked for batch ``kill_at``."""
+
     def __init__(self, *args, kill_at=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kill_at, self.consumed = kill_at, []
 
     def __next__(self):
-        if self.position == self.kill_at:
+        position = self.get_state()["next_index"]
+        if position == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        self.consumed.append(self.position)
+        self.consumed.append(position)
         return super().__next__()
 
 
@@ -38,8 +42,9 @@ def main(model_dir: str, run_dir: str, steps: int, kill_at: int | None) -> None:
     engine = build_engine(lm, "mntp", dropout=0.1)
     pool = title_batches(8, batch=8, seed=7)
     examples = {k: np.concatenate([b[k] for b in pool]) for k in pool[0]}
-    data = Recording(len(examples["input_ids"]), 8, lambda idx, _: {k: v[idx] for k, v in examples.items()},
-                     seed=3, kill_at=kill_at)
+    rows = len(examples["input_ids"])
+    data = Recording(rows, 8, lambda i, rng: {k: v[i] for k, v in examples.items()},
+                     lambda rows: {k: np.stack([r[k] for r in rows]) for k in rows[0]}, seed=3, kill_at=kill_at)
     train(engine, data, LoopSpec(steps=steps, log_every=1, save_every=2, keep_checkpoints=2), run_dir,
           identity={"model": model_dir})
     flat = traverse_util.flatten_dict(jax.device_get(engine.state.trainable), sep="/")

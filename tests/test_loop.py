@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.data.batches import ShuffledBatches
+from jaxrec.data.pipeline import GrainBatches
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.checkpoint import Checkpointer, ResumeError
 from jaxrec.train.engine import Engine
@@ -60,15 +60,21 @@ def _toy_engine(lr=0.1):
     return Engine(None, variables, (lambda r: {}, loss), ("^params/",), make_optimizer(OptimizerSpec(lr, clip_norm=None), 100), mesh)
 
 
-def _toy_data(values, nan_at=None):
-    def make(idx, position):
-        return {"x": values[idx].copy()}
+class _PoisonAt(GrainBatches):
+    """Hands out a NaN batch as batch number ``nan_at``."""
 
-    data = ShuffledBatches(len(values), 1, make, seed=0)
-    if nan_at is not None:
-        original = data.make_batch
-        data.make_batch = lambda idx, pos: {"x": np.full((1, 3), np.nan, np.float32)} if pos == nan_at else original(idx, pos)
-    return data
+    def __init__(self, *args, nan_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nan_at = nan_at
+
+    def __next__(self):
+        position = self.get_state()["next_index"]
+        batch = super().__next__()
+        return {"x": np.full_like(batch["x"], np.nan)} if position == self.nan_at else batch
+
+
+def _toy_data(values, nan_at=None):
+    return _PoisonAt(len(values), 1, lambda i, rng: values[i], lambda rows: {"x": np.stack(rows)}, nan_at=nan_at)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

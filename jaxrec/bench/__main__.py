@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="LoRA MNTP and contrastive steps: jaxrec vs PyTorch + peft")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--steps", type=int, default=12)
+    data = sub.add_parser("data", help="load + preprocess + split a dataset, cold and cached")
+    data.add_argument("--path", default="../shared/data/amazon2018_video_games")
     args = parser.parse_args(argv)
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
     if args.bench == "encode":
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.train import run
 
         result = run(args.batch_size, args.steps, log=log)
+    elif args.bench == "data":
+        from jaxrec.bench.data import run
+
+        result = run(args.path, log=log)
     print(json.dumps(result))
     return 0
 

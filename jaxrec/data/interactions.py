@@ -1,9 +1,9 @@
-"""Users' chronological item sequences from interaction files.
+"""Interaction logs (user, item, timestamp, optional rating) in file order.
 
-- a directory with ``interactions.tsv`` (``user_id<TAB>item_id<TAB>timestamp``);
-- a RecBole ``.inter`` file (``user_id:token``, ``item_id:token``, ``timestamp:float``).
-
-Sorting is stable: within a user, equal timestamps keep the file order.
+- ``interactions.tsv`` with header ``user_id<TAB>item_id<TAB>timestamp``;
+- RecBole atomic ``.inter`` files (``user_id:token``, ``item_id:token``,
+  ``timestamp:float``, optionally ``rating:float``);
+- Amazon review files: see :mod:`jaxrec.data.amazon`.
 """
 
 from __future__ import annotations
@@ -12,65 +12,92 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
-from jaxrec import assets
 from jaxrec.data.items import DataError
 
 
 @dataclasses.dataclass
-class Sequences:
-    users: list[str]
-    items: list[list[str]]
+class InteractionLog:
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+    ratings: np.ndarray | None
     source: str
 
     def __len__(self) -> int:
         return len(self.users)
 
+    def take(self, rows: np.ndarray) -> "InteractionLog":
+        ratings = None if self.ratings is None else self.ratings[rows]
+        return InteractionLog(self.users[rows], self.items[rows], self.timestamps[rows], ratings, self.source)
 
-def _columns(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    if not rows:
+
+def _read_table(path: Path, names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
+        )
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{path}: {err}") from None
+
+
+def _log(path: Path, table: pa.Table, rating: str | None) -> InteractionLog:
+    if table.num_rows == 0:
         raise DataError(f"{path}: no interactions")
-    return header, rows
-
-
-def _sequences(path: Path, header: list[str], rows: list[list[str]], names: tuple[str, str, str]) -> Sequences:
-    try:
-        columns = [header.index(name) for name in names]
-    except ValueError:
-        raise DataError(f"{path}: header {header} lacks one of the columns {list(names)}") from None
-    table = np.asarray(rows, dtype=object)
-    if table.ndim != 2 or table.shape[1] != len(header):
-        raise DataError(f"{path}: rows do not all have {len(header)} tab-separated fields")
-    users, items = table[:, columns[0]].astype(str), table[:, columns[1]].astype(str)
-    try:
-        times = table[:, columns[2]].astype(np.float64)
-    except ValueError:
-        raise DataError(f"{path}: column {names[2]!r} has non-numeric values") from None
-    user_codes, first_seen = np.unique(users, return_index=True)
-    code_of = np.searchsorted(user_codes, users)
-    order = np.lexsort((np.arange(len(users)), times, code_of))
-    boundaries = np.flatnonzero(np.diff(code_of[order])) + 1
-    groups = np.split(order, boundaries)
-    by_first = np.argsort(first_seen, kind="stable")  # users in order of first appearance
-    return Sequences(
-        [str(user_codes[u]) for u in by_first], [items[groups[u]].tolist() for u in by_first], str(path)
+    for column in ("user_id", "item_id", "timestamp"):
+        if table.column(column).null_count:
+            raise DataError(f"{path}: column {column!r} has {table.column(column).null_count} empty value(s)")
+    ratings = table.column(rating).to_numpy() if rating else None
+    return InteractionLog(
+        table.column("user_id").to_numpy(zero_copy_only=False).astype(str),
+        table.column("item_id").to_numpy(zero_copy_only=False).astype(str),
+        table.column("timestamp").to_numpy().astype(np.float64),
+        None if ratings is None else ratings.astype(np.float64),
+        str(path),
     )
 
 
-def read_sequences(name_or_path: str | Path) -> Sequences:
-    path = assets.resolve(name_or_path)
-    if path.is_dir():
-        if (path / "interactions.tsv").exists():
-            path = path / "interactions.tsv"
-        else:
-            found = sorted(path.glob("*.inter"))
-            if len(found) != 1:
-                raise DataError(f"{path}: expected interactions.tsv or exactly one RecBole .inter file")
-            path = found[0]
-    header, rows = _columns(path)
-    if path.suffix == ".inter":
-        header = [field.split(":", 1)[0] for field in header]
-    return _sequences(path, header, rows, ("user_id", "item_id", "timestamp"))
+def _header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        line = f.readline().rstrip("\n")
+    if not line:
+        raise DataError(f"{path}: empty file (expected a header line)")
+    return line.split("\t")
+
+
+def read_tsv_interactions(path: Path) -> InteractionLog:
+    header = _header(path)
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in header]
+    if missing:
+        raise DataError(f"{path}: header {header} lacks column(s) {missing}")
+    rating = "rating" if "rating" in header else None
+    types = {"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.float64()}
+    if rating:
+        types["rating"] = pa.float64()
+    return _log(path, _read_table(path, header, types), rating)
+
+
+def read_recbole_interactions(path: Path) -> InteractionLog:
+    fields = [f.split(":", 1) for f in _header(path)]
+    names = [f[0] for f in fields]
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in names]
+    if missing:
+        raise DataError(f"{path}: RecBole header lacks field(s) {missing} (fields: {names})")
+    rating = "rating" if "rating" in names else None
+    types = {"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.float64()}
+    if rating:
+        types["rating"] = pa.float64()
+    return _log(path, _read_table(path, names, types), rating)
+
+
+def stable_chronological_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Row order grouping users (in order of first appearance), chronological
+    within a user, file order breaking timestamp ties."""
+    _, first_seen, codes = np.unique(users, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first_seen, kind="stable"), kind="stable")
+    return np.lexsort((np.arange(len(users)), timestamps, rank[codes]))

@@ -13,10 +13,9 @@ import jax
 import numpy as np
 
 from jaxrec.config import ConfigError, RunConfig
-from jaxrec.data.batches import ShuffledBatches
+from jaxrec.data.pipeline import GrainBatches
 from jaxrec.data.examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
-from jaxrec.data.interactions import read_sequences
-from jaxrec.data.items import DataError, ItemTable, read_items
+from jaxrec.data.prep import SeqData, load_dataset
 from jaxrec.io import sha256_file, write_json_atomic
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.lm import LM, load_lm
@@ -56,51 +55,51 @@ def _mask_token_id(lm: LM, config: RunConfig) -> int:
 
 
 class _Examples:
-    """Builds the batches of one task from the dataset."""
+    """Builds the examples and batches of one task from the preprocessed dataset."""
 
-    def __init__(self, config: RunConfig, lm: LM, items: ItemTable):
-        self.config, self.tok, self.items = config, lm.tokenizer, items
+    def __init__(self, config: RunConfig, lm: LM, data: SeqData):
+        self.config, self.tok = config, lm.tokenizer
+        self.titles_text, self.attributes = data.titles[1:], data.attributes[1:]
         self.pad_id = _pad_id(lm)
         spec = config.batch
         if config.task in ("mntp", "contrastive"):
-            self.titles = self.tok(items.titles, add_special_tokens=True, truncation=True, max_length=spec.max_length)["input_ids"]
+            self.titles = self.tok(self.titles_text, add_special_tokens=True, truncation=True, max_length=spec.max_length)["input_ids"]
             self.count = len(self.titles)
         elif config.task == "scft":
-            self.count = len(items)
+            self.count = len(self.titles_text)
         else:
-            sequences = read_sequences(config.data.name)
-            title = dict(zip(items.ids, items.titles))
-            missing = {i for seq in sequences.items for i in seq if i not in title}
-            if missing:
-                raise DataError(f"{sequences.source}: {len(missing)} item(s) have no title in {items.source}, e.g. {sorted(missing)[:5]}")
-            self.sequences = [[title[i] for i in seq] for seq in sequences.items]
+            self.sequences = [[data.titles[i] for i in data.sequence(u)] for u in range(data.num_users)]
             self.pairs = csft_targets(self.sequences)
             self.count = len(self.pairs)
 
-    def batch(self, indices: np.ndarray, position: int) -> dict[str, np.ndarray]:
+    def example(self, index: int, rng: np.random.Generator):
+        """One example, drawn with Grain's per-example generator (SCFT views)."""
+        if self.config.task in ("mntp", "contrastive"):
+            return self.titles[index]
+        if self.config.task == "scft":
+            spec = self.config.batch
+            attributes = {"title": self.titles_text[index], **self.attributes[index]}
+            return tuple(attribute_text(attribute_view(attributes, rng, spec.attribute_drop), spec.domain) for _ in range(2))
+        user, position = self.pairs[index]
+        return self.csft_example(int(user), int(position))
+
+    def csft_example(self, user: int, position: int) -> tuple[list[int], list[int]]:
+        spec = self.config.batch
+        history = self.sequences[user][max(0, position - spec.max_history) : position]
+        return csft_example(self.tok, history, self.sequences[user][position], spec.max_length)
+
+    def collate(self, examples) -> dict[str, np.ndarray]:
         spec, task = self.config.batch, self.config.task
         if task in ("mntp", "contrastive"):
-            return pad_batch([self.titles[i] for i in indices], self.pad_id, spec.max_length)
+            return pad_batch(list(examples), self.pad_id, spec.max_length)
         if task == "scft":
-            rng = np.random.default_rng([self.config.seed, position])
-            views = {}
-            for name in ("view_a", "view_b"):
-                texts = [
-                    attribute_text(attribute_view({"title": self.items.titles[i], **self.items.attributes[i]}, rng, spec.attribute_drop), spec.domain)
-                    for i in indices
-                ]
-                ids = self.tok(texts, truncation=True, max_length=spec.max_length)["input_ids"]
+            batch = {}
+            for view, texts in zip(("view_a", "view_b"), zip(*examples)):
+                ids = self.tok(list(texts), truncation=True, max_length=spec.max_length)["input_ids"]
                 padded = pad_batch(ids, self.pad_id, spec.max_length)
-                views[f"{name}_input_ids"], views[f"{name}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
-            return views
-        return self.csft_batch([tuple(self.pairs[i]) for i in indices])
-
-    def csft_batch(self, pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-        spec = self.config.batch
-        ids, targets = zip(*(
-            csft_example(self.tok, self.sequences[u][max(0, t - spec.max_history) : t], self.sequences[u][t], spec.max_length)
-            for u, t in pairs
-        ))
+                batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+            return batch
+        ids, targets = zip(*examples)
         padded = pad_batch(list(ids), self.pad_id, spec.max_length, side="left")
         mask = np.zeros_like(padded["input_ids"])
         for row, target in enumerate(targets):
@@ -111,10 +110,12 @@ class _Examples:
         """CSFT: each user's validation target; other tasks: a fixed sample of items."""
         size, count = self.config.batch.size, self.config.batch.eval_batches
         if self.config.task == "csft":
-            pairs = [(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
-            return [self.csft_batch(pairs[i : i + size]) for i in range(0, min(len(pairs), size * count) - size + 1, size)]
-        order = np.random.default_rng([self.config.seed, 10**6]).permutation(self.count)
-        return [self.batch(order[i * size : (i + 1) * size], 10**6 + i) for i in range(min(count, self.count // size))]
+            examples = [self.csft_example(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
+        else:
+            rng = np.random.default_rng([self.config.seed, 1])
+            order = rng.permutation(self.count)[: size * count]
+            examples = [self.example(int(i), rng) for i in order]
+        return [self.collate(examples[i : i + size]) for i in range(0, min(len(examples), size * count) - size + 1, size)]
 
 
 def _objective(config: RunConfig, model: Decoder, lm: LM):
@@ -156,9 +157,9 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     log(f"model: {lm}")
-    items = read_items(config.data.name)
-    examples = _Examples(config, lm, items)
-    log(f"data: {examples.count} {config.task} examples from {items.source}")
+    data = load_dataset(config.data.name, config.data.prep(config.seed))
+    examples = _Examples(config, lm, data)
+    log(f"data: {data.num_users} users, {data.num_items} items; {examples.count} {config.task} examples")
 
     model = Decoder(lm.config.replace(lora=config.trainable.lora_spec()))
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -166,13 +167,16 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
     variables = place_variables(model, lm.params, mesh, rules, jax.random.key(config.seed))
     optimizer = make_optimizer(config.optimizer, config.loop.steps)
-    engine = Engine(model, variables, _objective(config, model, lm), config.trainable.patterns(), optimizer, mesh, config.seed)
+    engine = Engine(
+        model, variables, _objective(config, model, lm), config.trainable.patterns(), optimizer, mesh, config.seed,
+        batch_axes=rules.get("batch", ()),
+    )
     trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
     log(f"trainable: {trainable:,} parameters ({mode})")
 
-    data = ShuffledBatches(
-        examples.count, config.batch.size, examples.batch, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+    data = GrainBatches(
+        examples.count, config.batch.size, examples.example, examples.collate, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(), workers=config.batch.workers,
     )
     summary = train(engine, data, config.loop, run_dir, _identity(lm, config), eval_batches=examples.eval_batches, log=log)
     summary.update(task=config.task, trainable_parameters=trainable)

@@ -72,6 +72,7 @@ class Engine:
         optimizer: optax.GradientTransformation,
         mesh: Mesh,
         seed: int = 0,
+        batch_axes: tuple[str, ...] = ("data", "fsdp"),
     ):
         self.model, self.mesh = model, mesh
         init_objective, objective_loss = objective
@@ -86,7 +87,7 @@ class Engine:
             return objective_loss(merged, trainable["objective"], batch, rng)
 
         self.state = init_state({"model": model_trainable, "objective": objective_params}, optimizer)
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+        self.batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes or None))
         self.step_fn = jit_train_step(
             make_train_step(loss_fn, optimizer), shardings_of(self.state), shardings_of(self.frozen),
             self.batch_sharding, mesh,

@@ -91,7 +91,3 @@ def tree_shardings(abstract, logical_specs, mesh: Mesh, rules: dict):
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
 
-
-def batch_sharding(mesh: Mesh, rules: dict, batch_size: int, ndim: int) -> NamedSharding:
-    spec = physical_spec((batch_size,), ("batch",), mesh, rules)
-    return NamedSharding(mesh, PartitionSpec(*(tuple(spec) + (None,) * (ndim - 1))))

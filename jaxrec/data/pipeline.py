@@ -1,0 +1,57 @@
+"""Training batches through Grain.
+
+``MapDataset.range(n)`` is shuffled with the run's seed (a new permutation each
+epoch) before it is split across processes, so every process sees the same
+global order and takes every ``process_count``-th example: each global batch
+is the union of the processes' local batches, with no overlap. Per-example
+randomness (augmented views) comes from Grain's seeded ``random_map``, and the
+iterator's state is a small dict saved with the checkpoint, so a resumed run
+continues with exactly the batch an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import grain
+import numpy as np
+
+
+class GrainBatches:
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        example: Callable[[int, np.random.Generator], Any],
+        collate: Callable[[Sequence[Any]], dict[str, np.ndarray]],
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        epochs: int | None = None,
+        workers: int = 0,
+    ):
+        if global_batch_size % process_count:
+            raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
+        if num_examples < global_batch_size:
+            raise ValueError(f"{num_examples} examples cannot fill one global batch of {global_batch_size}")
+        dataset = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(epochs)
+        # random draws are keyed by the global position, so they do not depend on the process layout
+        dataset = dataset.random_map(lambda index, rng: example(int(index), rng), seed=seed)
+        dataset = dataset.slice(slice(process_index, None, process_count))
+        dataset = dataset.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=collate)
+        iterable = dataset.to_iter_dataset()
+        if workers:
+            iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        self._iterator = iter(iterable)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)

@@ -1,0 +1,218 @@
+"""From raw files to leave-one-out sequences, cached on disk.
+
+Steps, in order: rating threshold -> drop interactions with items that have no
+title (reported) -> iterative k-core on users and items -> drop users with
+fewer than 3 interactions (reported) -> seeded user subsampling -> stable
+chronological order (file order breaks timestamp ties) -> item ids remapped to
+1..n (0 is padding). A user's last item is the test target, the one before the
+validation target, everything earlier is training.
+
+The result is cached under ``$JAXREC_CACHE/datasets`` as ``arrays.npz`` +
+``meta.json`` (no pickle), keyed by the source files' checksums and the options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec import assets
+from jaxrec.data.interactions import (
+    InteractionLog,
+    read_recbole_interactions,
+    read_tsv_interactions,
+    stable_chronological_order,
+)
+from jaxrec.data.items import DataError, ItemTable, read_recbole_items, read_tsv_items
+from jaxrec.io import atomic_dir, sha256_file
+
+MIN_SEQUENCE = 3  # one training item, the validation target and the test target
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class PrepSpec:
+    min_rating: float | None = None
+    k_core: int = 5
+    """Keep only users and items with at least this many interactions, repeatedly (0: off)."""
+    sample_users: int | None = None
+    """Keep a seeded random subset of this many users (after filtering)."""
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SeqData:
+    """Users' chronological item sequences over remapped item ids (0 = padding)."""
+
+    item_ids: np.ndarray  # [n_items + 1] original ids; item_ids[0] == ""
+    titles: list[str]  # [n_items + 1]
+    attributes: list[dict]  # [n_items + 1]
+    user_ids: np.ndarray  # [n_users]
+    offsets: np.ndarray  # [n_users + 1] into items / timestamps
+    items: np.ndarray  # [n_interactions] int32
+    timestamps: np.ndarray  # [n_interactions]
+    stats: dict
+    report: dict
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def split(self, user: int, part: str) -> tuple[np.ndarray, int]:
+        """(history, target) of ``part`` in "train_last", "valid", "test"; the
+        training items are ``sequence[:-2]``."""
+        seq = self.sequence(user)
+        cut = {"valid": len(seq) - 2, "test": len(seq) - 1}[part]
+        return seq[:cut], int(seq[cut])
+
+    def train_sequences(self) -> list[np.ndarray]:
+        return [self.sequence(u)[:-2] for u in range(self.num_users)]
+
+
+def _files(path: Path) -> tuple[Path, Path]:
+    """(interactions file, items file) of a dataset directory."""
+    if (path / "interactions.tsv").exists():
+        return path / "interactions.tsv", path / "items.tsv"
+    inter, item = sorted(path.glob("*.inter")), sorted(path.glob("*.item"))
+    if len(inter) == 1 and len(item) == 1:
+        return inter[0], item[0]
+    raise DataError(
+        f"{path}: expected interactions.tsv + items.tsv, or one RecBole .inter and one .item file "
+        f"(found {len(inter)} .inter, {len(item)} .item)"
+    )
+
+
+def read_raw(path: Path) -> tuple[InteractionLog, ItemTable]:
+    inter, item = _files(path)
+    if inter.suffix == ".inter":
+        return read_recbole_interactions(inter), read_recbole_items(item)
+    return read_tsv_interactions(inter), read_tsv_items(item)
+
+
+def k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Row mask keeping users and items with >= k interactions, iterated until stable."""
+    keep = np.ones(len(users), bool)
+    if k <= 1:
+        return keep
+    _, user_codes = np.unique(users, return_inverse=True)
+    _, item_codes = np.unique(items, return_inverse=True)
+    while True:
+        user_counts = np.bincount(user_codes[keep], minlength=user_codes.max() + 1)
+        item_counts = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
+        new_keep = keep & (user_counts[user_codes] >= k) & (item_counts[item_codes] >= k)
+        if new_keep.sum() == keep.sum():
+            return keep
+        keep = new_keep
+
+
+def _statistics(lengths: np.ndarray, items: np.ndarray, num_items: int) -> dict:
+    popularity = np.bincount(items, minlength=num_items + 1)[1:]
+    n = int(lengths.sum())
+    return {
+        "users": int(len(lengths)),
+        "items": int(num_items),
+        "interactions": n,
+        "density": n / max(len(lengths) * num_items, 1),
+        "length_quantiles": {q: float(np.quantile(lengths, q / 100)) for q in (0, 25, 50, 75, 90, 100)},
+        "length_mean": float(lengths.mean()),
+        "popularity_quantiles": {q: float(np.quantile(popularity, q / 100)) for q in (0, 25, 50, 75, 90, 100)},
+        "items_with_under_5_interactions": int((popularity < 5).sum()),
+    }
+
+
+def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec) -> SeqData:
+    report = {"interactions_read": len(log)}
+    if spec.min_rating is not None:
+        if log.ratings is None:
+            raise DataError(f"{log.source}: data.min_rating is set but the file has no rating column")
+        log = log.take(np.flatnonzero(log.ratings >= spec.min_rating))
+        report["interactions_below_min_rating"] = report["interactions_read"] - len(log)
+
+    titled = {i for i, t in zip(table.ids, table.titles) if t}
+    has_title = np.isin(log.items, np.asarray(sorted(titled), dtype=str))
+    report["items_without_title"] = int(len(np.unique(log.items[~has_title])))
+    report["interactions_with_untitled_items"] = int((~has_title).sum())
+    log = log.take(np.flatnonzero(has_title))
+
+    before = len(log)
+    log = log.take(np.flatnonzero(k_core(log.users, log.items, spec.k_core)))
+    report["interactions_removed_by_k_core"] = before - len(log)
+
+    users, counts = np.unique(log.users, return_counts=True)
+    short = users[counts < MIN_SEQUENCE]
+    report["users_with_under_3_interactions"] = int(len(short))
+    if len(short):
+        log = log.take(np.flatnonzero(~np.isin(log.users, short)))
+    if spec.sample_users is not None and spec.sample_users < len(np.unique(log.users)):
+        chosen = np.random.default_rng(spec.seed).choice(np.unique(log.users), spec.sample_users, replace=False)
+        log = log.take(np.flatnonzero(np.isin(log.users, chosen)))
+    if len(log) == 0:
+        raise DataError(f"{log.source}: no interactions left after filtering ({report})")
+
+    log = log.take(stable_chronological_order(log.users, log.timestamps))
+    item_ids, codes = np.unique(log.items, return_inverse=True)
+    boundaries = np.flatnonzero(log.users[1:] != log.users[:-1]) + 1
+    offsets = np.concatenate([[0], boundaries, [len(log)]]).astype(np.int64)
+    row = {item_id: index for index, item_id in enumerate(table.ids)}
+    order = [row[i] for i in item_ids]
+    items = (codes + 1).astype(np.int32)
+    return SeqData(
+        item_ids=np.concatenate([[""], item_ids]).astype(str),
+        titles=[""] + [table.titles[r] for r in order],
+        attributes=[{}] + [table.attributes[r] for r in order],
+        user_ids=log.users[offsets[:-1]],
+        offsets=offsets,
+        items=items,
+        timestamps=log.timestamps,
+        stats=_statistics(np.diff(offsets), items, len(item_ids)),
+        report=report,
+    )
+
+
+def _cache_key(files: tuple[Path, ...], spec: PrepSpec) -> str:
+    digest = hashlib.sha256(json.dumps([_CACHE_VERSION, dataclasses.asdict(spec)]).encode())
+    for f in files:
+        digest.update(sha256_file(f).encode())
+    return digest.hexdigest()[:20]
+
+
+def _save(data: SeqData, directory: Path) -> None:
+    np.savez(directory / "arrays.npz", item_ids=data.item_ids, user_ids=data.user_ids, offsets=data.offsets,
+             items=data.items, timestamps=data.timestamps)
+    meta = {"titles": data.titles, "attributes": data.attributes, "stats": data.stats, "report": data.report}
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def _load(directory: Path) -> SeqData:
+    with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+        loaded = {k: arrays[k] for k in arrays.files}
+    meta = json.loads((directory / "meta.json").read_text())
+    return SeqData(titles=meta["titles"], attributes=meta["attributes"], stats=meta["stats"], report=meta["report"], **loaded)
+
+
+def load_dataset(name_or_path: str | Path, spec: PrepSpec | None = None, cache: bool = True) -> SeqData:
+    """Read, preprocess and split a dataset (cached by source checksums and options)."""
+    spec = spec or PrepSpec()
+    path = assets.resolve(name_or_path)
+    if not path.is_dir():
+        raise DataError(f"{path}: expected a dataset directory")
+    files = _files(path)
+    directory = assets.cache_root() / "datasets" / f"{path.name}-{_cache_key(files, spec)}"
+    if cache and (directory / "meta.json").exists():
+        return _load(directory)
+    data = preprocess(*read_raw(path), spec)
+    if cache:
+        with atomic_dir(directory) as tmp:
+            _save(data, tmp)
+    return data
