@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxrec import assets
+from jaxrec.data.amazon import find_files as find_amazon_files
+from jaxrec.data.amazon import read_amazon
 from jaxrec.data.interactions import (
     InteractionLog,
     read_recbole_interactions,
@@ -87,17 +89,24 @@ def _files(path: Path) -> tuple[Path, Path]:
     inter, item = sorted(path.glob("*.inter")), sorted(path.glob("*.item"))
     if len(inter) == 1 and len(item) == 1:
         return inter[0], item[0]
+    amazon = find_amazon_files(path)
+    if amazon is not None:
+        return amazon
     raise DataError(
-        f"{path}: expected interactions.tsv + items.tsv, or one RecBole .inter and one .item file "
-        f"(found {len(inter)} .inter, {len(item)} .item)"
+        f"{path}: expected interactions.tsv + items.tsv, one RecBole .inter and one .item file, or Amazon "
+        f"reviews + meta_<Category> files (found {len(inter)} .inter, {len(item)} .item)"
     )
 
 
-def read_raw(path: Path) -> tuple[InteractionLog, ItemTable]:
+def read_raw(path: Path) -> tuple[InteractionLog, ItemTable, dict]:
+    """The interaction log, the item table and what reading dropped or found."""
     inter, item = _files(path)
+    report: dict = {}
     if inter.suffix == ".inter":
-        return read_recbole_interactions(inter), read_recbole_items(item)
-    return read_tsv_interactions(inter), read_tsv_items(item)
+        return read_recbole_interactions(inter), read_recbole_items(item), report
+    if inter.name == "interactions.tsv":
+        return read_tsv_interactions(inter), read_tsv_items(item), report
+    return (*read_amazon(inter, item, report), report)
 
 
 def k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
@@ -131,10 +140,10 @@ def _statistics(lengths: np.ndarray, items: np.ndarray, num_items: int) -> dict:
     }
 
 
-def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec) -> SeqData:
-    report = {"interactions_read": len(log)}
+def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_report: dict | None = None) -> SeqData:
+    report = {**(read_report or {}), "interactions_read": len(log)}
     if spec.min_rating is not None:
-        if log.ratings is None:
+        if log.ratings is None or np.isnan(log.ratings).all():
             raise DataError(f"{log.source}: data.min_rating is set but the file has no rating column")
         log = log.take(np.flatnonzero(log.ratings >= spec.min_rating))
         report["interactions_below_min_rating"] = report["interactions_read"] - len(log)
@@ -211,7 +220,8 @@ def load_dataset(name_or_path: str | Path, spec: PrepSpec | None = None, cache: 
     directory = assets.cache_root() / "datasets" / f"{path.name}-{_cache_key(files, spec)}"
     if cache and (directory / "meta.json").exists():
         return _load(directory)
-    data = preprocess(*read_raw(path), spec)
+    log, table, read_report = read_raw(path)
+    data = preprocess(log, table, spec, read_report)
     if cache:
         with atomic_dir(directory) as tmp:
             _save(data, tmp)

@@ -1,0 +1,88 @@
+"""Amazon Reviews 2018 / 2023 readers on small fixtures written in the exact formats."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from jaxrec.data.items import DataError
+from jaxrec.data.prep import PrepSpec, load_dataset
+
+
+def _lines(path, records, raw_lines=()):
+    text = "".join(json.dumps(r) + "\n" for r in records) + "".join(raw_lines)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+
+
+def _amazon_2018(directory, five_core=True):
+    directory.mkdir()
+    reviews = [
+        {"overall": 5.0, "verified": True, "reviewTime": "09 13, 2009", "reviewerID": f"U{u}", "asin": f"B0{i}",
+         "reviewerName": "x", "reviewText": "fun", "summary": "ok", "unixReviewTime": 1_000_000 + 86400 * (u + i),
+         "style": {"Format:": " Video Game"}}
+        for u in range(4) for i in range(4)
+    ]
+    name = "Video_Games_5.json.gz" if five_core else "Video_Games.json.gz"
+    _lines(directory / name, reviews, raw_lines=["{not json\n"])
+    meta = [
+        {"category": ["Video Games", "PC"], "description": ["A game"], "title": f"Game &amp; {i}", "brand": "Acme",
+         "price": "$9.99", "asin": f"B0{i}", "also_buy": []}
+        for i in range(4)
+    ]
+    _lines(directory / "meta_Video_Games.json.gz", meta)
+    return directory
+
+
+def test_amazon_2018_reviews_and_meta(tmp_path):
+    data = load_dataset(_amazon_2018(tmp_path / "games"), PrepSpec(k_core=0), cache=False)
+    assert (data.num_users, data.num_items, len(data.items)) == (4, 4, 16)
+    assert data.titles[1] == "Game & 0"  # HTML entities unescaped
+    assert data.attributes[1] == {"brand": "Acme", "category": ["Video Games", "PC"], "description": ["A game"], "price": "$9.99"}
+    assert data.report["Video_Games_5.json.gz"] == {"malformed_lines": 1, "first_malformed_line": 17}
+    assert data.report["amazon_release"] == 2018
+
+
+def test_amazon_2023_millisecond_timestamps_and_details(tmp_path):
+    directory = tmp_path / "beauty"
+    directory.mkdir()
+    reviews = [
+        {"rating": 4.0, "title": "t", "text": "x", "images": [], "asin": f"C{i}x", "parent_asin": f"C{i}",
+         "user_id": f"V{u}", "timestamp": 1_588_687_728_000 + 1000 * (3 - i), "helpful_vote": 0, "verified_purchase": True}
+        for u in range(3) for i in range(3)
+    ]
+    _lines(directory / "All_Beauty.jsonl", reviews)
+    meta = [
+        {"main_category": "All Beauty", "title": f"Cream {i}", "average_rating": 4.5, "rating_number": 10,
+         "features": [], "description": [], "price": None, "images": [], "videos": [], "store": "Shop",
+         "categories": [], "details": {"Brand": "B"}, "parent_asin": f"C{i}", "bought_together": None}
+        for i in range(3)
+    ]
+    _lines(directory / "meta_All_Beauty.jsonl", meta)
+    data = load_dataset(directory, PrepSpec(k_core=0), cache=False)
+    assert data.report["amazon_release"] == 2023
+    first_user = [data.item_ids[i] for i in data.sequence(0)]
+    assert first_user == ["C2", "C1", "C0"]  # chronological by millisecond timestamps
+    assert data.timestamps[0] == pytest.approx(1_588_687_728.0)
+    assert data.attributes[1] == {"store": "Shop", "details": ["Brand: B"]}
+
+
+def test_meta_that_covers_no_reviewed_item_is_an_error(tmp_path):
+    directory = _amazon_2018(tmp_path / "games")
+    _lines(directory / "meta_Video_Games.json.gz", [{"asin": "Z1", "title": "Other"}])
+    with pytest.raises(DataError, match="covers none of the 4 items"):
+        load_dataset(directory, PrepSpec(k_core=0), cache=False)
+
+
+def test_partly_covered_meta_is_reported(tmp_path):
+    directory = _amazon_2018(tmp_path / "games")
+    _lines(directory / "meta_Video_Games.json.gz", [{"asin": f"B0{i}", "title": f"G{i}"} for i in range(3)])
+    data = load_dataset(directory, PrepSpec(k_core=0), cache=False)
+    assert data.report["reviewed_items_missing_from_meta"] == 1
+    assert data.num_items == 3 and not np.isin("B03", data.item_ids)
