@@ -71,3 +71,22 @@ def test_too_few_examples_or_uneven_split_is_an_error():
         _batches(n=5, batch=8)
     with pytest.raises(ValueError, match="does not split over 3 processes"):
         _batches(batch=8, process_count=3)
+
+
+def test_worker_processes_give_the_same_batches_and_state():
+    inline = _batches(seed=4)
+    workers = GrainBatches(50, 8, _example, _collate, seed=4, workers=2)
+    try:
+        for _ in range(5):
+            a, b = next(inline), next(workers)
+            np.testing.assert_array_equal(a["index"], b["index"])
+            np.testing.assert_array_equal(a["noise"], b["noise"])
+        state = workers.get_state()
+    finally:
+        workers.close()
+    resumed = GrainBatches(50, 8, _example, _collate, seed=4, workers=2)
+    try:
+        resumed.set_state(state)
+        np.testing.assert_array_equal(next(resumed)["index"], next(inline)["index"])
+    finally:
+        resumed.close()

@@ -41,6 +41,7 @@ class GrainBatches:
         dataset = dataset.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=collate)
         iterable = dataset.to_iter_dataset()
         if workers:
+            _abseil_flags_parsed()
             iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
         self._iterator = iter(iterable)
 
@@ -55,3 +56,19 @@ class GrainBatches:
 
     def set_state(self, state: dict) -> None:
         self._iterator.set_state(state)
+
+    def close(self) -> None:
+        """Stop prefetch workers now rather than at interpreter exit."""
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _abseil_flags_parsed() -> None:
+    """Grain <= 0.2.18 reads an Abseil flag in mp_prefetch and fails in programs
+    that never parse flags (google/grain#1355); declare them parsed, keeping
+    every flag at its default."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

@@ -116,5 +116,7 @@ def train(
     finally:
         checkpoints.close()
         metrics_log.close()
+        if hasattr(data, "close"):
+            data.close()
     return {"steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
             "best_validation_loss": None if best == math.inf else best}
