@@ -47,7 +47,7 @@ def test_two_processes_split_each_global_batch():
         a, b = shards[0][step], shards[1][step]
         assert len(a["index"]) == len(b["index"]) == 4
         assert not set(a["index"]) & set(b["index"])
-        assert sorted(np.concatenate([a["index"], b["index"]])) == sorted(whole["index"])
+        np.testing.assert_array_equal(np.concatenate([a["index"], b["index"]]), whole["index"])
         # the per-example random draws do not depend on the process layout either
         merged = dict(zip(np.concatenate([a["index"], b["index"]]), np.concatenate([a["noise"], b["noise"]])))
         assert merged == dict(zip(whole["index"], whole["noise"]))

@@ -2,8 +2,9 @@
 
 ``MapDataset.range(n)`` is shuffled with the run's seed (a new permutation each
 epoch) before it is split across processes, so every process sees the same
-global order and takes every ``process_count``-th example: each global batch
-is the union of the processes' local batches, with no overlap. Per-example
+global order; each takes its contiguous block of every global batch, so the
+processes' local batches are disjoint, their union is the global batch, and
+the assembled global array equals the single-process one row for row. Per-example
 randomness (augmented views) comes from Grain's seeded ``random_map``, and the
 iterator's state is a small dict saved with the checkpoint, so a resumed run
 continues with exactly the batch an uninterrupted run would have produced.
@@ -34,11 +35,18 @@ class GrainBatches:
             raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
         if num_examples < global_batch_size:
             raise ValueError(f"{num_examples} examples cannot fill one global batch of {global_batch_size}")
-        dataset = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(epochs)
+        stream = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(epochs)
         # random draws are keyed by the global position, so they do not depend on the process layout
-        dataset = dataset.random_map(lambda index, rng: example(int(index), rng), seed=seed)
-        dataset = dataset.slice(slice(process_index, None, process_count))
-        dataset = dataset.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=collate)
+        stream = stream.random_map(lambda index, rng: example(int(index), rng), seed=seed)
+        local = global_batch_size // process_count
+        offset = process_index * local
+        steps = len(stream) // global_batch_size
+        # this process's rows are a contiguous block of every global batch, so the
+        # assembled global array has the same row order as a single-process run
+        dataset = grain.MapDataset.range(steps * local).map(
+            lambda j: stream[(j // local) * global_batch_size + offset + j % local]
+        )
+        dataset = dataset.batch(local, drop_remainder=True, batch_fn=collate)
         iterable = dataset.to_iter_dataset()
         if workers:
             _abseil_flags_parsed()

@@ -1,0 +1,45 @@
+"""Run by test_multihost: one JAX process of a 2-process job (or a single
+process with all 8 devices), training a tiny LoRA MNTP model on Grain batches
+over a data=2, fsdp=2, tensor=2 mesh. Prints the losses as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, int] = (2, 2, 2)) -> None:
+    if num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+    assert jax.device_count() == 8, jax.devices()
+
+    import jaxrec
+    from jaxrec.data.examples import pad_batch
+    from jaxrec.data.pipeline import GrainBatches
+    from jaxrec.train.mesh import MeshSpec
+    from tests.conftest import build_torch_model, save_tokenizer
+    from tests.train_helpers import build_engine
+
+    directory = Path(tempfile.mkdtemp())
+    build_torch_model("llama-tied-gqa").save_pretrained(str(directory))  # seeded: the same weights everywhere
+    save_tokenizer(directory)
+    lm = jaxrec.load_lm(directory)
+    engine = build_engine(lm, "mntp", MeshSpec(*mesh), jax.devices())
+
+    rng = np.random.default_rng(0)
+    titles = [rng.integers(3, 128, size=rng.integers(3, 12)).tolist() for _ in range(64)]
+    data = GrainBatches(len(titles), 16, lambda i, _: titles[i], lambda rows: pad_batch(list(rows), 2, 16),
+                        seed=1, process_index=jax.process_index(), process_count=jax.process_count())
+    losses = [float(engine.train_step(next(data))["loss"]) for _ in range(4)]
+    if jax.process_index() == 0:
+        print(json.dumps({"losses": losses, "processes": jax.process_count()}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), tuple(int(n) for n in sys.argv[4].split(",")))
