@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
+from jaxrec.io import write_bytes_atomic
 
 _EPILOG = """\
 tasks:
@@ -47,7 +49,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override one config value, e.g. --set encode.batch_size=32 (repeatable; values are YAML)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-process JAX job (TPU pod, SLURM, or the JAXREC_COORDINATOR / JAXREC_NUM_PROCESSES / "
+        "JAXREC_PROCESS_ID variables that launch/local_multihost.sh sets) before running",
+    )
     return parser.parse_args(argv)
+
+
+def init_distributed() -> None:
+    """Start JAX's multi-process runtime: from JAXREC_* variables if set
+    (CPU jobs on one machine use gloo collectives), else auto-detected
+    (TPU pods, SLURM)."""
+    import jax
+
+    coordinator = os.environ.get("JAXREC_COORDINATOR")
+    if coordinator is None:
+        jax.distributed.initialize()
+        return
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator, num_processes=int(os.environ["JAXREC_NUM_PROCESSES"]), process_id=int(os.environ["JAXREC_PROCESS_ID"])
+    )
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -65,12 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(config), end="")
         return 0
 
+    if args.distributed:
+        init_distributed()
     from jaxrec.pipelines import TASKS
 
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    import jax
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
-    log = lambda message: print(f"[jaxrec {config.task}] {message}", file=sys.stderr, flush=True)
+    if jax.process_index() == 0:
+        write_bytes_atomic(run_dir / "config.yaml", to_yaml(config).encode())
+
+    prefix = f"[jaxrec {config.task}" + (f" {jax.process_index()}/{jax.process_count()}]" if args.distributed else "]")
+    log = lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
     log(f"run directory: {run_dir}")
     try:
         TASKS[config.task](config, run_dir, log=log)

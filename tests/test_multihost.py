@@ -55,3 +55,29 @@ def test_two_processes_match_one_process_with_all_devices():
     two = json.loads(outputs[0][0].strip().splitlines()[-1])
     assert two["processes"] == 2 and one["processes"] == 1
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+
+
+def test_local_multihost_launcher_trains_with_one_writer(tiny_checkpoints, tmp_path):
+    model_dir, _ = tiny_checkpoints("llama-tied-gqa")
+    data = tmp_path / "data"
+    data.mkdir()
+    titles = ["toy story", "star wars movie", "space quest", "call of duty game", "the movie", "a game of toy",
+              "space wars", "the call"]
+    (data / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(titles)))
+    rows = [(u, (u * 3 + k) % 8, k) for u in range(6) for k in range(5)]
+    (data / "interactions.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"task: mntp\nrun_dir: {tmp_path / 'out'}\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\n  k_core: 0\n"
+        "batch:\n  size: 8\n  max_length: 16\nloop:\n  steps: 2\n  log_every: 1\nmesh:\n  fsdp: 2\n"
+    )
+    result = subprocess.run(
+        ["bash", str(ROOT / "launch" / "local_multihost.sh"), str(config), "2", "4"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, "JAXREC_PROGRESS": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[jaxrec mntp 1/2] done" in result.stderr and "over 8 device(s), 2 process(es)" in result.stderr
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 2

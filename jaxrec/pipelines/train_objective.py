@@ -180,6 +180,7 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     )
     summary = train(engine, data, config.loop, run_dir, _identity(lm, config), eval_batches=examples.eval_batches, log=log)
     summary.update(task=config.task, trainable_parameters=trainable)
-    write_json_atomic(run_dir / "summary.json", summary)
+    if jax.process_index() == 0:
+        write_json_atomic(run_dir / "summary.json", summary)
     log(f"done: {summary}")
     return summary

@@ -59,7 +59,7 @@ def train(
         engine.state, data_state = checkpoints.restore(engine.state, identity)
         data.set_state(data_state)
         log(f"resumed from the checkpoint at step {int(engine.state.step)}")
-    metrics_log = MetricsLog(run_dir)
+    metrics_log = MetricsLog(run_dir) if jax.process_index() == 0 else None  # one writer per job
     step = start = int(engine.state.step)
     last_saved = checkpoints.latest_step()
     best, stale, stopped_early = math.inf, 0, False
@@ -90,16 +90,19 @@ def train(
                     values = _host(metrics)
                     guard(values)
                     now = time.perf_counter()
-                    values["tokens_per_s"] = tokens / max(now - window_start, 1e-9)
+                    # this process's tokens times the process count: the job's rate
+                    values["tokens_per_s"] = tokens * jax.process_count() / max(now - window_start, 1e-9)
                     tokens, window_start = 0, now
-                    metrics_log.write(step, values)
+                    if metrics_log:
+                        metrics_log.write(step, values)
                     status = f"loss {values['loss']:.4f}  {values['tokens_per_s']:.0f} tok/s"
                 if spec.save_every and step % spec.save_every == 0:
                     save()
                 if eval_batches is not None and spec.eval_every and step % spec.eval_every == 0:
                     results = [_host(engine.evaluate(b)) for b in eval_batches()]
                     validation = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-                    metrics_log.write(step, validation, split="validation")
+                    if metrics_log:
+                        metrics_log.write(step, validation, split="validation")
                     if validation["loss"] < best:
                         best, stale = validation["loss"], 0
                     else:
@@ -115,7 +118,8 @@ def train(
             save()
     finally:
         checkpoints.close()
-        metrics_log.close()
+        if metrics_log:
+            metrics_log.close()
         if hasattr(data, "close"):
             data.close()
     return {"steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
