@@ -92,6 +92,21 @@ def tiny_checkpoints(tmp_path_factory):
     return make
 
 
+TINY_TITLES = ["toy story", "star wars movie", "space quest", "call of duty game", "the movie", "a game of toy",
+               "space wars", "the call"]
+
+
+def write_tiny_dataset(directory: Path) -> Path:
+    """items.tsv over TINY_TITLES and interactions.tsv of 6 users x 5 items."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(TINY_TITLES)))
+    rows = [(u, (u * 3 + k) % len(TINY_TITLES), 100 + k) for u in range(6) for k in range(5)]
+    (directory / "interactions.tsv").write_text(
+        "user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows)
+    )
+    return directory
+
+
 def random_ids(batch: int, length: int, seed: int = 0, vocab: int = TINY["vocab_size"]) -> np.ndarray:
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
 

@@ -14,6 +14,7 @@ import pytest
 
 import jaxrec
 from jaxrec import launch
+from tests.conftest import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ITEMS = [("10", "toy story"), ("11", "star wars movie"), ("12", "space quest"), ("13", "call of duty game")]
@@ -96,13 +97,7 @@ def test_quickstart_on_the_real_defaults(smollm2_gguf, ml100k_dir, tmp_path):
 
 def _training_setup(tiny_run, task):
     model_dir, data, _, out = tiny_run
-    titles = ["toy story", "star wars movie", "space quest", "call of duty game", "the movie", "a game of toy",
-              "space wars", "the call"]
-    (data / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(titles)))
-    rows = [(u, (u * 3 + k) % len(titles), 100 + k) for u in range(6) for k in range(5)]
-    (data / "interactions.tsv").write_text(
-        "user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows)
-    )
+    write_tiny_dataset(data)
     return [
         "--set", f"task={task}", "--set", f"model.name={model_dir}", "--set", f"data.name={data}",
         "--set", f"run_dir={out}", "--set", "batch.size=4", "--set", "batch.max_length=32",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import write_tiny_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 # data and fsdp span both processes. A tensor axis > 1 hangs in the gloo CPU
 # collectives of a 2-process job here (it runs in one process), see the README.
@@ -59,13 +61,7 @@ def test_two_processes_match_one_process_with_all_devices():
 
 def test_local_multihost_launcher_trains_with_one_writer(tiny_checkpoints, tmp_path):
     model_dir, _ = tiny_checkpoints("llama-tied-gqa")
-    data = tmp_path / "data"
-    data.mkdir()
-    titles = ["toy story", "star wars movie", "space quest", "call of duty game", "the movie", "a game of toy",
-              "space wars", "the call"]
-    (data / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(titles)))
-    rows = [(u, (u * 3 + k) % 8, k) for u in range(6) for k in range(5)]
-    (data / "interactions.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    data = write_tiny_dataset(tmp_path / "data")
     config = tmp_path / "run.yaml"
     config.write_text(
         f"task: mntp\nrun_dir: {tmp_path / 'out'}\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\n  k_core: 0\n"

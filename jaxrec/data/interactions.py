@@ -70,29 +70,24 @@ def _header(path: Path) -> list[str]:
     return line.split("\t")
 
 
-def read_tsv_interactions(path: Path) -> InteractionLog:
-    header = _header(path)
-    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in header]
-    if missing:
-        raise DataError(f"{path}: header {header} lacks column(s) {missing}")
-    rating = "rating" if "rating" in header else None
-    types = {"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.float64()}
-    if rating:
-        types["rating"] = pa.float64()
-    return _log(path, _read_table(path, header, types), rating)
-
-
-def read_recbole_interactions(path: Path) -> InteractionLog:
-    fields = [f.split(":", 1) for f in _header(path)]
-    names = [f[0] for f in fields]
+def _read_named(path: Path, names: list[str]) -> InteractionLog:
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in names]
     if missing:
-        raise DataError(f"{path}: RecBole header lacks field(s) {missing} (fields: {names})")
+        raise DataError(f"{path}: header {names} lacks column(s) {missing}")
     rating = "rating" if "rating" in names else None
     types = {"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.float64()}
     if rating:
         types["rating"] = pa.float64()
     return _log(path, _read_table(path, names, types), rating)
+
+
+def read_tsv_interactions(path: Path) -> InteractionLog:
+    return _read_named(path, _header(path))
+
+
+def read_recbole_interactions(path: Path) -> InteractionLog:
+    """RecBole headers name each field as ``name:type``."""
+    return _read_named(path, [field.split(":", 1)[0] for field in _header(path)])
 
 
 def stable_chronological_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
