@@ -84,20 +84,19 @@ def make_contrastive(
 ):
     vocab = model.config.vocab_size
 
-    def embed(variables, ids, mask, rng):
+    def loss(variables, _, batch, rng):
         view_rng, dropout_rng = jax.random.split(rng)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        # both views in one forward pass of twice the batch: larger matmuls, and
+        # dropout (or masking) still differs between the two copies of a row
+        ids, mask = jnp.concatenate([ids, ids]), jnp.concatenate([mask, mask])
         if spec.views == "masking":
             ids, _ = mntp.mask_tokens(
                 view_rng, ids, mask, rate=masking.rate, mask_token_id=mask_token_id,
                 vocab_size=vocab, special_ids=special_ids,
             )
-        states = _apply(model, variables, ids, mask, "bidirectional", "hidden", dropout_rng)
-        return mean_pool(states, mask)
-
-    def loss(variables, _, batch, rng):
-        rng_a, rng_b = jax.random.split(rng)
-        a = embed(variables, batch["input_ids"], batch["attention_mask"], rng_a)
-        b = embed(variables, batch["input_ids"], batch["attention_mask"], rng_b)
+        pooled = mean_pool(_apply(model, variables, ids, mask, "bidirectional", "hidden", dropout_rng), mask)
+        a, b = jnp.split(pooled, 2)
         return contrastive.info_nce(a, b, spec.temperature, spec.symmetric), {}
 
     return _no_params, loss
