@@ -150,3 +150,15 @@ def test_csft_example_truncates_history_from_the_left(tiny_checkpoints):
     keep = 9 - len(target_ids)
     assert ids == history_ids[-keep:] + target_ids  # the oldest history tokens are cut
     assert target == [0] * keep + [1] * len(target_ids)
+
+
+def test_user_sampling_is_seeded_and_history_windows_cut_old_items(tmp_path):
+    rows = "".join(f"u{u}\t{i}\t{t}\n" for u in range(10) for t, i in enumerate("abcdef"))
+    directory = _write(tmp_path, rows, "".join(f"{i}\t{i.upper()}\n" for i in "abcdef"))
+    a = load_dataset(directory, PrepSpec(k_core=0, sample_users=4, seed=1), cache=False)
+    b = load_dataset(directory, PrepSpec(k_core=0, sample_users=4, seed=1), cache=False)
+    c = load_dataset(directory, PrepSpec(k_core=0, sample_users=4, seed=2), cache=False)
+    assert a.num_users == 4 and list(a.user_ids) == list(b.user_ids) and set(a.user_ids) != set(c.user_ids)
+    history, target = a.split(0, "test", max_history=3)
+    np.testing.assert_array_equal(history, a.sequence(0)[-4:-1])
+    assert target == a.sequence(0)[-1]

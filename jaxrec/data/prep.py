@@ -71,12 +71,14 @@ class SeqData:
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
-    def split(self, user: int, part: str) -> tuple[np.ndarray, int]:
-        """(history, target) of ``part`` in "train_last", "valid", "test"; the
-        training items are ``sequence[:-2]``."""
+    def split(self, user: int, part: str, max_history: int | None = None) -> tuple[np.ndarray, int]:
+        """(history, target) for ``part`` "valid" or "test"; the history is cut
+        to its ``max_history`` most recent items. Training items are
+        ``sequence[:-2]``."""
         seq = self.sequence(user)
         cut = {"valid": len(seq) - 2, "test": len(seq) - 1}[part]
-        return seq[:cut], int(seq[cut])
+        start = 0 if max_history is None else max(0, cut - max_history)
+        return seq[start:cut], int(seq[cut])
 
     def train_sequences(self) -> list[np.ndarray]:
         return [self.sequence(u)[:-2] for u in range(self.num_users)]
