@@ -1,0 +1,1 @@
+"""Sequential recommenders over item representations (ID or frozen-LLM based)."""

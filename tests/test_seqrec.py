@@ -1,0 +1,50 @@
+"""SASRec / GRU4Rec: no future leakage, padding never reaches real positions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.seqrec.models import GRU4Rec, SASRec, SeqRecConfig, last_state
+
+CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_length=8)
+TABLE = jax.random.normal(jax.random.key(1), (21, 16))
+
+
+def _init(model, history):
+    return model.init(jax.random.key(0), history, TABLE)
+
+
+@pytest.mark.parametrize("model", [SASRec(CONFIG), SASRec(dataclasses.replace(CONFIG, norm_first=True)), GRU4Rec(CONFIG)])
+def test_output_at_t_ignores_items_after_t(model):
+    history = jnp.asarray([[3, 7, 1, 9, 4, 2, 0, 0]])
+    params = _init(model, history)
+    base = np.asarray(model.apply(params, history, TABLE))
+    for t in range(5):
+        changed = history.at[0, t + 1 :].set(jnp.where(history[0, t + 1 :] > 0, 11, 0))
+        out = np.asarray(model.apply(params, changed, TABLE))
+        np.testing.assert_allclose(out[0, : t + 1], base[0, : t + 1], atol=1e-5, err_msg=f"position {t}")
+        assert np.abs(out[0, t + 1 : 6] - base[0, t + 1 : 6]).max() > 1e-4
+
+
+def test_trailing_padding_does_not_change_the_user_state():
+    model = SASRec(CONFIG)
+    short = jnp.asarray([[3, 7, 1, 0, 0, 0, 0, 0]])
+    params = _init(model, short)
+    a = last_state(model.apply(params, short, TABLE), short)
+    b = last_state(model.apply(params, short[:, :4], TABLE), short[:, :4])
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    model = SASRec(SeqRecConfig(hidden=16, layers=1, heads=1, dropout=0.5, max_length=8))
+    history = jnp.asarray([[3, 7, 1, 9]])
+    params = _init(model, history)
+    np.testing.assert_array_equal(model.apply(params, history, TABLE), model.apply(params, history, TABLE))
+    a = model.apply(params, history, TABLE, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(params, history, TABLE, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
