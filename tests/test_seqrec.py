@@ -48,3 +48,48 @@ def test_dropout_only_in_training():
     a = model.apply(params, history, TABLE, deterministic=False, rngs={"dropout": jax.random.key(1)})
     b = model.apply(params, history, TABLE, deterministic=False, rngs={"dropout": jax.random.key(2)})
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_pca_matches_numpy_up_to_sign():
+    from jaxrec.seqrec.items import pca
+
+    x = np.random.default_rng(0).normal(size=(40, 6)) @ np.diag([5, 4, 3, 0.1, 0.1, 0.1])
+    projected = pca(x, 3)
+    centered = x - x.mean(0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(centered.T))
+    reference = centered @ eigenvectors[:, ::-1][:, :3]
+    np.testing.assert_allclose(np.abs(projected), np.abs(reference), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="cannot keep 7 components"):
+        pca(x, 7)
+
+
+def test_item_embedding_files_are_validated_and_reordered(tmp_path):
+    import json
+
+    from jaxrec.data.items import DataError
+    from jaxrec.seqrec.items import load_item_embeddings
+
+    np.save(tmp_path / "m.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    (tmp_path / "ids.json").write_text(json.dumps(["a", "b", "c"]))
+    table = load_item_embeddings(tmp_path / "m.npy", tmp_path / "ids.json", ["", "c", "a"])
+    np.testing.assert_array_equal(table, [[0, 0], [4, 5], [0, 1]])
+    (tmp_path / "ids.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(DataError, match=r"shape \(3, 2\) but .* lists 2 item ids"):
+        load_item_embeddings(tmp_path / "m.npy", tmp_path / "ids.json", ["", "a"])
+    (tmp_path / "ids.json").write_text(json.dumps(["a", "b", "c"]))
+    with pytest.raises(DataError, match=r"1 item\(s\) of the dataset have no embedding, e.g. \['z'\]"):
+        load_item_embeddings(tmp_path / "m.npy", tmp_path / "ids.json", ["", "a", "z"])
+
+
+def test_adapters_give_tables_with_a_zero_padding_row():
+    from jaxrec.seqrec.items import FrozenTextAdapter, IDEmbedding
+
+    ids = IDEmbedding(5, 8)
+    table = ids.apply(ids.init(jax.random.key(0)))
+    assert table.shape == (6, 8) and not np.asarray(table[0]).any()
+    frozen = np.random.default_rng(0).normal(size=(6, 12)).astype(np.float32)
+    adapter = FrozenTextAdapter((10, 8))
+    params = adapter.init(jax.random.key(0), frozen)
+    table = adapter.apply(params, frozen)
+    assert table.shape == (6, 8) and not np.asarray(table[0]).any()
+    assert set(params["params"]) == {"dense_0", "dense_1"}  # the frozen matrix is not a parameter
