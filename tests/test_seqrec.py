@@ -93,3 +93,27 @@ def test_adapters_give_tables_with_a_zero_padding_row():
     table = adapter.apply(params, frozen)
     assert table.shape == (6, 8) and not np.asarray(table[0]).any()
     assert set(params["params"]) == {"dense_0", "dense_1"}  # the frozen matrix is not a parameter
+
+
+def test_next_item_losses_match_numpy():
+    from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
+
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    table = rng.normal(size=(6, 4)).astype(np.float32)
+    targets = np.array([[2, 5, 0], [1, 3, 4]])
+    negatives = np.array([[[3], [1], [2]], [[5], [2], [1]]])
+    logits = states @ table.T
+    logits[..., 0] = -np.inf
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    real = targets > 0
+    expected = -np.mean([logp[b, l, targets[b, l]] for b, l in zip(*np.nonzero(real))])
+    got = full_softmax_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(targets))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    softplus = lambda x: np.log1p(np.exp(x))
+    terms = [
+        softplus(-states[b, l] @ table[targets[b, l]]) + softplus(states[b, l] @ table[negatives[b, l, 0]])
+        for b, l in zip(*np.nonzero(real))
+    ]
+    got = sampled_bce_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(targets), jnp.asarray(negatives))
+    np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
