@@ -103,11 +103,9 @@ def rules_for(config: DecoderConfig) -> list[Rule]:
 
 def abstract_params(config: DecoderConfig) -> dict:
     """Shapes and dtypes of the model's parameters, without allocating them."""
-    from jaxrec.models.decoder import Decoder
+    from jaxrec.models.decoder import Decoder, abstract_variables
 
-    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    boxed = jax.eval_shape(lambda i: Decoder(config).init(jax.random.key(0), i), ids)
-    return nn.unbox(boxed)["params"]
+    return nn.unbox(abstract_variables(Decoder(config)))["params"]
 
 
 def _get(tree: dict, path: tuple[str, ...]):

@@ -23,6 +23,13 @@ from jaxrec.models.layers import (
 )
 
 
+def abstract_variables(model: "Decoder") -> dict:
+    """Shapes, dtypes and logical-axis metadata of every variable collection,
+    without allocating anything."""
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)
+
+
 class DecoderLayer(nn.Module):
     config: DecoderConfig
     deterministic: bool = True

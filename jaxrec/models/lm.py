@@ -149,7 +149,7 @@ def load_lm(
     elif path.suffix == ".gguf":
         source = GGUFSource(path)
         config = config_from_hf_dict(source.hf_config(), source=str(path), **runtime)
-        tok = tokenizer_from_gguf(path) if source.has_tokenizer() else None
+        tok = tokenizer_from_gguf(path, source.reader) if source.has_tokenizer() else None
     else:
         raise CheckpointError(f"{path}: expected an HF model directory or a .gguf file")
     if attention_dropout is not None:

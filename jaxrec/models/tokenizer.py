@@ -43,18 +43,20 @@ def tokenizer_from_dir(model_dir: str | Path):
     return transformers.AutoTokenizer.from_pretrained(str(model_dir))
 
 
-def tokenizer_from_gguf(gguf_path: str | Path, file_sha256: str | None = None):
+def tokenizer_from_gguf(gguf_path: str | Path, reader=None):
+    """``reader``: an open ``gguf.GGUFReader`` of the file, to avoid parsing its
+    metadata (seconds for a large vocabulary) a second time."""
     import gguf
 
     from jaxrec.models.gguf_tokenizer import tokenizer_from_gguf_metadata
 
     gguf_path = Path(gguf_path)
-    digest = file_sha256 or sha256_file(gguf_path)
+    digest = sha256_file(gguf_path)
     cached = cache_root() / "tokenizers" / f"{digest[:24]}-{_GGUF_TOKENIZER_VERSION}"
     if has_tokenizer(cached):
         return tokenizer_from_dir(cached)
     _quiet_transformers()
-    tokenizer = tokenizer_from_gguf_metadata(gguf.GGUFReader(gguf_path), str(gguf_path))
+    tokenizer = tokenizer_from_gguf_metadata(reader or gguf.GGUFReader(gguf_path), str(gguf_path))
     with atomic_dir(cached) as tmp:
         tokenizer.save_pretrained(str(tmp))
     return tokenizer

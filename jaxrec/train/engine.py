@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrec.models.decoder import Decoder
+from jaxrec.models.decoder import Decoder, abstract_variables
 from jaxrec.models.layers import LoraSpec
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.partition import combine, split, trainable_patterns
@@ -40,16 +40,11 @@ class TrainableSpec:
         return trainable_patterns(self.mode, self.subtrees)
 
 
-def _logical_specs(model: Decoder):
-    abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32)), jax.random.key(0))
-    return nn.unbox(abstract), nn.get_partition_spec(abstract)
-
-
 def place_variables(model: Decoder, params: dict, mesh: Mesh, rules: dict, rng: jax.Array) -> dict:
     """The model's variables on the mesh: the given ``params`` moved to their
     shardings, and every other collection (LoRA) freshly initialised sharded."""
-    abstract, logical = _logical_specs(model)
-    shardings = mesh_lib.tree_shardings(abstract, logical, mesh, rules)
+    boxed = abstract_variables(model)
+    shardings = mesh_lib.tree_shardings(nn.unbox(boxed), nn.get_partition_spec(boxed), mesh, rules)
     variables = {"params": jax.device_put(params, shardings["params"])}
     others = {k: v for k, v in shardings.items() if k != "params"}
     if others:
