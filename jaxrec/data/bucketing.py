@@ -46,15 +46,16 @@ def plan_batches(lengths: Sequence[int], batch_size: int, minimum: int = 8) -> l
     ]
 
 
-def pad_rows(
-    sequences: Sequence[Sequence[int]], batch: Batch, batch_size: int, pad_id: int, side: str = "right"
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], length: int, pad_id: int, side: str = "right", rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and attention mask, both int32 [batch_size, batch.length]."""
-    ids = np.full((batch_size, batch.length), pad_id, np.int32)
-    mask = np.zeros((batch_size, batch.length), np.int32)
-    for row, index in enumerate(batch.indices):
-        seq = sequences[index]
-        span = slice(0, len(seq)) if side == "right" else slice(batch.length - len(seq), batch.length)
-        ids[row, span] = seq
-        mask[row, span] = 1
-    return ids, mask
+    """Values and mask, both int32 [rows, length] (rows defaults to one per
+    sequence; extra rows are all padding). Sequences longer than ``length``
+    keep their first tokens (right padding) or their last (left padding)."""
+    values = np.full((rows or len(sequences), length), pad_id, np.int32)
+    mask = np.zeros_like(values)
+    for row, seq in enumerate(sequences):
+        seq = seq[-length:] if side == "left" else seq[:length]
+        span = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
+        values[row, span], mask[row, span] = seq, 1
+    return values, mask

@@ -7,19 +7,14 @@ import datetime
 
 import numpy as np
 
-from jaxrec.data.bucketing import bucket_length
+from jaxrec.data.bucketing import bucket_length, pad_sequences
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int, side: str = "right") -> dict[str, np.ndarray]:
     """Ids and attention mask padded to the batch's length bucket (capped at
     ``max_length``), so training compiles once per bucket, not per batch."""
     length = min(bucket_length(max(len(s) for s in sequences)), max_length)
-    ids = np.full((len(sequences), length), pad_id, np.int32)
-    mask = np.zeros((len(sequences), length), np.int32)
-    for row, seq in enumerate(sequences):
-        seq = seq[-length:] if side == "left" else seq[:length]
-        span = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
-        ids[row, span], mask[row, span] = seq, 1
+    ids, mask = pad_sequences(sequences, length, pad_id, side)
     return {"input_ids": ids, "attention_mask": mask}
 
 

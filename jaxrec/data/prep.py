@@ -29,7 +29,7 @@ from jaxrec.data.interactions import (
     read_tsv_interactions,
     stable_chronological_order,
 )
-from jaxrec.data.items import DataError, ItemTable, read_recbole_items, read_tsv_items
+from jaxrec.data.items import DataError, ItemTable, read_items
 from jaxrec.io import atomic_dir, sha256_file
 
 MIN_SEQUENCE = 3  # one training item, the validation target and the test target
@@ -105,9 +105,9 @@ def read_raw(path: Path) -> tuple[InteractionLog, ItemTable, dict]:
     inter, item = _files(path)
     report: dict = {}
     if inter.suffix == ".inter":
-        return read_recbole_interactions(inter), read_recbole_items(item), report
+        return read_recbole_interactions(inter), read_items(item), report
     if inter.name == "interactions.tsv":
-        return read_tsv_interactions(inter), read_tsv_items(item), report
+        return read_tsv_interactions(inter), read_items(item), report
     return (*read_amazon(inter, item, report), report)
 
 

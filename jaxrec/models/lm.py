@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import assets
-from jaxrec.data.bucketing import pad_rows, plan_batches
+from jaxrec.data.bucketing import pad_sequences, plan_batches
 from jaxrec.models.config import DecoderConfig, config_from_hf_dict, load_hf_config
 from jaxrec.models.convert import params_from_source
 from jaxrec.models.decoder import Decoder
@@ -113,7 +113,8 @@ class LM:
         with progress_bar("encoding", total=len(sequences), enabled=progress) as advance:
             for batch in plan_batches([len(s) for s in sequences], batch_size) + [None]:
                 if batch is not None:
-                    ids, am = pad_rows(sequences, batch, batch_size, pad_id)
+                    rows = [sequences[i] for i in batch.indices]
+                    ids, am = pad_sequences(rows, batch.length, pad_id, rows=batch_size)
                     result = _pooled(self.model, self.params, ids, am, mask=mask, pooling=pooling)
                 if pending is not None:  # collect the previous batch while this one runs
                     done, values = pending

@@ -8,7 +8,8 @@ Batches (all int32 [batch, length] unless noted):
 - mntp: input_ids, attention_mask;
 - contrastive: input_ids, attention_mask (one row per item; the two views are
   made here, by dropout or by token masking);
-- scft: view_a_ids, view_a_mask, view_b_ids, view_b_mask.
+- scft: view_a_input_ids, view_a_attention_mask, view_b_input_ids,
+  view_b_attention_mask.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ def make_scft(model: Decoder, normalize: bool = True):
     def init_params(rng):
         return {"tau": jnp.asarray(scft.TAU_INIT, jnp.float32)}
 
+    def embed(variables, batch, view, rng):
+        ids, mask = batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"]
+        return mean_pool(_apply(model, variables, ids, mask, "bidirectional", "hidden", rng), mask)
+
     def loss(variables, params, batch, rng):
         rng_a, rng_b = jax.random.split(rng)
-        x = mean_pool(_apply(model, variables, batch["view_a_ids"], batch["view_a_mask"], "bidirectional", "hidden", rng_a), batch["view_a_mask"])
-        y = mean_pool(_apply(model, variables, batch["view_b_ids"], batch["view_b_mask"], "bidirectional", "hidden", rng_b), batch["view_b_mask"])
+        x, y = embed(variables, batch, "view_a", rng_a), embed(variables, batch, "view_b", rng_b)
         return scft.soft_clip_loss(x, y, params["tau"], normalize), {"tau": params["tau"]}
 
     return init_params, loss

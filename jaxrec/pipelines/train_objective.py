@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxrec.config import ConfigError, RunConfig
 from jaxrec.data.pipeline import GrainBatches
+from jaxrec.data.bucketing import pad_sequences
 from jaxrec.data.examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
 from jaxrec.data.prep import SeqData, load_dataset
 from jaxrec.io import sha256_file, write_json_atomic
@@ -101,10 +102,8 @@ class _Examples:
             return batch
         ids, targets = zip(*examples)
         padded = pad_batch(list(ids), self.pad_id, spec.max_length, side="left")
-        mask = np.zeros_like(padded["input_ids"])
-        for row, target in enumerate(targets):
-            mask[row, mask.shape[1] - len(target) :] = target[-mask.shape[1] :]
-        return {**padded, "target_mask": mask}
+        target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
+        return {**padded, "target_mask": target_mask}
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """CSFT: each user's validation target; other tasks: a fixed sample of items."""
@@ -132,20 +131,7 @@ def _objective(config: RunConfig, model: Decoder, lm: LM):
                 "set model.attention_dropout (LLM2Rec uses 0.2) or contrastive.views=masking"
             )
         return model_losses.make_contrastive(model, config.contrastive, config.masking, mask_id, specials)
-    return _scft(model)
-
-
-def _scft(model: Decoder):
-    init, loss = model_losses.make_scft(model)
-
-    def renamed(variables, params, batch, rng):
-        views = {
-            "view_a_ids": batch["view_a_input_ids"], "view_a_mask": batch["view_a_attention_mask"],
-            "view_b_ids": batch["view_b_input_ids"], "view_b_mask": batch["view_b_attention_mask"],
-        }
-        return loss(variables, params, views, rng)
-
-    return init, renamed
+    return model_losses.make_scft(model)
 
 
 def run(config: RunConfig, run_dir: Path, log=print) -> dict:

@@ -89,10 +89,6 @@ class Engine:
         )
         self.eval_fn = jax.jit(make_eval_step(loss_fn), out_shardings=replicated)
 
-    @property
-    def step(self) -> int:
-        return int(self.state.step)
-
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble this process's rows into arrays sharded over the mesh."""
         return {
