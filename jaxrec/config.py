@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
+from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
 from jaxrec.train.engine import TrainableSpec
 from jaxrec.train.loop import LoopSpec
 from jaxrec.train.mesh import MeshSpec
@@ -88,7 +89,7 @@ TRAINING_TASKS = ("csft", "mntp", "contrastive", "scft")
 
 @dataclasses.dataclass
 class RunConfig:
-    task: Literal["encode", "csft", "mntp", "contrastive", "scft"] = "encode"
+    task: Literal["encode", "csft", "mntp", "contrastive", "scft", "seqrec"] = "encode"
     run_dir: str | None = None
     """Where outputs go; default ``runs/<task>-<timestamp>``. A training run resumes from its checkpoints here."""
     seed: int = 0
@@ -102,6 +103,8 @@ class RunConfig:
     loop: LoopSpec = dataclasses.field(default_factory=LoopSpec)
     masking: MaskingSpec = dataclasses.field(default_factory=MaskingSpec)
     contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
+    recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
+    evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
 
 
 def _require_positive(spec, *names: str) -> None:
@@ -142,6 +145,11 @@ def _coerce(tp, value: Any, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp in (int, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

@@ -18,7 +18,7 @@ from jaxrec.data.pipeline import GrainBatches
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.checkpoint import Checkpointer, ResumeError
 from jaxrec.train.engine import Engine
-from jaxrec.train.loop import LoopSpec, TrainingDiverged, train
+from jaxrec.train.loop import LoopSpec, TrainingDiverged, mean_over_batches, train
 from jaxrec.train.optim import OptimizerSpec, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_early_stopping_and_metrics_files(tmp_path):
     held_out = [{"x": values[:4]}]
     summary = train(
         engine, _toy_data(values), LoopSpec(steps=50, log_every=5, save_every=0, eval_every=5, patience=2),
-        tmp_path, {"m": 1}, eval_batches=lambda: held_out,
+        tmp_path, {"m": 1}, validate=mean_over_batches(engine, lambda: held_out),
     )
     assert summary["stopped_early"] and summary["steps"] < 50
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

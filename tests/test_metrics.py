@@ -62,3 +62,46 @@ def test_sampled_ranks_with_a_tie():
     items = jnp.asarray([[0.0], [1.0], [2.0], [1.0], [0.5]])
     ranks = sampled_ranks(jnp.asarray([[1.0]]), items, jnp.asarray([1]), jnp.asarray([[3, 4]]))
     assert ranks.tolist() == [1]  # item 3 ties with the target and is counted ahead
+
+
+def test_popularity_and_history_groups():
+    from jaxrec.seqrec.evaluate import history_groups, popularity_groups
+    from jaxrec.seqrec.spec import EvalSpec
+
+    popularity = np.array([0, 50, 1, 7, 3, 0, 20, 2, 9, 4, 11])  # items 1..10
+    groups = popularity_groups(popularity, EvalSpec(popular_share=0.2, popularity_bins=2))
+    assert np.flatnonzero(groups["popular"]).tolist() == [1, 6]
+    assert np.flatnonzero(groups["tail"]).tolist() == [2, 3, 4, 5, 7, 8, 9, 10]
+    bins = [name for name in groups if name.startswith("bin")]
+    assert bins == ["bin1 (0-4 interactions)", "bin2 (7-50 interactions)"]
+    assert np.flatnonzero(groups[bins[0]]).tolist() == [2, 4, 5, 7, 9]  # the five least popular
+    lengths = np.array([1, 5, 6, 10, 11, 400])
+    by_length = history_groups(lengths, [5, 10])
+    assert {k: np.flatnonzero(v).tolist() for k, v in by_length.items()} == {"1-5": [0, 1], "6-10": [2, 3], ">10": [4, 5]}
+
+
+def test_evaluate_full_sampled_and_shuffle_diagnostics():
+    from jaxrec.seqrec.evaluate import evaluate
+    from jaxrec.seqrec.spec import EvalSpec
+
+    items = np.eye(6, dtype=np.float32)[:, 1:]  # item i = unit vector e_{i-1}; row 0 zero
+    items = np.concatenate([items, np.zeros((6, 1), np.float32)], axis=1)
+    history = np.array([[1, 2, 0], [3, 4, 5], [2, 0, 0]], np.int32)
+    targets = np.array([3, 1, 4], np.int32)
+
+    def last_item_plus_one(rows):  # order-sensitive: points at (last real item + 1)
+        last = rows[np.arange(len(rows)), np.maximum((rows > 0).sum(1) - 1, 0)]
+        return items[np.minimum(last + 1, 5)] + 0.1 * items[1]
+
+    spec = EvalSpec(ks=[1, 3], sampled_negatives=1, batch_size=2, popularity_bins=1)
+    result = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), spec, seed=0)
+    # ranks: user 0 points at 3 = its target (0); user 1 at 5, target 1 scores 0.1 (1);
+    # user 2 at 3, target 4 scores 0 and ties with 2 and 5, counted against it (4)
+    assert result["full"]["recall@1"] == pytest.approx(1 / 3)
+    assert result["full"]["recall@3"] == pytest.approx(2 / 3)
+    assert 0 <= result["sampled"]["recall@1"] <= 1
+    assert result["shuffled"]["cosine_to_original"] < 1.0
+    order_free = lambda rows: items[rows].sum(axis=1)
+    result = evaluate(order_free, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), spec, seed=0)
+    assert result["shuffled"]["cosine_to_original"] == pytest.approx(1.0)
+    assert result["shuffled"]["full"] == pytest.approx(result["full"])

@@ -90,3 +90,23 @@ def test_worker_processes_give_the_same_batches_and_state():
         np.testing.assert_array_equal(next(resumed)["index"], next(inline)["index"])
     finally:
         resumed.close()
+
+
+def test_index_batches_cover_each_epoch_split_over_processes_and_resume():
+    from jaxrec.data.pipeline import IndexBatches
+
+    collate = lambda rows: {"rows": rows}
+    single = IndexBatches(10, 4, collate, seed=3)
+    assert single.steps_per_epoch == 2
+    stream = np.concatenate([next(single)["rows"] for _ in range(5)])  # 20 positions = two epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert not np.array_equal(stream[:10], stream[10:])  # a new permutation each epoch
+    halves = [IndexBatches(10, 4, collate, seed=3, process_index=p, process_count=2) for p in range(2)]
+    joined = np.concatenate([np.concatenate([next(h)["rows"] for h in halves]) for _ in range(5)])
+    np.testing.assert_array_equal(joined, stream)
+    resumed = IndexBatches(10, 4, collate, seed=3)
+    next(resumed)
+    state = resumed.get_state()
+    fresh = IndexBatches(10, 4, collate, seed=3)
+    fresh.set_state(state)
+    np.testing.assert_array_equal(next(fresh)["rows"], stream[4:8])

@@ -117,3 +117,86 @@ def test_next_item_losses_match_numpy():
     ]
     got = sampled_bce_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(targets), jnp.asarray(negatives))
     np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
+
+
+def _toy_data():
+    """Users a (items 1-6), b (7-9), c (10-13); training parts exclude the last two."""
+    from jaxrec.data.prep import SeqData
+
+    items = np.arange(1, 14, dtype=np.int32)
+    return SeqData(
+        item_ids=np.array([""] + [str(i) for i in range(1, 14)]), titles=[""] * 14, attributes=[{}] * 14,
+        user_ids=np.array(["a", "b", "c"]), offsets=np.array([0, 6, 9, 13]), items=items, timestamps=items,
+        stats={}, report={},
+    )
+
+
+def test_training_and_evaluation_examples():
+    from jaxrec.seqrec.examples import evaluation_examples, item_popularity, training_examples
+
+    data = _toy_data()
+    prefixes = training_examples(data, 3, "prefixes")
+    np.testing.assert_array_equal(prefixes.history, [[1, 0, 0], [1, 2, 0], [1, 2, 3], [10, 0, 0]])
+    np.testing.assert_array_equal(prefixes.targets, [[2, 0, 0], [0, 3, 0], [0, 0, 4], [11, 0, 0]])
+    sequences = training_examples(data, 2, "sequences")
+    np.testing.assert_array_equal(sequences.history, [[2, 3], [10, 0]])
+    np.testing.assert_array_equal(sequences.targets, [[3, 4], [11, 0]])
+    windows = training_examples(data, 3, "windows")
+    np.testing.assert_array_equal(windows.history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])
+    # no validation or test item ever appears in training examples
+    held_out = {5, 6, 8, 9, 12, 13}
+    for examples in (prefixes, sequences, windows):
+        assert not held_out & (set(examples.history.ravel()) | set(examples.targets.ravel()))
+    history, targets, lengths = evaluation_examples(data, "valid", 3)
+    np.testing.assert_array_equal(history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])
+    np.testing.assert_array_equal(targets, [5, 8, 12])
+    np.testing.assert_array_equal(lengths, [4, 1, 2])
+    history, targets, _ = evaluation_examples(data, "test", 3)
+    np.testing.assert_array_equal(history, [[3, 4, 5], [7, 8, 0], [10, 11, 12]])
+    np.testing.assert_array_equal(targets, [6, 9, 13])
+    np.testing.assert_array_equal(item_popularity(data), [0, 1, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0])
+
+
+def test_bert4rec_masking_rates_and_targets():
+    from jaxrec.seqrec.models import mask_items
+
+    history = jnp.asarray(np.tile([[5, 3, 8, 2, 9, 4, 0, 0]], (4000, 1)))
+    masked, targets = mask_items(jax.random.key(0), history, 0.2, 99)
+    masked, targets = np.asarray(masked), np.asarray(targets)
+    chosen = masked == 99
+    assert abs(chosen[:, :6].mean() - 0.2) < 0.01
+    assert not chosen[:, 6:].any()  # padding is never masked
+    np.testing.assert_array_equal(targets[chosen], np.asarray(history)[chosen])
+    assert (targets[~chosen] == 0).all()
+    np.testing.assert_array_equal(masked[~chosen], np.asarray(history)[~chosen])
+
+
+def test_bert4rec_is_bidirectional_and_predicts_at_an_appended_mask():
+    from jaxrec.seqrec.models import BERT4Rec
+    from jaxrec.seqrec.recommender import Recommender
+    from jaxrec.seqrec.spec import RecommenderSpec
+
+    model = BERT4Rec(CONFIG)
+    history = jnp.asarray([[3, 7, 1, 9, 0, 0, 0, 0]])
+    params = _init(model, history)
+    base = np.asarray(model.apply(params, history, TABLE))
+    changed = np.asarray(model.apply(params, history.at[0, 3].set(11), TABLE))
+    assert np.abs(changed[0, 0] - base[0, 0]).max() > 1e-4  # position 0 sees position 3
+
+    recommender = Recommender(RecommenderSpec(model="bert4rec", hidden=16, heads=2, max_history=5, examples="sequences"), 20)
+    variables = recommender.init(jax.random.key(0), jnp.ones((1, 5), jnp.int32))
+    short = jnp.asarray([[3, 7, 0, 0]])
+    users = recommender.apply(variables, short, method=Recommender.user_vectors)
+    states, _ = recommender.apply(variables, jnp.asarray([[3, 7, 21, 0, 0]]))  # 21 = the mask id
+    np.testing.assert_allclose(np.asarray(users[0]), np.asarray(states[0, 2]), atol=1e-6)
+
+
+def test_byte_dropout_rate_and_scale():
+    from jaxrec.seqrec.models import Dropout
+
+    x = jnp.ones((200_000,))
+    out = np.asarray(Dropout(0.3, False).apply({}, x, rngs={"dropout": jax.random.key(0)}))
+    kept = out != 0
+    assert abs(1 - kept.mean() - round(0.3 * 256) / 256) < 0.005
+    assert abs(out.mean() - 1.0) < 0.01  # inverted dropout keeps the expectation
+    np.testing.assert_array_equal(Dropout(0.3, True).apply({}, x), x)

@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=int, default=12)
     data = sub.add_parser("data", help="load + preprocess + split a dataset, cold and cached")
     data.add_argument("--path", default="../shared/data/amazon2018_video_games")
+    recbole = sub.add_parser("recbole", help="SASRec on ml-100k: jaxrec vs RecBole 1.2.1 (own venv), NDCG@10 and s/epoch")
+    recbole.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    recbole.add_argument("--max-epochs", type=int, default=200)
+    recbole.add_argument("--work-dir", default="runs/bench-recbole", help="RecBole's venv and both sides' runs")
+    recbole.add_argument("--only", choices=["jaxrec", "recbole"], help="run one side only")
     args = parser.parse_args(argv)
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
     if args.bench == "encode":
@@ -33,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.data import run
 
         result = run(args.path, log=log)
+    elif args.bench == "recbole":
+        from jaxrec.bench.sasrec_recbole import run
+
+        sides = (args.only,) if args.only else ("jaxrec", "recbole")
+        result = run(args.seeds, args.max_epochs, args.work_dir, sides, log=log)
     print(json.dumps(result))
     return 0
 

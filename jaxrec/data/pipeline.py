@@ -18,40 +18,10 @@ import grain
 import numpy as np
 
 
-class GrainBatches:
-    def __init__(
-        self,
-        num_examples: int,
-        global_batch_size: int,
-        example: Callable[[int, np.random.Generator], Any],
-        collate: Callable[[Sequence[Any]], dict[str, np.ndarray]],
-        seed: int = 0,
-        process_index: int = 0,
-        process_count: int = 1,
-        epochs: int | None = None,
-        workers: int = 0,
-    ):
-        if global_batch_size % process_count:
-            raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
-        if num_examples < global_batch_size:
-            raise ValueError(f"{num_examples} examples cannot fill one global batch of {global_batch_size}")
-        stream = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(epochs)
-        # random draws are keyed by the global position, so they do not depend on the process layout
-        stream = stream.random_map(lambda index, rng: example(int(index), rng), seed=seed)
-        local = global_batch_size // process_count
-        offset = process_index * local
-        steps = len(stream) // global_batch_size
-        # this process's rows are a contiguous block of every global batch, so the
-        # assembled global array has the same row order as a single-process run
-        dataset = grain.MapDataset.range(steps * local).map(
-            lambda j: stream[(j // local) * global_batch_size + offset + j % local]
-        )
-        dataset = dataset.batch(local, drop_remainder=True, batch_fn=collate)
-        iterable = dataset.to_iter_dataset()
-        if workers:
-            _abseil_flags_parsed()
-            iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-        self._iterator = iter(iterable)
+class _Batches:
+    """Iteration, checkpointable state and shutdown shared by both batchers."""
+
+    _iterator: Any
 
     def __iter__(self):
         return self
@@ -70,6 +40,103 @@ class GrainBatches:
         close = getattr(self._iterator, "close", None)
         if close is not None:
             close()
+
+
+def _steps_per_epoch(num_examples: int, global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
+    if num_examples < global_batch_size:
+        raise ValueError(f"{num_examples} examples cannot fill one global batch of {global_batch_size}")
+    return num_examples // global_batch_size
+
+
+def _iterate(dataset: grain.MapDataset, workers: int):
+    iterable = dataset.to_iter_dataset()
+    if workers:
+        _abseil_flags_parsed()
+        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(iterable)
+
+
+class GrainBatches(_Batches):
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        example: Callable[[int, np.random.Generator], Any],
+        collate: Callable[[Sequence[Any]], dict[str, np.ndarray]],
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        epochs: int | None = None,
+        workers: int = 0,
+    ):
+        self.steps_per_epoch = _steps_per_epoch(num_examples, global_batch_size, process_count)
+        stream = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(epochs)
+        # random draws are keyed by the global position, so they do not depend on the process layout
+        stream = stream.random_map(lambda index, rng: example(int(index), rng), seed=seed)
+        local = global_batch_size // process_count
+        offset = process_index * local
+        steps = len(stream) // global_batch_size
+        # this process's rows are a contiguous block of every global batch, so the
+        # assembled global array has the same row order as a single-process run
+        dataset = grain.MapDataset.range(steps * local).map(
+            lambda j: stream[(j // local) * global_batch_size + offset + j % local]
+        )
+        dataset = dataset.batch(local, drop_remainder=True, batch_fn=collate)
+        self._iterator = _iterate(dataset, workers)
+
+
+class IndexBatches(_Batches):
+    """Batches built from whole index arrays, for examples that are rows of
+    precomputed arrays (recommender histories): ``collate(indices)`` gets this
+    process's int64 indices of one global batch and gathers them vectorised, so
+    there is no per-example Python work. Each epoch is a fresh seeded
+    permutation; batches run on across epoch boundaries, and the row layout
+    over processes is the same as ``GrainBatches``'."""
+
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        collate: Callable[[np.ndarray], dict[str, np.ndarray]],
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        workers: int = 0,
+    ):
+        self.steps_per_epoch = _steps_per_epoch(num_examples, global_batch_size, process_count)
+        local = global_batch_size // process_count
+        order = _EpochOrder(num_examples, seed)
+
+        def batch(step: int) -> dict[str, np.ndarray]:
+            positions = step * global_batch_size + process_index * local + np.arange(local)
+            return collate(order(positions))
+
+        # an iterator over the steps of ~forever (2**62 steps), indexed lazily
+        self._iterator = _iterate(grain.MapDataset.range(1 << 62).map(batch), workers)
+
+
+class _EpochOrder:
+    """Stream position -> example index: epoch e is ``permutation(n)`` seeded by (seed, e)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            if len(self._cache) > 1:  # a batch spans at most two epochs
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._cache[epoch]
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        epochs, within = np.divmod(positions, self.n)
+        out = np.empty(len(positions), np.int64)
+        for epoch in np.unique(epochs):
+            rows = epochs == epoch
+            out[rows] = self.permutation(int(epoch))[within[rows]]
+        return out
 
 
 def _abseil_flags_parsed() -> None:

@@ -1,6 +1,6 @@
 """Tasks that ``python -m jaxrec.launch`` runs, by the config's ``task`` value."""
 
-from jaxrec.pipelines import encode, train_objective
+from jaxrec.pipelines import encode, seqrec, train_objective
 
 TASKS = {
     "encode": encode.run,
@@ -8,4 +8,5 @@ TASKS = {
     "mntp": train_objective.run,
     "contrastive": train_objective.run,
     "scft": train_objective.run,
+    "seqrec": seqrec.run,
 }

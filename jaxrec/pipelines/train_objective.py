@@ -23,7 +23,7 @@ from jaxrec.models.lm import LM, load_lm
 from jaxrec.objectives import model_losses
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.engine import Engine, place_variables
-from jaxrec.train.loop import train
+from jaxrec.train.loop import mean_over_batches, train
 from jaxrec.train.optim import make_optimizer
 
 
@@ -152,7 +152,12 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     rules = mesh_lib.rules_of(config.mesh)
     log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
     variables = place_variables(model, lm.params, mesh, rules, jax.random.key(config.seed))
-    optimizer = make_optimizer(config.optimizer, config.loop.steps)
+
+    batches = GrainBatches(
+        examples.count, config.batch.size, examples.example, examples.collate, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(), workers=config.batch.workers,
+    )
+    optimizer = make_optimizer(config.optimizer, config.loop.in_steps(batches.steps_per_epoch).steps)
     engine = Engine(
         model, variables, _objective(config, model, lm), config.trainable.patterns(), optimizer, mesh, config.seed,
         batch_axes=rules.get("batch", ()),
@@ -160,11 +165,8 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
     log(f"trainable: {trainable:,} parameters ({mode})")
 
-    data = GrainBatches(
-        examples.count, config.batch.size, examples.example, examples.collate, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(), workers=config.batch.workers,
-    )
-    summary = train(engine, data, config.loop, run_dir, _identity(lm, config), eval_batches=examples.eval_batches, log=log)
+    validate = mean_over_batches(engine, examples.eval_batches)
+    summary = train(engine, batches, config.loop, run_dir, _identity(lm, config), validate=validate, log=log)
     summary.update(task=config.task, trainable_parameters=trainable)
     if jax.process_index() == 0:
         write_json_atomic(run_dir / "summary.json", summary)

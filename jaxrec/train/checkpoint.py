@@ -31,15 +31,16 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_state: dict, identity: dict) -> None:
+    def save(self, state: TrainState, data_state: dict, identity: dict, loop_state: dict | None = None) -> None:
         step = int(state.step)
-        extra = {"data": data_state, "identity": identity}
+        extra = {"data": data_state, "identity": identity, "loop": loop_state or {}}
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
         )
 
     def restore(self, like: TrainState, identity: dict, step: int | None = None) -> tuple[TrainState, dict]:
-        """Restore into arrays with the shardings of ``like``; returns (state, data state)."""
+        """Restore into arrays with the shardings of ``like``; returns the state
+        and the saved extras (``data``: the iterator state, ``loop``: the loop's)."""
         step = self.latest_step() if step is None else step
         extra = self.manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
         if extra["identity"] != identity:
@@ -49,7 +50,7 @@ class Checkpointer:
             )
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        return restored["state"], extra["data"]
+        return restored["state"], extra
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -7,7 +7,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import jax
 import numpy as np
@@ -24,22 +24,66 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class LoopSpec:
-    steps: int = 1000
+    steps: int | None = None
+    """Optimizer steps to train (default 1000 when ``epochs`` is not set)."""
+    epochs: int | None = None
+    """Passes over the training examples instead of ``steps``; ``save_every``
+    and ``eval_every`` then count epochs too."""
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 3
     eval_every: int = 0
-    """Validate every this many steps (0: never)."""
+    """Validate every this many steps (epochs) (0: never)."""
     patience: int = 0
-    """Stop after this many validations without a lower validation loss (0: never stop early)."""
+    """Stop after this many validations without improving ``monitor`` (0: never stop early)."""
+    monitor: str = "loss"
+    """The validation metric that decides early stopping and the best checkpoint."""
+    monitor_mode: Literal["min", "max"] = "min"
 
     def __post_init__(self):
-        if self.steps < 1 or self.log_every < 1 or self.save_every < 0 or self.eval_every < 0:
-            raise ValueError("steps and log_every must be >= 1; save_every and eval_every >= 0")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("set either steps or epochs, not both")
+        length = self.epochs if self.epochs is not None else self.steps
+        if (length is not None and length < 1) or self.log_every < 1 or self.save_every < 0 or self.eval_every < 0:
+            raise ValueError("steps / epochs and log_every must be >= 1; save_every and eval_every >= 0")
+
+    def in_steps(self, steps_per_epoch: int) -> "LoopSpec":
+        """The same schedule counted in optimizer steps."""
+        if self.epochs is None:
+            return dataclasses.replace(self, steps=self.steps or 1000)
+        return dataclasses.replace(
+            self, steps=self.epochs * steps_per_epoch, epochs=None,
+            save_every=self.save_every * steps_per_epoch, eval_every=self.eval_every * steps_per_epoch,
+        )
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return math.isfinite(value)
+        return value < best if self.monitor_mode == "min" else value > best
+
+
+def attention_mask_tokens(batch: dict) -> int:
+    """Real tokens in a batch: the sum of its attention masks."""
+    return sum(int(np.asarray(v).sum()) for k, v in batch.items() if k.endswith("attention_mask"))
 
 
 def _host(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def mean_over_batches(engine: Engine, batches: Callable[[], Iterable[dict]]) -> Callable[[], dict[str, float]]:
+    """A validation function: the eval step's metrics averaged over ``batches()``."""
+
+    def validate() -> dict[str, float]:
+        results = [_host(engine.evaluate(b)) for b in batches()]
+        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+
+    return validate
+
+
+def best_checkpoints(run_dir: str | Path) -> Checkpointer:
+    """Where the loop keeps the state with the best validation ``monitor``."""
+    return Checkpointer(Path(run_dir) / "best", keep=1)
 
 
 def train(
@@ -48,21 +92,28 @@ def train(
     spec: LoopSpec,
     run_dir: str | Path,
     identity: dict,
-    eval_batches: Callable[[], Iterable[dict]] | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
     log: Callable[[str], None] = print,
+    count_tokens: Callable[[dict], int] = attention_mask_tokens,
 ) -> dict:
-    """Train until ``spec.steps`` optimizer steps (resuming from the run's latest
-    checkpoint if there is one); returns a summary."""
+    """Train for ``spec``'s steps or epochs (resuming from the run's latest
+    checkpoint if there is one); returns a summary. With ``validate``, the
+    state with the best ``spec.monitor`` is also kept under ``run_dir/best``."""
     run_dir = Path(run_dir)
+    spec = spec.in_steps(getattr(data, "steps_per_epoch", 1))
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=spec.keep_checkpoints)
+    best_kept = best_checkpoints(run_dir) if validate is not None and spec.eval_every else None
+    loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None}
     if checkpoints.latest_step() is not None:
-        engine.state, data_state = checkpoints.restore(engine.state, identity)
-        data.set_state(data_state)
+        engine.state, extra = checkpoints.restore(engine.state, identity)
+        data.set_state(extra["data"])
+        loop_state.update(extra.get("loop", {}))
         log(f"resumed from the checkpoint at step {int(engine.state.step)}")
     metrics_log = MetricsLog(run_dir) if jax.process_index() == 0 else None  # one writer per job
     step = start = int(engine.state.step)
     last_saved = checkpoints.latest_step()
-    best, stale, stopped_early = math.inf, 0, False
+    stopped_early = False
+    loop_start, validation_seconds = time.perf_counter(), 0.0
     tokens, window_start = 0, time.perf_counter()
     metrics: dict = {}
 
@@ -75,8 +126,25 @@ def train(
     def save() -> None:
         nonlocal last_saved
         guard(_host(metrics))
-        checkpoints.save(engine.state, data.get_state(), identity)
+        checkpoints.save(engine.state, data.get_state(), identity, loop_state)
         last_saved = step
+
+    def run_validation() -> str:
+        nonlocal validation_seconds
+        started = time.perf_counter()
+        validation = validate()
+        validation_seconds += time.perf_counter() - started
+        if spec.monitor not in validation:
+            raise KeyError(f"loop.monitor={spec.monitor!r} is not a validation metric; available: {sorted(validation)}")
+        if metrics_log:
+            metrics_log.write(step, validation, split="validation")
+        value = validation[spec.monitor]
+        if spec.improved(value, loop_state["best"]):
+            loop_state.update(best=value, best_step=step, stale=0, best_metrics=validation)
+            best_kept.save(engine.state, {}, identity, loop_state)
+        else:
+            loop_state["stale"] += 1
+        return f"validation {spec.monitor} {value:.4f} (best {loop_state['best']:.4f} at step {loop_state['best_step']})"
 
     try:
         with progress_bar("training", total=spec.steps, completed=start) as advance:
@@ -84,7 +152,7 @@ def train(
                 batch = next(data)
                 metrics = engine.train_step(batch)
                 step += 1
-                tokens += sum(int(np.asarray(v).sum()) for k, v in batch.items() if k.endswith("attention_mask"))
+                tokens += count_tokens(batch)
                 status = None
                 if step % spec.log_every == 0 or step == spec.steps:
                     values = _host(metrics)
@@ -96,31 +164,30 @@ def train(
                     if metrics_log:
                         metrics_log.write(step, values)
                     status = f"loss {values['loss']:.4f}  {values['tokens_per_s']:.0f} tok/s"
+                if best_kept is not None and step % spec.eval_every == 0:
+                    status = run_validation()
+                    if spec.patience and loop_state["stale"] >= spec.patience:
+                        log(f"early stop at step {step}: {loop_state['stale']} validations without improvement")
+                        stopped_early = True
                 if spec.save_every and step % spec.save_every == 0:
                     save()
-                if eval_batches is not None and spec.eval_every and step % spec.eval_every == 0:
-                    results = [_host(engine.evaluate(b)) for b in eval_batches()]
-                    validation = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-                    if metrics_log:
-                        metrics_log.write(step, validation, split="validation")
-                    if validation["loss"] < best:
-                        best, stale = validation["loss"], 0
-                    else:
-                        stale += 1
-                    status = f"validation loss {validation['loss']:.4f} (best {best:.4f})"
-                    if spec.patience and stale >= spec.patience:
-                        log(f"early stop at step {step}: {stale} validations without improvement")
-                        stopped_early = True
                 advance(1, status)
                 if stopped_early:
                     break
         if last_saved != step:
             save()
+        checkpoints.manager.wait_until_finished()
+        training_seconds = time.perf_counter() - loop_start - validation_seconds
     finally:
         checkpoints.close()
+        if best_kept is not None:
+            best_kept.close()
         if metrics_log:
             metrics_log.close()
         if hasattr(data, "close"):
             data.close()
-    return {"steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
-            "best_validation_loss": None if best == math.inf else best}
+    return {
+        "steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
+        f"best_validation_{spec.monitor}": loop_state["best"], "best_step": loop_state["best_step"],
+        "training_seconds": round(training_seconds, 3), "validation_seconds": round(validation_seconds, 3),
+    }

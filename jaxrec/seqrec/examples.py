@@ -1,0 +1,88 @@
+"""Recommender examples as whole arrays, built vectorised from a ``SeqData``.
+
+Histories are right-padded with 0 to a fixed length. Training only sees each
+user's ``sequence[:-2]``; validation predicts ``sequence[-2]`` and test
+``sequence[-1]`` from the items before it (leave-one-out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from jaxrec.data.prep import SeqData
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    history: np.ndarray  # [n, length] int32, right-padded
+    targets: np.ndarray  # [n, length] int32; 0 where a position has no target
+
+    def __len__(self) -> int:
+        return len(self.history)
+
+
+def _windows(items: np.ndarray, ends: np.ndarray, counts: np.ndarray, length: int) -> np.ndarray:
+    """Rows ``items[end - count : end]`` right-padded to ``length``."""
+    columns = np.arange(length)
+    index = ends[:, None] - counts[:, None] + columns[None]
+    real = columns[None] < counts[:, None]
+    return np.where(real, items[np.clip(index, 0, len(items) - 1)], 0).astype(np.int32)
+
+
+def _train_positions(data: SeqData) -> tuple[np.ndarray, np.ndarray]:
+    """Global positions of every training item and their index within the user's sequence."""
+    lengths = np.maximum(np.diff(data.offsets) - 2, 0)
+    first_of_user = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    within = np.arange(lengths.sum()) - first_of_user
+    starts = np.repeat(data.offsets[:-1], lengths)
+    return starts + within, within
+
+
+def training_examples(data: SeqData, length: int, mode: Literal["prefixes", "sequences", "windows"]) -> Examples:
+    """prefixes: one example per training item after a user's first, its
+    target at the last real position; sequences: one example per user, the
+    latest window of its training items with a target at every position
+    (the next item); windows: each user's latest ``length`` training items,
+    each its own target (BERT4Rec masks some and predicts them)."""
+    positions, within = _train_positions(data)
+    if mode == "prefixes":
+        keep = within >= 1
+        positions, counts = positions[keep], np.minimum(within[keep], length)
+        history = _windows(data.items, positions, counts, length)
+        targets = np.zeros_like(history)
+        targets[np.arange(len(history)), counts - 1] = data.items[positions]
+        return Examples(history, targets)
+    train_lengths = np.maximum(np.diff(data.offsets) - 2, 0)
+    if mode == "windows":
+        users = np.flatnonzero(train_lengths >= 1)
+        ends = data.offsets[users] + train_lengths[users]
+        history = _windows(data.items, ends, np.minimum(train_lengths[users], length), length)
+        return Examples(history, history.copy())
+    users = np.flatnonzero(train_lengths >= 2)
+    last = data.offsets[users] + train_lengths[users] - 1  # global position of each user's last training item
+    counts = np.minimum(train_lengths[users] - 1, length)
+    return Examples(_windows(data.items, last, counts, length), _windows(data.items, last + 1, counts, length))
+
+
+def evaluation_examples(data: SeqData, part: Literal["valid", "test"], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(history [users, length], target [users], full history length [users]) of every user."""
+    lengths = np.diff(data.offsets)
+    cut = lengths - (2 if part == "valid" else 1)  # index of the target within each sequence
+    ends = data.offsets[:-1] + cut
+    counts = np.minimum(cut, length)
+    return _windows(data.items, ends, counts, length), data.items[ends].astype(np.int32), cut
+
+
+def item_popularity(data: SeqData) -> np.ndarray:
+    """[num_items + 1] interactions of each item in the training part."""
+    positions, _ = _train_positions(data)
+    return np.bincount(data.items[positions], minlength=data.num_items + 1)
+
+
+def shuffle_histories(history: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's real (leading, non-zero) items randomly permuted; padding stays at the end."""
+    keys = np.where(history > 0, rng.random(history.shape), np.inf)
+    return np.take_along_axis(history, np.argsort(keys, axis=1, kind="stable"), axis=1)

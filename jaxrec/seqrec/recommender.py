@@ -1,0 +1,144 @@
+"""A sequential recommender: an item representation plus a backbone, with its
+training loss and the user / item vectors that evaluation scores.
+
+Frozen inputs live in the ``constants`` collection (the LLM item matrix, and
+for RAT the ID model's item table): they travel with the frozen partition into
+the jitted step instead of being baked into it as literals.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.objectives.scft import soft_clip_loss
+from jaxrec.seqrec.items import FrozenTextAdapter, IDEmbedding
+from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_state, mask_items
+from jaxrec.seqrec.spec import RecommenderSpec
+
+BACKBONES = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
+
+
+def _widths(spec: RecommenderSpec) -> tuple[int, int]:
+    """(ID embedding width, LLM adapter output width); 0 where unused."""
+    if spec.items == "id":
+        return spec.hidden, 0
+    if spec.items == "llm":
+        return 0, spec.hidden
+    if spec.combine == "sum":
+        return spec.hidden, spec.hidden
+    return spec.hidden // 2, spec.hidden - spec.hidden // 2
+
+
+def adapter_output_width(spec: RecommenderSpec) -> int:
+    return _widths(spec)[1]
+
+
+class Recommender(nn.Module):
+    spec: RecommenderSpec
+    num_items: int
+    llm_dim: int = 0
+    """Width of the frozen LLM item matrix (0 for ID items)."""
+    align_dim: int = 0
+    """Width of the ID item table to align to (0: no alignment)."""
+
+    def setup(self):
+        s = self.spec
+        self.backbone = BACKBONES[s.model](SeqRecConfig(
+            s.hidden, s.layers, s.heads, s.ffn, s.dropout, s.max_history, s.activation, s.norm_first,
+            s.input_norm, s.scale_embeddings,
+        ))
+        id_width, llm_width = _widths(s)
+        if id_width:
+            self.id_items = IDEmbedding(self.num_items, id_width)
+        if llm_width:
+            self.llm_matrix = self.variable("constants", "llm_items", jnp.zeros, (self.num_items + 1, self.llm_dim))
+            self.adapter = FrozenTextAdapter((*s.adapter, llm_width))
+        if self.align_dim:
+            self.align_table = self.variable("constants", "align_items", jnp.zeros, (self.num_items + 1, self.align_dim))
+        if s.model == "bert4rec":
+            self.mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02), (1, s.hidden))
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_items + 1
+
+    def adapted_llm_items(self) -> jax.Array:
+        return self.adapter(self.llm_matrix.value)
+
+    def items(self) -> jax.Array:
+        """[num_items + 1, hidden] item vectors (row 0, padding, is zero)."""
+        id_width, llm_width = _widths(self.spec)
+        parts = ([self.id_items()] if id_width else []) + ([self.adapted_llm_items()] if llm_width else [])
+        if len(parts) == 1:
+            return parts[0]
+        return parts[0] + parts[1] if self.spec.combine == "sum" else jnp.concatenate(parts, axis=1)
+
+    def input_table(self, items: jax.Array) -> jax.Array:
+        """The table histories are looked up in: the items, plus BERT4Rec's mask row."""
+        return jnp.concatenate([items, self.mask_embedding], axis=0) if self.spec.model == "bert4rec" else items
+
+    def __call__(self, history: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        """(states [B, L, hidden], item vectors [num_items + 1, hidden])."""
+        items = self.items()
+        return self.backbone(history, self.input_table(items), deterministic), items
+
+    def user_vectors(self, history: jax.Array) -> jax.Array:
+        """The representation of each right-padded history: the state at its
+        last item (SASRec, GRU4Rec) or at a mask appended after it (BERT4Rec)."""
+        if self.spec.model == "bert4rec":
+            history = jnp.pad(history, ((0, 0), (0, 1)))
+            history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
+        states, _ = self(history)
+        return last_state(states, history)
+
+    def alignment_loss(self, rng: jax.Array) -> jax.Array:
+        """RAT: soft-CLIP between adapted LLM vectors and the ID model's of a random set of items."""
+        chosen = jax.random.randint(rng, (self.spec.align_items,), 1, self.num_items + 1)
+        tau = jnp.asarray(self.spec.align_tau, jnp.float32)
+        return soft_clip_loss(self.adapted_llm_items()[chosen], self.align_table.value[chosen], tau)
+
+
+def make_objective(model: Recommender):
+    """(init, loss) for the training engine. Batches: ``history`` [B, L] and
+    ``targets`` [B, L] int32 (0 = no target at that position)."""
+    spec = model.spec
+
+    def loss(variables, _objective_params, batch, rng):
+        dropout_rng, mask_rng, negative_rng, align_rng = jax.random.split(rng, 4)
+        history, targets = batch["history"], batch["targets"]
+        if spec.model == "bert4rec":
+            history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id)
+        states, items = model.apply(variables, history, deterministic=False, rngs={"dropout": dropout_rng})
+        if spec.examples == "prefixes":  # one target per row, at its last real position
+            states, targets = last_state(states, history)[:, None], jnp.max(targets, axis=1, keepdims=True)
+        if spec.loss == "softmax":
+            next_item = full_softmax_loss(states, items, targets)
+        else:
+            negatives = jax.random.randint(negative_rng, (*targets.shape, spec.negatives), 1, model.num_items + 1)
+            next_item = sampled_bce_loss(states, items, targets, negatives)
+        metrics = {"next_item_loss": next_item}
+        total = next_item
+        if model.align_dim:
+            align = model.apply(variables, align_rng, method=Recommender.alignment_loss)
+            metrics["align_loss"] = align
+            total = total + spec.align_weight * align
+        return total, metrics
+
+    return (lambda rng: {}), loss
+
+
+def init_variables(model: Recommender, rng: jax.Array, llm_items: np.ndarray | None, align_items: np.ndarray | None) -> dict:
+    """Fresh trainable parameters, with the given frozen matrices as constants."""
+    variables = dict(model.init(rng, jnp.ones((1, model.spec.max_history), jnp.int32)))
+    constants = dict(variables.get("constants", {}))
+    if llm_items is not None:
+        constants["llm_items"] = jnp.asarray(llm_items, jnp.float32)
+    if align_items is not None:
+        constants["align_items"] = jnp.asarray(align_items, jnp.float32)
+    if constants:
+        variables["constants"] = constants
+    return variables

@@ -1,0 +1,96 @@
+"""Configuration of the ``seqrec`` task: the recommender, its item
+representation, its training examples and loss, and the evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass
+class RecommenderSpec:
+    model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    ffn: int | None = None
+    """Feed-forward width of the attention blocks (default: hidden)."""
+    dropout: float = 0.1
+    activation: Literal["gelu", "relu"] = "gelu"
+    norm_first: bool = False
+    """Pre-LN attention blocks; False is SASRec's post-LN."""
+    input_norm: bool = False
+    """LayerNorm on item + position embeddings before the first block (RecBole's SASRec)."""
+    scale_embeddings: bool = True
+    """Multiply item embeddings by sqrt(hidden) before adding positions (the SASRec paper's)."""
+    max_history: int = 10
+    """Most recent items of a history the model reads."""
+
+    items: Literal["id", "llm", "id+llm"] = "id"
+    """Item representation: trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""
+    combine: Literal["sum", "concat"] = "sum"
+    """How 'id+llm' joins the two (concat: half the hidden width each)."""
+    embeddings: str | None = None
+    """For 'llm' / 'id+llm': an encode run directory (item_embeddings.npy + item_ids.json) or an .npy file with item_ids.json beside it."""
+    pca: int | None = None
+    """Reduce the LLM embeddings to this many principal components first (LLMEmb: 1536)."""
+    adapter: list[int] = dataclasses.field(default_factory=list)
+    """Hidden widths of the adapter before its last layer (of width hidden); [] is one linear layer (LLM2Rec), [768] is LLMEmb's."""
+    align_to: str | None = None
+    """LLMEmb's RAT: a seqrec run directory of an ID model whose item embeddings the adapter output is aligned to."""
+    align_weight: float = 0.01
+    align_tau: float = 2.0
+    align_items: int = 256
+    """Items drawn per step for the alignment loss."""
+
+    examples: Literal["prefixes", "sequences"] = "prefixes"
+    """prefixes: every training position is an example predicting its item from the ones before (RecBole);
+    sequences: one example per user, the loss at every position of its latest window (the SASRec paper)."""
+    loss: Literal["softmax", "bce"] = "softmax"
+    """Full-softmax cross-entropy over the catalogue, or BCE against sampled negatives."""
+    negatives: int = 1
+    """Sampled negatives per position for the BCE loss."""
+    mask_rate: float = 0.2
+    """BERT4Rec: share of history items masked for prediction."""
+
+    def __post_init__(self):
+        for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.mask_rate < 1:
+            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if self.items != "id" and self.embeddings is None:
+            raise ValueError(f"items={self.items!r} needs embeddings: an encode run directory or .npy file")
+        if self.align_to is not None and self.items == "id":
+            raise ValueError("align_to aligns the LLM adapter's output; it needs items 'llm' or 'id+llm'")
+        if self.model == "bert4rec" and self.examples != "sequences":
+            raise ValueError("bert4rec trains on masked sequences: set examples: sequences")
+
+
+@dataclasses.dataclass
+class EvalSpec:
+    ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20])
+    exclude_history: bool = False
+    """Remove each user's earlier items from the full-ranking candidates (RecBole does; LLM2Rec does not)."""
+    sampled_negatives: int = 0
+    """Also rank the target against this many sampled negatives (LLMEmb: 100; 0: full ranking only)."""
+    batch_size: int = 512
+    """Users scored per batch."""
+    popular_share: float = 0.2
+    """Items in the top this share by training interactions are 'popular', the rest 'tail'."""
+    popularity_bins: int = 5
+    history_bins: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
+    """Upper edges of the user groups by number of earlier interactions."""
+    shuffle: bool = True
+    """Shuffle diagnostics on the test split: metrics with each history permuted, and the
+    cosine between each user's representation from the original and the permuted history."""
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    """Train and evaluate once per seed and report mean and std (default: just the run's seed)."""
+
+    def __post_init__(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
+        if not 0 < self.popular_share < 1:
+            raise ValueError(f"popular_share must be in (0, 1), got {self.popular_share}")
+        if self.batch_size < 1 or self.popularity_bins < 1 or self.sampled_negatives < 0:
+            raise ValueError("batch_size and popularity_bins must be >= 1, sampled_negatives >= 0")
