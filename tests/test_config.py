@@ -3,6 +3,8 @@ that name the key and what would be valid."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
@@ -58,3 +60,8 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    assert load_config(path).task in ("encode", "csft", "mntp", "contrastive", "scft", "seqrec")
