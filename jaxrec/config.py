@@ -1,5 +1,5 @@
-"""Typed run configuration: dataclasses filled from YAML (``safe_load`` only)
-plus ``key.path=value`` overrides.
+"""Typed run configuration: dataclasses filled from YAML (read with a
+SafeLoader: no objects are ever constructed) plus ``key.path=value`` overrides.
 
 Unknown keys and values of the wrong type are errors that name the key and
 list the valid ones; nothing is silently ignored.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -84,9 +85,6 @@ class BatchSpec:
         _require_positive(self, "size", "max_length", "max_history", "eval_batches")
 
 
-TRAINING_TASKS = ("csft", "mntp", "contrastive", "scft")
-
-
 @dataclasses.dataclass
 class RunConfig:
     task: Literal["encode", "csft", "mntp", "contrastive", "scft", "seqrec"] = "encode"
@@ -105,6 +103,20 @@ class RunConfig:
     contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
     recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
     evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no object construction) that also reads exponent
+    floats without a dot, such as 1e-9, as numbers: YAML 1.1 makes them strings."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_SafeLoader)
 
 
 def _require_positive(spec, *names: str) -> None:
@@ -145,11 +157,6 @@ def _coerce(tp, value: Any, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif tp in (int, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -193,7 +200,7 @@ def apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = _safe_load(raw) if raw.strip() else None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
@@ -202,7 +209,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfi
     if path is not None:
         path = Path(path)
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = _safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as err:

@@ -65,3 +65,9 @@ def test_missing_file_is_named(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     assert load_config(path).task in ("encode", "csft", "mntp", "contrastive", "scft", "seqrec")
+
+
+def test_exponent_floats_without_a_dot_are_numbers_but_quoted_strings_are_not():
+    assert load_config(None, ["optimizer.learning_rate=1e-9"]).optimizer.learning_rate == 1e-9
+    with pytest.raises(ConfigError, match="optimizer.learning_rate: expected float"):
+        load_config(None, ['optimizer.learning_rate="1e-9"'])

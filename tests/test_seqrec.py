@@ -11,7 +11,7 @@ import pytest
 
 from jaxrec.seqrec.models import GRU4Rec, SASRec, SeqRecConfig, last_state
 
-CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_length=8)
+CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_history=8)
 TABLE = jax.random.normal(jax.random.key(1), (21, 16))
 
 
@@ -41,7 +41,7 @@ def test_trailing_padding_does_not_change_the_user_state():
 
 
 def test_dropout_only_in_training():
-    model = SASRec(SeqRecConfig(hidden=16, layers=1, heads=1, dropout=0.5, max_length=8))
+    model = SASRec(SeqRecConfig(hidden=16, layers=1, heads=1, dropout=0.5, max_history=8))
     history = jnp.asarray([[3, 7, 1, 9]])
     params = _init(model, history)
     np.testing.assert_array_equal(model.apply(params, history, TABLE), model.apply(params, history, TABLE))
@@ -186,7 +186,8 @@ def test_bert4rec_is_bidirectional_and_predicts_at_an_appended_mask():
     recommender = Recommender(RecommenderSpec(model="bert4rec", hidden=16, heads=2, max_history=5, examples="sequences"), 20)
     variables = recommender.init(jax.random.key(0), jnp.ones((1, 5), jnp.int32))
     short = jnp.asarray([[3, 7, 0, 0]])
-    users = recommender.apply(variables, short, method=Recommender.user_vectors)
+    items = recommender.apply(variables, method=Recommender.items)
+    users = recommender.apply(variables, short, items, method=Recommender.user_vectors)
     states, _ = recommender.apply(variables, jnp.asarray([[3, 7, 21, 0, 0]]))  # 21 = the mask id
     np.testing.assert_allclose(np.asarray(users[0]), np.asarray(states[0, 2]), atol=1e-6)
 

@@ -46,18 +46,17 @@ def _embedding_files(location: str) -> tuple[Path, Path]:
     return matrix, ids
 
 
-def _llm_items(config: RunConfig, data: SeqData) -> np.ndarray | None:
+def _llm_items(config: RunConfig, item_ids: list[str]) -> np.ndarray | None:
     spec = config.recommender
     if spec.items == "id":
         return None
-    table = load_item_embeddings(*_embedding_files(spec.embeddings), [str(i) for i in data.item_ids])
+    table = load_item_embeddings(*_embedding_files(spec.embeddings), item_ids)
     if spec.pca is not None:
-        reduced = pca(table[1:], spec.pca)
-        table = np.concatenate([np.zeros((1, spec.pca), np.float32), reduced])
+        table = np.concatenate([np.zeros((1, spec.pca), np.float32), pca(table[1:], spec.pca)])
     return table
 
 
-def _align_items(config: RunConfig, data: SeqData) -> np.ndarray | None:
+def _align_items(config: RunConfig, item_ids: list[str]) -> np.ndarray | None:
     location = config.recommender.align_to
     if location is None:
         return None
@@ -65,7 +64,41 @@ def _align_items(config: RunConfig, data: SeqData) -> np.ndarray | None:
     if not (run / "item_table.npy").exists():
         raise DataError(f"{run / 'item_table.npy'} does not exist; recommender.align_to must be the run "
                         "directory of a finished seqrec run with ID items (or one of its seed-<n> directories)")
-    return load_item_embeddings(run / "item_table.npy", run / "item_ids.json", [str(i) for i in data.item_ids])
+    table = load_item_embeddings(run / "item_table.npy", run / "item_ids.json", item_ids)
+    width = adapter_output_width(config.recommender)
+    if table.shape[1] != width:
+        raise ConfigError(f"recommender.align_to: its item vectors are {table.shape[1]}-wide but the adapter "
+                          f"outputs {width}; train the ID model with hidden {width}")
+    return table
+
+
+class _Setup:
+    """What every seed shares: the model, the examples, the frozen item
+    matrices, the evaluation splits and the jitted scoring functions."""
+
+    def __init__(self, config: RunConfig, data: SeqData):
+        spec = self.spec = config.recommender
+        self.config, self.data = config, data
+        self.item_ids = [str(i) for i in data.item_ids]
+        self.llm_items, self.align_items = _llm_items(config, self.item_ids), _align_items(config, self.item_ids)
+        self.model = Recommender(
+            spec, data.num_items, 0 if self.llm_items is None else self.llm_items.shape[1],
+            0 if self.align_items is None else self.align_items.shape[1],
+        )
+        bert = spec.model == "bert4rec"
+        self.examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
+        eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
+        self.splits = {part: evaluation_examples(data, part, eval_length) for part in ("valid", "test")}
+        self.popularity = item_popularity(data)
+        self.user_fn = jax.jit(lambda v, h, items: self.model.apply(v, h, items, method=Recommender.user_vectors))
+        self.item_fn = jax.jit(lambda v: self.model.apply(v, method=Recommender.items))
+
+    def evaluate(self, variables, part: str, seed: int, diagnostics: bool) -> dict:
+        items = self.item_fn(variables)
+        history, targets, lengths = self.splits[part]
+        eval_spec = self.config.evaluation
+        users = lambda rows: batched(lambda h: self.user_fn(variables, h, items), rows, batch_size=eval_spec.batch_size)
+        return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, eval_spec, seed, diagnostics)
 
 
 def _identity(config: RunConfig, seed: int) -> dict:
@@ -73,48 +106,28 @@ def _identity(config: RunConfig, seed: int) -> dict:
             "recommender": dataclasses.asdict(config.recommender)}
 
 
-def train_and_test(config: RunConfig, data: SeqData, seed: int, run_dir: Path, log=print) -> dict:
-    spec, eval_spec = config.recommender, config.evaluation
-    llm_items, align_items = _llm_items(config, data), _align_items(config, data)
-    model = Recommender(
-        spec, data.num_items, 0 if llm_items is None else llm_items.shape[1],
-        0 if align_items is None else align_items.shape[1],
-    )
-    adapter_width = adapter_output_width(spec)
-    if align_items is not None and align_items.shape[1] != adapter_width:
-        raise ConfigError(f"recommender.align_to: its item vectors are {align_items.shape[1]}-wide but the adapter "
-                          f"outputs {adapter_width}; train the ID model with hidden {adapter_width}")
-    bert = spec.model == "bert4rec"
-    examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
+def train_and_test(setup: _Setup, seed: int, run_dir: Path, log=print) -> dict:
+    config, examples = setup.config, setup.examples
     mesh = mesh_lib.make_mesh(config.mesh)
     batch_axes = mesh_lib.rules_of(config.mesh).get("batch", ())
     replicated = NamedSharding(mesh, PartitionSpec())
-    variables = jax.device_put(init_variables(model, jax.random.key(seed), llm_items, align_items), replicated)
+    variables = init_variables(setup.model, jax.random.key(seed), setup.llm_items, setup.align_items)
     batches = IndexBatches(
         len(examples), config.batch.size, lambda rows: {"history": examples.history[rows], "targets": examples.targets[rows]},
         seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    loop = config.loop
-    optimizer = make_optimizer(config.optimizer, loop.in_steps(batches.steps_per_epoch).steps)
-    engine = Engine(model, variables, make_objective(model), ("^params/",), optimizer, mesh, seed, batch_axes=batch_axes)
+    optimizer = make_optimizer(config.optimizer, config.loop.in_steps(batches.steps_per_epoch).steps)
+    engine = Engine(
+        setup.model, jax.device_put(variables, replicated), make_objective(setup.model), ("^params/",), optimizer,
+        mesh, seed, batch_axes=batch_axes,
+    )
     trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
     log(f"seed {seed}: {len(examples)} training examples ({batches.steps_per_epoch} steps per epoch), "
         f"{trainable:,} trainable parameters")
 
-    user_fn = jax.jit(lambda v, h: model.apply(v, h, method=Recommender.user_vectors))
-    item_fn = jax.jit(lambda v: model.apply(v, method=Recommender.items))
-    eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
-    popularity = item_popularity(data)
-
-    def run_eval(part: str, diagnostics: bool) -> dict:
-        variables = engine.variables()
-        history, targets, lengths = evaluation_examples(data, part, eval_length)
-        users = lambda rows: batched(lambda h: user_fn(variables, h), rows, batch_size=eval_spec.batch_size)
-        return evaluate(users, np.asarray(item_fn(variables)), history, targets, lengths, popularity, eval_spec,
-                        seed, diagnostics)
-
     identity = _identity(config, seed)
-    summary = train(engine, batches, loop, run_dir, identity, validate=lambda: run_eval("valid", False)["full"], log=log,
+    validate = lambda: setup.evaluate(engine.variables(), "valid", seed, diagnostics=False)["full"]
+    summary = train(engine, batches, config.loop, run_dir, identity, validate=validate, log=log,
                     count_tokens=lambda batch: int(np.count_nonzero(batch["history"])))
     summary["epochs"] = round(summary["steps"] / batches.steps_per_epoch, 2)
     epochs_run = (summary["steps"] - (summary["resumed_from"] or 0)) / batches.steps_per_epoch
@@ -125,13 +138,13 @@ def train_and_test(config: RunConfig, data: SeqData, seed: int, run_dir: Path, l
         log(f"seed {seed}: testing the best validation state (step {best.latest_step()})")
     best.close()
     start = time.perf_counter()
-    test = run_eval("test", True)
+    test = setup.evaluate(engine.variables(), "test", seed, diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)
     result = {"seed": seed, "training": summary, "test": test}
     if jax.process_index() == 0:
         write_json_atomic(run_dir / "test_metrics.json", result)
-        save_npy_atomic(run_dir / "item_table.npy", np.asarray(item_fn(engine.variables()))[1:])
-        write_json_atomic(run_dir / "item_ids.json", [str(i) for i in data.item_ids[1:]])
+        save_npy_atomic(run_dir / "item_table.npy", np.asarray(setup.item_fn(engine.variables()))[1:])
+        write_json_atomic(run_dir / "item_ids.json", setup.item_ids[1:])
     log(f"seed {seed}: test " + "  ".join(f"{k} {v:.4f}" for k, v in test["full"].items()))
     return result
 
@@ -150,10 +163,11 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     data = load_dataset(config.data.name, config.data.prep(config.seed))
     log(f"data: {data.num_users} users, {data.num_items} items, {len(data.items)} interactions")
     seeds = config.evaluation.seeds or [config.seed]
+    setup = _Setup(config, data)
     results = []
     for seed in seeds:
         seed_dir = run_dir / f"seed-{seed}" if len(seeds) > 1 else run_dir
-        results.append(train_and_test(config, data, seed, seed_dir, log))
+        results.append(train_and_test(setup, seed, seed_dir, log))
     summary = {"task": "seqrec", "model": config.recommender.model, "items": config.recommender.items,
                "seeds": seeds, "per_seed": results, "over_seeds": _mean_std(results)}
     if jax.process_index() == 0:

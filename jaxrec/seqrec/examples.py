@@ -32,9 +32,14 @@ def _windows(items: np.ndarray, ends: np.ndarray, counts: np.ndarray, length: in
     return np.where(real, items[np.clip(index, 0, len(items) - 1)], 0).astype(np.int32)
 
 
+def _train_lengths(data: SeqData) -> np.ndarray:
+    """Training items per user (all but the validation and test items)."""
+    return np.maximum(np.diff(data.offsets) - 2, 0)
+
+
 def _train_positions(data: SeqData) -> tuple[np.ndarray, np.ndarray]:
     """Global positions of every training item and their index within the user's sequence."""
-    lengths = np.maximum(np.diff(data.offsets) - 2, 0)
+    lengths = _train_lengths(data)
     first_of_user = np.repeat(np.cumsum(lengths) - lengths, lengths)
     within = np.arange(lengths.sum()) - first_of_user
     starts = np.repeat(data.offsets[:-1], lengths)
@@ -55,7 +60,7 @@ def training_examples(data: SeqData, length: int, mode: Literal["prefixes", "seq
         targets = np.zeros_like(history)
         targets[np.arange(len(history)), counts - 1] = data.items[positions]
         return Examples(history, targets)
-    train_lengths = np.maximum(np.diff(data.offsets) - 2, 0)
+    train_lengths = _train_lengths(data)
     if mode == "windows":
         users = np.flatnonzero(train_lengths >= 1)
         ends = data.offsets[users] + train_lengths[users]

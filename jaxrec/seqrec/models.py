@@ -26,7 +26,8 @@ class SeqRecConfig:
     ffn: int | None = None
     """Feed-forward width (default: hidden)."""
     dropout: float = 0.1
-    max_length: int = 50
+    max_history: int = 50
+    """Longest history (rows of the position table)."""
     activation: Literal["gelu", "relu"] = "gelu"
     norm_first: bool = False
     """Pre-LN blocks; False is SASRec's original post-LN."""
@@ -122,7 +123,7 @@ class _AttentionEncoder(nn.Module):
         length = history.shape[1]
         real = history > 0
         x = item_table[history] * (jnp.sqrt(float(c.hidden)) if c.scale_embeddings else 1.0)
-        x = x + nn.Embed(c.max_length, c.hidden, embedding_init=_init, name="positions")(jnp.arange(length))[None]
+        x = x + nn.Embed(c.max_history, c.hidden, embedding_init=_init, name="positions")(jnp.arange(length))[None]
         if c.input_norm:
             x = nn.LayerNorm(name="input_norm")(x)
         x = Dropout(c.dropout, deterministic)(x) * real[..., None]

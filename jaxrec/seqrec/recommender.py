@@ -8,6 +8,8 @@ the jitted step instead of being baked into it as literals.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,10 +49,8 @@ class Recommender(nn.Module):
 
     def setup(self):
         s = self.spec
-        self.backbone = BACKBONES[s.model](SeqRecConfig(
-            s.hidden, s.layers, s.heads, s.ffn, s.dropout, s.max_history, s.activation, s.norm_first,
-            s.input_norm, s.scale_embeddings,
-        ))
+        backbone = {f.name: getattr(s, f.name) for f in dataclasses.fields(SeqRecConfig)}
+        self.backbone = BACKBONES[s.model](SeqRecConfig(**backbone))
         id_width, llm_width = _widths(s)
         if id_width:
             self.id_items = IDEmbedding(self.num_items, id_width)
@@ -86,14 +86,15 @@ class Recommender(nn.Module):
         items = self.items()
         return self.backbone(history, self.input_table(items), deterministic), items
 
-    def user_vectors(self, history: jax.Array) -> jax.Array:
-        """The representation of each right-padded history: the state at its
-        last item (SASRec, GRU4Rec) or at a mask appended after it (BERT4Rec)."""
+    def user_vectors(self, history: jax.Array, items: jax.Array) -> jax.Array:
+        """The representation of each right-padded history, given the item
+        vectors (``items()``, computed once per evaluation rather than per
+        user batch): the state at its last item (SASRec, GRU4Rec) or at a
+        mask appended after it (BERT4Rec)."""
         if self.spec.model == "bert4rec":
             history = jnp.pad(history, ((0, 0), (0, 1)))
             history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
-        states, _ = self(history)
-        return last_state(states, history)
+        return last_state(self.backbone(history, self.input_table(items)), history)
 
     def alignment_loss(self, rng: jax.Array) -> jax.Array:
         """RAT: soft-CLIP between adapted LLM vectors and the ID model's of a random set of items."""

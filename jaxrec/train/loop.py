@@ -176,8 +176,6 @@ def train(
                     break
         if last_saved != step:
             save()
-        checkpoints.manager.wait_until_finished()
-        training_seconds = time.perf_counter() - loop_start - validation_seconds
     finally:
         checkpoints.close()
         if best_kept is not None:
@@ -186,6 +184,7 @@ def train(
             metrics_log.close()
         if hasattr(data, "close"):
             data.close()
+    training_seconds = time.perf_counter() - loop_start - validation_seconds  # after the last save completed
     return {
         "steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
         f"best_validation_{spec.monitor}": loop_state["best"], "best_step": loop_state["best_step"],
