@@ -46,6 +46,16 @@ def _summary(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": [round(v, 4) for v in values]}
 
 
+def _side(runs: list[dict]) -> dict:
+    """Over seeds; each run has ``test`` metrics, ``seconds_per_epoch`` and ``epochs``."""
+    return {
+        "ndcg@10": _summary([r["test"]["ndcg@10"] for r in runs]),
+        "recall@10": _summary([r["test"]["recall@10"] for r in runs]),
+        "seconds_per_epoch": _summary([r["seconds_per_epoch"] for r in runs]),
+        "epochs": [r["epochs"] for r in runs],
+    }
+
+
 def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...] = ("jaxrec", "recbole"), log=print) -> dict:
     work = Path(work_dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -61,12 +71,7 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
                 raise RuntimeError(f"RecBole run failed:\n{out.stderr[-3000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             log(json.dumps(runs[-1]))
-        result["recbole"] = {
-            "ndcg@10": _summary([r["test"]["ndcg@10"] for r in runs]),
-            "recall@10": _summary([r["test"]["recall@10"] for r in runs]),
-            "seconds_per_epoch": _summary([r["seconds_per_epoch"] for r in runs]),
-            "epochs": [r["epochs"] for r in runs],
-        }
+        result["recbole"] = _side(runs)
     if "jaxrec" in sides:
         from jaxrec.config import load_config
         from jaxrec.pipelines import seqrec
@@ -76,14 +81,8 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
                                       "evaluation.shuffle=false"])
         run_dir = work / f"jaxrec-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = seqrec.run(config, run_dir, log=log)
-        runs = summary["per_seed"]
-        result["jaxrec"] = {
-            "ndcg@10": _summary([r["test"]["full"]["ndcg@10"] for r in runs]),
-            "recall@10": _summary([r["test"]["full"]["recall@10"] for r in runs]),
-            "seconds_per_epoch": _summary([r["training"]["seconds_per_epoch"] for r in runs]),
-            "epochs": [r["training"]["epochs"] for r in runs],
-            "run_dir": str(run_dir),
-        }
+        runs = [{"test": r["test"]["full"], **r["training"]} for r in summary["per_seed"]]
+        result["jaxrec"] = {**_side(runs), "run_dir": str(run_dir)}
     if "jaxrec" in result and "recbole" in result:
         ours, theirs = result["jaxrec"], result["recbole"]
         result["ndcg@10_relative_difference"] = ours["ndcg@10"]["mean"] / theirs["ndcg@10"]["mean"] - 1
