@@ -131,6 +131,7 @@ def train(
 
     def run_validation() -> str:
         nonlocal validation_seconds
+        jax.block_until_ready(engine.state)  # queued training steps count as training, not validation
         started = time.perf_counter()
         validation = validate()
         validation_seconds += time.perf_counter() - started
