@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.seqrec.models import GRU4Rec, SASRec, SeqRecConfig, last_state
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_state
 
 CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_history=8)
 TABLE = jax.random.normal(jax.random.key(1), (21, 16))
@@ -29,6 +29,19 @@ def test_output_at_t_ignores_items_after_t(model):
         out = np.asarray(model.apply(params, changed, TABLE))
         np.testing.assert_allclose(out[0, : t + 1], base[0, : t + 1], atol=1e-5, err_msg=f"position {t}")
         assert np.abs(out[0, t + 1 : 6] - base[0, t + 1 : 6]).max() > 1e-4
+
+
+@pytest.mark.parametrize("model", [
+    SASRec(CONFIG), SASRec(dataclasses.replace(CONFIG, norm_first=True)), BERT4Rec(CONFIG),
+    SASRec(dataclasses.replace(CONFIG, layers=1)), GRU4Rec(CONFIG),
+])
+def test_last_only_equals_the_full_states_at_the_last_item(model):
+    history = jnp.asarray([[3, 7, 1, 9, 4, 2, 0, 0], [5, 0, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])
+    params = _init(model, history)
+    full = last_state(model.apply(params, history, TABLE), history)
+    last = model.apply(params, history, TABLE, last_only=True)
+    assert last.shape == (3, 1, 16)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full), atol=1e-5)
 
 
 def test_trailing_padding_does_not_change_the_user_state():

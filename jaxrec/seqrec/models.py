@@ -29,6 +29,9 @@ class SeqRecConfig:
     max_history: int = 50
     """Longest history (rows of the position table)."""
     activation: Literal["gelu", "relu"] = "gelu"
+    activation_dropout: bool = True
+    """Dropout after the feed-forward activation as well as after its output
+    (the SASRec paper's); False keeps only the latter (RecBole's SASRec)."""
     norm_first: bool = False
     """Pre-LN blocks; False is SASRec's original post-LN."""
     input_norm: bool = False
@@ -73,40 +76,51 @@ class _SelfAttention(nn.Module):
     dropout: float
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
+        """``at`` [batch]: attend from that position of each row only (output
+        [batch, 1, hidden]); keys and values still cover every position."""
         batch, length, hidden = x.shape
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
         qkv = _Dense(3 * hidden, name="qkv")(x).reshape(batch, length, 3, self.heads, head_dim)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        if at is not None:
+            q = jnp.take_along_axis(q, at[:, None, None, None], axis=2)
+            mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
         scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(float(head_dim))
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)
-        out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, hidden)
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], hidden)
         return _Dense(hidden, name="out")(out)
+
+
+def _at(x: jax.Array, at: jax.Array | None) -> jax.Array:
+    """x [batch, length, ...] at one position per row ([batch, 1, ...]), or all of x."""
+    return x if at is None else jnp.take_along_axis(x, at.reshape(-1, *[1] * (x.ndim - 1)), axis=1)
 
 
 class _Block(nn.Module):
     config: SeqRecConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
+        """``at`` [batch]: compute the output at that position of each row only."""
         c = self.config
         attention = _SelfAttention(c.heads, c.dropout)
-        attend = lambda h: attention(h, mask, deterministic)
-        act = nn.gelu if c.activation == "gelu" else nn.relu
+        attend = lambda h: attention(h, mask, deterministic, at)
+        act = functools.partial(nn.gelu, approximate=False) if c.activation == "gelu" else nn.relu
+        drop = lambda h: Dropout(c.dropout, deterministic)(h)
 
         def feed_forward(h):
-            h = Dropout(c.dropout, deterministic)(act(_Dense(c.ffn or c.hidden)(h)))
-            return _Dense(c.hidden)(h)
+            h = act(_Dense(c.ffn or c.hidden)(h))
+            return _Dense(c.hidden)(drop(h) if c.activation_dropout else h)
 
-        drop = lambda h: Dropout(c.dropout, deterministic)(h)
         if c.norm_first:
             h = nn.LayerNorm()(x)
-            x = x + drop(attend(h))
+            x = _at(x, at) + drop(attend(h))
             return x + drop(feed_forward(nn.LayerNorm()(x)))
-        x = nn.LayerNorm()(x + drop(attend(x)))
+        x = nn.LayerNorm()(_at(x, at) + drop(attend(x)))
         return nn.LayerNorm()(x + drop(feed_forward(x)))
 
 
@@ -118,7 +132,8 @@ class _AttentionEncoder(nn.Module):
     causal: bool
 
     @nn.compact
-    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
+                 last_only: bool = False) -> jax.Array:
         c = self.config
         length = history.shape[1]
         real = history > 0
@@ -130,8 +145,11 @@ class _AttentionEncoder(nn.Module):
         allowed = jnp.tril(jnp.ones((length, length), bool)) if self.causal else jnp.ones((length, length), bool)
         # a padding query attends to itself only, so no row of the softmax is empty
         mask = (allowed[None] & real[:, None, :])[:, None] | jnp.eye(length, dtype=bool)[None, None]
+        # only the last real position is read out: the final block need not compute the others
+        last = last_position(history) if last_only else None
         for i in range(c.layers):
-            x = _Block(c, name=f"block_{i}")(x, mask, deterministic) * real[..., None]
+            at = last if i == c.layers - 1 else None
+            x = _Block(c, name=f"block_{i}")(x, mask, deterministic, at) * _at(real, at)[..., None]
         if c.norm_first:  # pre-LN blocks leave the residual stream unnormalised
             x = nn.LayerNorm(name="final_norm")(x)
         return x
@@ -144,8 +162,9 @@ class SASRec(nn.Module):
     config: SeqRecConfig
 
     @nn.compact
-    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True) -> jax.Array:
-        return _AttentionEncoder(self.config, causal=True, name="encoder")(history, item_table, deterministic)
+    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
+                 last_only: bool = False) -> jax.Array:
+        return _AttentionEncoder(self.config, causal=True, name="encoder")(history, item_table, deterministic, last_only)
 
 
 class BERT4Rec(nn.Module):
@@ -155,8 +174,9 @@ class BERT4Rec(nn.Module):
     config: SeqRecConfig
 
     @nn.compact
-    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True) -> jax.Array:
-        return _AttentionEncoder(self.config, causal=False, name="encoder")(history, item_table, deterministic)
+    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
+                 last_only: bool = False) -> jax.Array:
+        return _AttentionEncoder(self.config, causal=False, name="encoder")(history, item_table, deterministic, last_only)
 
 
 def mask_items(rng: jax.Array, history: jax.Array, rate: float, mask_id: int) -> tuple[jax.Array, jax.Array]:
@@ -174,15 +194,20 @@ class GRU4Rec(nn.Module):
     config: SeqRecConfig
 
     @nn.compact
-    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
+                 last_only: bool = False) -> jax.Array:
         c = self.config
         x = Dropout(c.dropout, deterministic)(item_table[history])
         for i in range(c.layers):
             x = nn.RNN(nn.GRUCell(c.hidden), name=f"gru_{i}")(x)
-        return nn.Dense(c.hidden, name="out")(x)
+        return nn.Dense(c.hidden, name="out")(_at(x, last_position(history) if last_only else None))
+
+
+def last_position(history: jax.Array) -> jax.Array:
+    """[batch] index of each right-padded row's last real item (0 for an empty row)."""
+    return jnp.maximum(jnp.sum(history > 0, axis=1) - 1, 0)
 
 
 def last_state(states: jax.Array, history: jax.Array) -> jax.Array:
     """The state at each row's last real item (rows are right-padded)."""
-    last = jnp.maximum(jnp.sum(history > 0, axis=1) - 1, 0)
-    return jnp.take_along_axis(states, last[:, None, None], axis=1)[:, 0]
+    return _at(states, last_position(history))[:, 0]

@@ -18,7 +18,7 @@ import numpy as np
 from jaxrec.objectives.scft import soft_clip_loss
 from jaxrec.seqrec.items import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
-from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_state, mask_items
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, mask_items
 from jaxrec.seqrec.spec import RecommenderSpec
 
 BACKBONES = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
@@ -81,10 +81,11 @@ class Recommender(nn.Module):
         """The table histories are looked up in: the items, plus BERT4Rec's mask row."""
         return jnp.concatenate([items, self.mask_embedding], axis=0) if self.spec.model == "bert4rec" else items
 
-    def __call__(self, history: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-        """(states [B, L, hidden], item vectors [num_items + 1, hidden])."""
+    def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, jax.Array]:
+        """(states [B, L, hidden], or [B, 1, hidden] at each row's last real item
+        with ``last_only``; item vectors [num_items + 1, hidden])."""
         items = self.items()
-        return self.backbone(history, self.input_table(items), deterministic), items
+        return self.backbone(history, self.input_table(items), deterministic, last_only), items
 
     def user_vectors(self, history: jax.Array, items: jax.Array) -> jax.Array:
         """The representation of each right-padded history, given the item
@@ -94,7 +95,7 @@ class Recommender(nn.Module):
         if self.spec.model == "bert4rec":
             history = jnp.pad(history, ((0, 0), (0, 1)))
             history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
-        return last_state(self.backbone(history, self.input_table(items)), history)
+        return self.backbone(history, self.input_table(items), last_only=True)[:, 0]
 
     def alignment_loss(self, rng: jax.Array) -> jax.Array:
         """RAT: soft-CLIP between adapted LLM vectors and the ID model's of a random set of items."""
@@ -113,9 +114,12 @@ def make_objective(model: Recommender):
         history, targets = batch["history"], batch["targets"]
         if spec.model == "bert4rec":
             history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id)
-        states, items = model.apply(variables, history, deterministic=False, rngs={"dropout": dropout_rng})
-        if spec.examples == "prefixes":  # one target per row, at its last real position
-            states, targets = last_state(states, history)[:, None], jnp.max(targets, axis=1, keepdims=True)
+        # prefixes: one target per row, at its last real position
+        last_only = spec.examples == "prefixes"
+        states, items = model.apply(variables, history, deterministic=False, last_only=last_only,
+                                    rngs={"dropout": dropout_rng})
+        if last_only:
+            targets = jnp.max(targets, axis=1, keepdims=True)
         if spec.loss == "softmax":
             next_item = full_softmax_loss(states, items, targets)
         else:

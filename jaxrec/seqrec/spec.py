@@ -17,6 +17,8 @@ class RecommenderSpec:
     """Feed-forward width of the attention blocks (default: hidden)."""
     dropout: float = 0.1
     activation: Literal["gelu", "relu"] = "gelu"
+    activation_dropout: bool = True
+    """Dropout after the feed-forward activation too (the SASRec paper's); false: only after its output (RecBole's)."""
     norm_first: bool = False
     """Pre-LN attention blocks; False is SASRec's post-LN."""
     input_norm: bool = False
@@ -71,7 +73,7 @@ class RecommenderSpec:
 class EvalSpec:
     ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20])
     exclude_history: bool = False
-    """Remove each user's earlier items from the full-ranking candidates (RecBole does; LLM2Rec does not)."""
+    """Remove each user's earlier items from the full-ranking candidates (RecBole 1.2.1 does for general recommenders, not for sequential ones; LLM2Rec does not)."""
     sampled_negatives: int = 0
     """Also rank the target against this many sampled negatives (LLMEmb: 100; 0: full ranking only)."""
     batch_size: int = 512
