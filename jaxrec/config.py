@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
 from jaxrec.train.engine import TrainableSpec
@@ -87,7 +88,7 @@ class BatchSpec:
 
 @dataclasses.dataclass
 class RunConfig:
-    task: Literal["encode", "csft", "mntp", "contrastive", "scft", "seqrec"] = "encode"
+    task: Literal["encode", "csft", "mntp", "contrastive", "scft", "seqrec", "llmsrec"] = "encode"
     run_dir: str | None = None
     """Where outputs go; default ``runs/<task>-<timestamp>``. A training run resumes from its checkpoints here."""
     seed: int = 0
@@ -103,6 +104,7 @@ class RunConfig:
     contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
     recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
     evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+    distill: DistillSpec = dataclasses.field(default_factory=DistillSpec)
 
 
 class _SafeLoader(yaml.SafeLoader):

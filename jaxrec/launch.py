@@ -22,6 +22,10 @@ tasks:
   mntp         masked next-token prediction on item titles, bidirectional (LLM2Rec step 2b)
   contrastive  item-level contrastive learning on titles (LLM2Rec step 2c)
   scft         supervised contrastive fine-tuning on attribute prompts (LLMEmb step 1)
+  seqrec       SASRec / GRU4Rec / BERT4Rec on ID or frozen-LLM items, early-stopped and tested
+               (LLM2Rec's and LLMEmb's downstream recommenders)
+  llmsrec      distil a seqrec SASRec's user vectors into a frozen LM through heads and added
+               tokens, then rank with it (LLM-SRec)
   Training tasks write checkpoints/, metrics.jsonl and tensorboard/ into the run directory
   and resume from its latest checkpoint when started again.
 

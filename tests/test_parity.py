@@ -115,3 +115,24 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_checkpoints):
     half = np.asarray(half_lm.hidden_states(ids)).astype(np.float32)
     assert half_lm.params["layers"]["attn"]["q"]["kernel"].dtype == "bfloat16"
     assert np.abs(half - full).max() / np.abs(full).max() < 0.05
+
+
+@pytest.mark.parametrize("variant", ["llama-tied-gqa", "qwen2-untied"])
+def test_injected_embeddings_match_transformers_inputs_embeds(tiny_checkpoints, variant):
+    """LLM-SRec's [HistoryEmb] path: vectors replacing some token embeddings."""
+    import torch
+
+    directory, torch_model = tiny_checkpoints(variant)
+    lm = jaxrec.load_lm(directory)
+    ids = random_ids(2, 12, seed=4)
+    where = np.zeros(ids.shape, bool)
+    where[0, [2, 7]] = where[1, 5] = True
+    vectors = np.random.default_rng(5).normal(size=(*ids.shape, lm.config.hidden_size)).astype(np.float32)
+    with torch.no_grad():
+        embeds = torch_model.model.embed_tokens(torch.as_tensor(ids, dtype=torch.long))
+        embeds[torch.as_tensor(where)] = torch.as_tensor(vectors[where])
+        expected = torch_model.model(inputs_embeds=embeds).last_hidden_state.numpy()
+    got = lm.model.apply({"params": lm.params}, ids, output="hidden", injected=vectors, inject_mask=where)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
+    plain = np.asarray(lm.hidden_states(ids))
+    assert np.abs(plain - expected)[0, 2:].max() > 1e-3, "injection had no effect"

@@ -54,7 +54,9 @@ class Decoder(nn.Module):
     ``output="hidden"`` returns the last layer's states after the final norm.
     ``select`` [batch, k] keeps only those positions of each row before the
     output head (a loss that scores a few positions skips the rest of the
-    vocabulary projection).
+    vocabulary projection). ``injected`` [batch, length, hidden] replaces the
+    token embeddings where ``inject_mask`` [batch, length] is true (LLM-SRec
+    puts projected recommender item vectors at its [HistoryEmb] tokens).
     """
 
     config: DecoderConfig
@@ -69,6 +71,8 @@ class Decoder(nn.Module):
         output: str = "logits",
         deterministic: bool = True,
         select: jax.Array | None = None,
+        injected: jax.Array | None = None,
+        inject_mask: jax.Array | None = None,
     ) -> jax.Array:
         c = self.config
         if attention_mask is None:
@@ -91,6 +95,8 @@ class Decoder(nn.Module):
             )
             rows = jnp.clip(input_ids - c.vocab_size, 0, c.extra_tokens - 1)
             x = jnp.where((input_ids >= c.vocab_size)[..., None], extra[rows].astype(x.dtype), x)
+        if injected is not None:
+            x = jnp.where(inject_mask[..., None], injected.astype(x.dtype), x)
         cos, sin = rope_tables(positions_from_mask(attention_mask), jnp.asarray(c.rope_inv_freq()))
         attn_mask = attention_mask_matrix(attention_mask, mask)
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import assets
+from jaxrec.io import sha256_file
 from jaxrec.data.bucketing import pad_sequences, plan_batches
 from jaxrec.models.config import DecoderConfig, config_from_hf_dict, load_hf_config
 from jaxrec.models.convert import params_from_source
@@ -71,6 +72,13 @@ class LM:
         """Last-layer states after the final norm, [batch, length, hidden]."""
         ids, am = self._inputs(input_ids, attention_mask, mask)
         return _forward(self.model, self.params, ids, am, mask=mask, output="hidden")
+
+    def identity(self) -> dict:
+        """The weights' source path and the sha256 of its files (what a checkpoint
+        of frozen-base training belongs to)."""
+        source = Path(self.source)
+        files = [source] if source.is_file() else sorted(source.glob("*.safetensors"))
+        return {"model": str(source), "sha256": {f.name: sha256_file(f) for f in files}}
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         if self.tokenizer is None:

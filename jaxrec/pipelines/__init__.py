@@ -1,6 +1,6 @@
 """Tasks that ``python -m jaxrec.launch`` runs, by the config's ``task`` value."""
 
-from jaxrec.pipelines import encode, seqrec, train_objective
+from jaxrec.pipelines import encode, llmsrec, seqrec, train_objective
 
 TASKS = {
     "encode": encode.run,
@@ -9,4 +9,5 @@ TASKS = {
     "contrastive": train_objective.run,
     "scft": train_objective.run,
     "seqrec": seqrec.run,
+    "llmsrec": llmsrec.run,
 }

@@ -17,7 +17,7 @@ from jaxrec.data.pipeline import GrainBatches
 from jaxrec.data.bucketing import pad_sequences
 from jaxrec.data.examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
 from jaxrec.data.prep import SeqData, load_dataset
-from jaxrec.io import sha256_file, write_json_atomic
+from jaxrec.io import write_json_atomic
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.lm import LM, load_lm
 from jaxrec.objectives import model_losses
@@ -30,14 +30,7 @@ from jaxrec.train.optim import make_optimizer
 def _identity(lm: LM, config: RunConfig) -> dict:
     """What a checkpoint belongs to: the base weights (by checksum), the task
     and the trainable selection."""
-    source = Path(lm.source)
-    files = [source] if source.is_file() else sorted(source.glob("*.safetensors"))
-    return {
-        "model": str(source),
-        "sha256": {f.name: sha256_file(f) for f in files},
-        "task": config.task,
-        "trainable": config.trainable.mode,
-    }
+    return {**lm.identity(), "task": config.task, "trainable": config.trainable.mode}
 
 
 def _pad_id(lm: LM) -> int:

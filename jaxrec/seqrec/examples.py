@@ -72,10 +72,15 @@ def training_examples(data: SeqData, length: int, mode: Literal["prefixes", "seq
     return Examples(_windows(data.items, last, counts, length), _windows(data.items, last + 1, counts, length))
 
 
-def evaluation_examples(data: SeqData, part: Literal["valid", "test"], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+HELD_OUT = {"train": 3, "valid": 2, "test": 1}
+"""Where each part's target sits, counted from the end of a user's sequence
+("train": the last training item, LLM-SRec's one example per user)."""
+
+
+def evaluation_examples(data: SeqData, part: Literal["train", "valid", "test"], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(history [users, length], target [users], full history length [users]) of every user."""
     lengths = np.diff(data.offsets)
-    cut = lengths - (2 if part == "valid" else 1)  # index of the target within each sequence
+    cut = np.maximum(lengths - HELD_OUT[part], 0)  # index of the target within each sequence
     ends = data.offsets[:-1] + cut
     counts = np.minimum(cut, length)
     return _windows(data.items, ends, counts, length), data.items[ends].astype(np.int32), cut

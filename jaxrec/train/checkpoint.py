@@ -52,6 +52,16 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored["state"], extra
 
+    def read(self, step: int | None = None) -> tuple[dict, dict]:
+        """(trainable variables, saved extras) as saved, without a template: for
+        reusing a finished run's weights elsewhere (e.g. a frozen teacher)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory} holds no checkpoint")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore())
+        restored = self.manager.restore(step, args=args)
+        return restored["state"]["trainable"], restored["extra"]
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

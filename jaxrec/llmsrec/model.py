@@ -1,0 +1,117 @@
+"""LLM-SRec's trainable parts around a frozen decoder, and its objective.
+
+Variables:
+- ``params/llm``: the decoder's weights (frozen) plus ``extra_embedding``,
+  the rows of the three added tokens (trainable);
+- ``params/heads``: f_I (teacher item vector -> LLM width, injected at each
+  [HistoryEmb]), f_user and f_item (LLM state at [UserOut] / [ItemOut] ->
+  ``out_dim``), f_CF (teacher user vector -> ``out_dim``);
+- ``constants``: the teacher's item table and every item's prompt, so the
+  jitted step gathers candidate prompts by item id itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrec.models.decoder import Decoder
+from jaxrec.llmsrec.spec import DistillSpec
+from jaxrec.objectives.distill import sequence_distillation_loss
+
+TRAINABLE = ("^params/heads/", "^params/llm/extra_embedding$")
+
+
+class _MLP(nn.Module):
+    """Dense -> LayerNorm -> GELU -> Dense."""
+
+    hidden: int
+    out: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.out)(nn.gelu(nn.LayerNorm()(nn.Dense(self.hidden)(x)), approximate=False))
+
+
+class DistillHeads(nn.Module):
+    llm_dim: int
+    head_hidden: int
+    out_dim: int
+
+    def setup(self):
+        self.history = _MLP(self.llm_dim, self.llm_dim)
+        self.user = _MLP(self.head_hidden, self.out_dim)
+        self.item = _MLP(self.head_hidden, self.out_dim)
+        self.teacher = _MLP(self.out_dim, self.out_dim)
+
+    def __call__(self, teacher_items, llm_states, teacher_users):
+        """Every head once (for initialisation)."""
+        return (self.history(teacher_items), self.user(llm_states), self.item(llm_states), self.teacher(teacher_users))
+
+
+@dataclasses.dataclass(frozen=True)
+class Distiller:
+    """The frozen decoder (with three added tokens) and the heads."""
+
+    decoder: Decoder
+    heads: DistillHeads
+
+    def init_heads(self, rng: jax.Array, teacher_dim: int) -> dict:
+        width = self.decoder.config.hidden_size
+        x = lambda d: jnp.zeros((1, d), jnp.float32)
+        return self.heads.init(rng, x(teacher_dim), x(width), x(teacher_dim))["params"]
+
+    def states(self, variables: dict, prompts: dict[str, jax.Array]) -> jax.Array:
+        """[rows, llm_dim] decoder states at each prompt's last real token, with
+        f_I of the teacher's item vectors injected at the [HistoryEmb] tokens."""
+        params, teacher_items = variables["params"], variables["constants"]["teacher_items"]
+        items = prompts["history_items"]
+        injected = self.heads.apply({"params": params["heads"]}, teacher_items[items], method=lambda h, x: h.history(x))
+        last = jnp.sum(prompts["attention_mask"], axis=1, keepdims=True) - 1
+        states = self.decoder.apply(
+            {"params": params["llm"]}, prompts["input_ids"], prompts["attention_mask"], output="hidden",
+            select=last, injected=injected, inject_mask=items > 0,
+        )
+        return states[:, 0].astype(jnp.float32)
+
+    def head(self, variables: dict, name: str, x: jax.Array) -> jax.Array:
+        return self.heads.apply({"params": variables["params"]["heads"]}, x, method=lambda h, v: getattr(h, name)(v))
+
+    def user_vectors(self, variables: dict, prompts: dict[str, jax.Array]) -> jax.Array:
+        return self.head(variables, "user", self.states(variables, prompts))
+
+    def item_vectors(self, variables: dict, items: jax.Array) -> jax.Array:
+        """f_item of the [ItemOut] state of each item id's prompt."""
+        table = variables["constants"]
+        prompts = {k: table[f"item_{k}"][items] for k in ("input_ids", "attention_mask", "history_items")}
+        return self.head(variables, "item", self.states(variables, prompts))
+
+
+def sample_negatives(rng: jax.Array, target: jax.Array, count: int, num_items: int) -> jax.Array:
+    """[B, count] item ids drawn uniformly from 1..num_items without each row's target:
+    draw from 1..num_items - 1 and step over the target."""
+    drawn = jax.random.randint(rng, (len(target), count), 1, num_items)
+    return jnp.where(drawn >= target[:, None], drawn + 1, drawn)
+
+
+def make_objective(model: Distiller, spec: DistillSpec, num_items: int):
+    """(init, loss) for the training engine. Batches: the user prompt
+    (``input_ids``, ``attention_mask``, ``history_items`` [B, L]), ``target``
+    [B] and ``teacher`` [B, teacher_dim], the frozen SASRec's user vector."""
+
+    def loss(variables, _objective_params, batch, rng):
+        target = batch["target"]
+        negatives = sample_negatives(rng, target, spec.negatives, num_items)
+        candidates = jnp.concatenate([target[:, None], negatives], axis=1)
+        user = model.user_vectors(variables, batch)
+        items = model.item_vectors(variables, candidates.reshape(-1)).reshape(*candidates.shape, -1)
+        teacher = model.head(variables, "teacher", batch["teacher"])
+        return sequence_distillation_loss(
+            user, items, teacher, retrieval_weight=spec.retrieval_weight,
+            distillation_weight=spec.distillation_weight, uniformity_weight=spec.uniformity_weight,
+        )
+
+    return (lambda rng: {}), loss
