@@ -32,8 +32,9 @@ def test_prompts_mark_each_history_item_and_end_with_the_output_token():
     marks = [i for i, t in enumerate(ids) if t == prompts.history_id]
     assert [items[i] for i in marks] == [1, 2] and sum(1 for x in items if x) == 2
     assert ids[marks[0] - len(prompts.titles[1]) : marks[0]] == prompts.titles[1]
-    batch = prompts.users(np.array([[3, 1, 2], [3, 3, 0], [2, 0, 0]]))
-    assert batch["input_ids"].shape == (3, prompts.user_length)
+    batch = prompts.users(np.array([[3, 1, 2], [3, 3, 0], [2, 0, 0]]), multiple=16)
+    longest = batch["attention_mask"].sum(axis=1).max()
+    assert batch["input_ids"].shape == (3, min(-(-longest // 16) * 16, prompts.user_length))
     for row in range(3):  # the output token is the last real one
         last = batch["attention_mask"][row].sum() - 1
         assert batch["input_ids"][row, last] == prompts.user_out_id

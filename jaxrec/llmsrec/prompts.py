@@ -60,10 +60,14 @@ class Prompts:
         ids = part + [self.history_id] + self.item_end
         return ids, [0] * len(part) + [item] + [0] * len(self.item_end)
 
-    def users(self, histories: np.ndarray) -> dict[str, np.ndarray]:
+    def users(self, histories: np.ndarray, multiple: int = 64) -> dict[str, np.ndarray]:
         """Right-padded ``input_ids``, ``attention_mask`` and ``history_items``
-        [rows, user_length] for a batch of histories."""
-        return _pad([self.user(h) for h in histories], self.user_length)
+        [rows, width] for a batch of histories; the width is the longest prompt
+        rounded up to ``multiple`` (at most ``user_length``), so batches come in
+        a few shapes, each compiled once."""
+        prompts = [self.user(h) for h in histories]
+        longest = max(len(ids) for ids, _ in prompts)
+        return _pad(prompts, min(self.user_length, -(-longest // multiple) * multiple))
 
     def all_items(self, num_items: int) -> dict[str, np.ndarray]:
         """The item prompt of every item id 0..num_items (row 0 is a dummy), [num_items + 1, item_length]."""
