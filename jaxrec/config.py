@@ -79,6 +79,9 @@ class BatchSpec:
     attribute_drop: float = 0.4
     """SCFT: share of attributes dropped in each view."""
     eval_batches: int = 4
+    pack: bool = False
+    """mntp / contrastive: pack several titles into each row of max_length tokens
+    (attention stays within a title) instead of one padded row per title."""
     workers: int = 0
     """Grain worker processes that prepare batches ahead (0: in the training process)."""
 

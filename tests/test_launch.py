@@ -125,3 +125,18 @@ def test_contrastive_dropout_views_need_dropout(tiny_run, capsys):
     args = _training_setup(tiny_run, "contrastive")
     assert launch.main(args + ["--set", "model.attention_dropout=0.0", "--set", "loop.steps=1"]) == 1
     assert "model.attention_dropout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["mntp", "contrastive"])
+def test_packed_title_batches_train(tiny_run, task):
+    args = _training_setup(tiny_run, task) + ["--set", "batch.pack=true", "--set", "batch.size=8"]
+    assert launch.main(args + ["--set", "loop.steps=3"]) == 0
+    rows = [json.loads(line) for line in (tiny_run[3] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_packing_is_refused_where_it_does_not_apply(tiny_run, capsys):
+    args = _training_setup(tiny_run, "csft")
+    assert launch.main(args + ["--set", "batch.pack=true", "--set", "loop.steps=1"]) == 1
+    assert "batch.pack works for the mntp and contrastive tasks" in capsys.readouterr().err

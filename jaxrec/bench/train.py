@@ -1,6 +1,7 @@
 """Benchmark: tokens/s of a LoRA MNTP step and a contrastive step on item
-titles (batch 32), jaxrec vs PyTorch + peft, same model file, batches, LoRA
-shape and optimizer, in one process."""
+titles (batch 32), jaxrec vs PyTorch + peft, same model file, titles, LoRA
+shape and optimizer, in one process. jaxrec runs twice: on the same padded
+batches as PyTorch, and on the same titles packed several to a row."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.bench import torch_reference
+from jaxrec.data.bucketing import pack_sequences
 from jaxrec.data.examples import pad_batch
 from jaxrec.data.items import read_items
 from jaxrec.models.decoder import Decoder
@@ -26,11 +28,18 @@ LORA = LoraSpec(rank=8, alpha=16.0, dropout=0.0)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _batches(lm, titles, batch_size, steps, seed=0):
+def _selections(lm, titles, batch_size, steps, seed=0) -> list[list[list[int]]]:
     ids = lm.tokenizer(titles, truncation=True, max_length=64)["input_ids"]
     rng = np.random.default_rng(seed)
-    pad = lm.config.pad_token_id or 0
-    return [pad_batch([ids[i] for i in rng.choice(len(ids), batch_size, replace=False)], pad, 64) for _ in range(steps)]
+    return [[ids[i] for i in rng.choice(len(ids), batch_size, replace=False)] for _ in range(steps)]
+
+
+def _with_warmup(timed: list[dict], warmup: int) -> tuple[list[dict], int]:
+    """One batch of every shape the timed steps use first, so no compilation is timed."""
+    first_of_shape = {b["input_ids"].shape: b for b in reversed(timed)}
+    shapes = sorted(first_of_shape)
+    batches = [first_of_shape[s] for s in shapes] * max(1, warmup // len(shapes)) + timed
+    return batches, len(batches) - len(timed)
 
 
 def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
@@ -51,7 +60,7 @@ def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
         metrics = engine.train_step(batch)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
-    return sum(int(b["attention_mask"].sum()) for b in batches[warmup:]) / seconds, float(metrics["loss"])
+    return sum(int((b["attention_mask"] > 0).sum()) for b in batches[warmup:]) / seconds, float(metrics["loss"])
 
 
 def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, special_ids):
@@ -112,22 +121,25 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     torch.set_num_threads(os.cpu_count() or 1)
     lm = load_lm("smollm2-135m")
     titles = read_items("ml-100k").titles
-    timed = _batches(lm, titles, batch_size, steps)
-    shapes = sorted({b["input_ids"].shape for b in timed})
-    # warm-up: one batch of every shape the timed steps use, so no compilation is timed
-    first_of_shape = {b["input_ids"].shape: b for b in reversed(timed)}
-    batches = [first_of_shape[s] for s in shapes] * max(1, warmup // len(shapes)) + timed
-    warmup = len(batches) - len(timed)
-    log(f"{steps} timed steps after {warmup} warm-up steps, batch shapes {shapes}")
+    selections = _selections(lm, titles, batch_size, steps)
+    pad = lm.config.pad_token_id or 0
+    batches, warmup = _with_warmup([pad_batch(s, pad, 64) for s in selections], warmup)
+    packed, packed_warmup = _with_warmup([pack_sequences(s, 64, pad, max_segments=64) for s in selections], warmup)
+    log(f"{steps} timed steps after {warmup} warm-up steps, padded shapes "
+        f"{sorted({b['input_ids'].shape for b in batches})}, packed {sorted({b['input_ids'].shape for b in packed})}")
     result = {"bench": "train", "model": "smollm2-135m", "batch_size": batch_size, "timed_steps": steps,
               "lora_rank": LORA.rank, "torch_threads": torch.get_num_threads()}
     specials = tuple(lm.tokenizer.all_special_ids)
     for objective, dropout in (("mntp", 0.0), ("contrastive", 0.2)):
         jax_rate, jax_loss = _jax_tokens_per_s(lm, objective, batches, warmup, dropout)
         log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s (loss {jax_loss:.3f})")
-        torch_rate, torch_loss = _torch_tokens_per_s(objective, batches, warmup, dropout, lm.config.pad_token_id or 0, specials)
+        packed_rate, packed_loss = _jax_tokens_per_s(lm, objective, packed, packed_warmup, dropout)
+        log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s (loss {packed_loss:.3f})")
+        torch_rate, torch_loss = _torch_tokens_per_s(objective, batches, warmup, dropout, pad, specials)
         log(f"{objective}: torch+peft {torch_rate:.0f} tokens/s (loss {torch_loss:.3f})")
         result[f"{objective}_jaxrec_tokens_per_s"] = round(jax_rate, 1)
+        result[f"{objective}_jaxrec_packed_tokens_per_s"] = round(packed_rate, 1)
         result[f"{objective}_torch_tokens_per_s"] = round(torch_rate, 1)
         result[f"{objective}_speedup"] = round(jax_rate / torch_rate, 2)
+        result[f"{objective}_packed_speedup"] = round(packed_rate / torch_rate, 2)
     return result

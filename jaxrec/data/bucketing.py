@@ -59,3 +59,43 @@ def pad_sequences(
         span = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
         values[row, span], mask[row, span] = seq, 1
     return values, mask
+
+
+def pack_sequences(
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, row_multiple: int = 2
+) -> dict[str, np.ndarray]:
+    """Several short sequences per row instead of one padded row each.
+
+    Longest first, each sequence goes into the first row with room for it
+    (and fewer than ``max_segments`` sequences). Returns ``input_ids`` and
+    ``attention_mask`` [rows, width], the mask holding each token's segment id
+    within its row (1, 2, ...; 0 for padding; see ``positions_from_mask``), and
+    for every sequence its ``item_row`` and ``item_segment`` (0-based, for
+    pooling). Rows are rounded up to ``row_multiple``, so batches of about the
+    same number of tokens share a shape.
+    """
+    if any(len(s) > width for s in sequences):
+        raise ValueError(f"a sequence of {max(map(len, sequences))} tokens does not fit packed rows of width {width}")
+    rows: list[list[int]] = []  # sequence indices of each row
+    used: list[int] = []
+    for index in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):
+        size = len(sequences[index])
+        row = next((r for r in range(len(rows)) if used[r] + size <= width and len(rows[r]) < max_segments), None)
+        if row is None:
+            rows.append([]), used.append(0)
+            row = len(rows) - 1
+        rows[row].append(index)
+        used[row] += size
+    count = -(-len(rows) // row_multiple) * row_multiple
+    ids = np.full((count, width), pad_id, np.int32)
+    segments = np.zeros((count, width), np.int32)
+    item_row = np.zeros(len(sequences), np.int32)
+    item_segment = np.zeros(len(sequences), np.int32)
+    for r, members in enumerate(rows):
+        start = 0
+        for k, index in enumerate(members):
+            seq = sequences[index]
+            ids[r, start : start + len(seq)], segments[r, start : start + len(seq)] = seq, k + 1
+            item_row[index], item_segment[index] = r, k
+            start += len(seq)
+    return {"input_ids": ids, "attention_mask": segments, "item_row": item_row, "item_segment": item_segment}

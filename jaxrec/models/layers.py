@@ -107,9 +107,21 @@ class RMSNorm(nn.Module):
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-    """Position of every token counted from its row's first real token, so left
-    and right padding give real tokens the same positions as no padding."""
-    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+    """Position of every token counted from the first real token of its
+    segment, so left and right padding give real tokens the same positions as
+    no padding.
+
+    ``attention_mask`` holds 0 for padding and a segment id for real tokens: a
+    0/1 mask is one sequence per row; a packed row holds several sequences
+    with distinct consecutive ids (1, 1, 2, 2, 2, 3, 0, 0), each starting at
+    position 0 and attending only within itself.
+    """
+    segments = attention_mask.astype(jnp.int32)
+    index = jnp.cumsum((segments > 0).astype(jnp.int32), axis=-1) - 1
+    previous = jnp.pad(segments, [(0, 0)] * (segments.ndim - 1) + [(1, 0)])[..., :-1]
+    starts = (segments > 0) & (segments != previous)
+    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=segments.ndim - 1)
+    return jnp.maximum(index - first, 0)
 
 
 def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,7 +141,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attention_mask_matrix(attention_mask: jax.Array, kind: str) -> jax.Array:
-    """Boolean [batch, 1, query, key] mask from a [batch, length] padding mask.
+    """Boolean [batch, 1, query, key] mask from a [batch, length] padding (or
+    segment id, see ``positions_from_mask``) mask: real tokens see the real
+    tokens of their own segment only.
 
     Every query may see itself, so rows of padding never have an empty softmax;
     real tokens never see padding.
@@ -137,7 +151,8 @@ def attention_mask_matrix(attention_mask: jax.Array, kind: str) -> jax.Array:
     if kind not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {kind!r}")
     length = attention_mask.shape[-1]
-    visible = attention_mask.astype(bool)[:, None, None, :]
+    segments = attention_mask.astype(jnp.int32)
+    visible = (segments[:, None, :, None] == segments[:, None, None, :]) & (segments > 0)[:, None, None, :]
     if kind == "causal":
         visible = visible & jnp.tril(jnp.ones((length, length), bool))[None, None]
     return visible | jnp.eye(length, dtype=bool)[None, None]

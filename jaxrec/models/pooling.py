@@ -22,6 +22,15 @@ def mean_pool(states: jax.Array, mask: jax.Array, skip: jax.Array | None = None)
     return total / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
 
 
+def segment_mean_pool(states: jax.Array, segments: jax.Array, count: int) -> jax.Array:
+    """Mean of ``states`` [rows, length, dim] over each segment of packed rows
+    (``segments``: 0 padding, 1..count segment ids): [rows, count, dim], zero
+    for a segment a row does not hold."""
+    one_hot = (segments[..., None] == jnp.arange(1, count + 1)).astype(jnp.float32)
+    total = jnp.einsum("rlk,rld->rkd", one_hot, states.astype(jnp.float32))
+    return total / jnp.maximum(jnp.sum(one_hot, axis=1), 1.0)[..., None]
+
+
 def last_token_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
     """State of each row's last real token; works for left and right padding."""
     length = mask.shape[-1]

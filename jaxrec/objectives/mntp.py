@@ -1,7 +1,8 @@
 """MNTP: masked next-token prediction with bidirectional attention.
 
-A rate of the real tokens is chosen (special tokens, padding and each row's
-first real token never: nothing precedes it to predict it from). Of the chosen,
+A rate of the real tokens is chosen (special tokens, padding and the first
+real token of each row, or of each sequence of a packed row, never: nothing
+precedes it to predict it from). Of the chosen,
 80% become the mask token, 10% a random token and 10% stay unchanged. The
 logit at position i-1 predicts the original token at i, which keeps the
 pretrained LM head meaningful.
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec.models.layers import positions_from_mask
 from jaxrec.objectives.csft import next_token_loss
 
 
@@ -33,8 +35,7 @@ def mask_tokens(
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (corrupted input ids, label mask)."""
     real = attention_mask.astype(bool)
-    first_real = jnp.cumsum(real.astype(jnp.int32), axis=-1) == 1
-    eligible = real & ~first_real & ~jnp.isin(input_ids, jnp.asarray(special_ids, input_ids.dtype))
+    eligible = real & (positions_from_mask(attention_mask) > 0) & ~jnp.isin(input_ids, jnp.asarray(special_ids, input_ids.dtype))
     choose_key, kind_key, random_key = jax.random.split(rng, 3)
     chosen = eligible & jax.random.bernoulli(choose_key, rate, input_ids.shape)
     kind = jax.random.uniform(kind_key, input_ids.shape)

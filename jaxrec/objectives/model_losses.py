@@ -8,6 +8,10 @@ Batches (all int32 [batch, length] unless noted):
 - mntp: input_ids, attention_mask;
 - contrastive: input_ids, attention_mask (one row per item; the two views are
   made here, by dropout or by token masking);
+- mntp and contrastive also take packed rows (``jaxrec.data.bucketing.
+  pack_sequences``): several items per row, ``attention_mask`` holding segment
+  ids, and for contrastive ``item_row`` / ``item_segment`` [items] locating
+  each item;
 - scft: view_a_input_ids, view_a_attention_mask, view_b_input_ids,
   view_b_attention_mask.
 """
@@ -21,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.models.decoder import Decoder
-from jaxrec.models.pooling import mean_pool
+from jaxrec.models.pooling import mean_pool, segment_mean_pool
 from jaxrec.objectives import contrastive, csft, mntp, scft
 
 
@@ -96,8 +100,13 @@ def make_contrastive(
                 view_rng, ids, mask, rate=masking.rate, mask_token_id=mask_token_id,
                 vocab_size=vocab, special_ids=special_ids,
             )
-        pooled = mean_pool(_apply(model, variables, ids, mask, "bidirectional", "hidden", dropout_rng), mask)
-        a, b = jnp.split(pooled, 2)
+        states = _apply(model, variables, ids, mask, "bidirectional", "hidden", dropout_rng)
+        if "item_row" in batch:  # packed: a row of width w holds at most w items
+            pooled = segment_mean_pool(states, mask, mask.shape[1])
+            rows, segments = batch["item_row"], batch["item_segment"]
+            a, b = pooled[rows, segments], pooled[rows + len(batch["input_ids"]), segments]
+        else:
+            a, b = jnp.split(mean_pool(states, mask), 2)
         return contrastive.info_nce(a, b, spec.temperature, spec.symmetric), {}
 
     return _no_params, loss

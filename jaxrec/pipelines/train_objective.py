@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxrec.config import ConfigError, RunConfig
 from jaxrec.data.pipeline import GrainBatches
-from jaxrec.data.bucketing import pad_sequences
+from jaxrec.data.bucketing import pack_sequences, pad_sequences
 from jaxrec.data.examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
 from jaxrec.data.prep import SeqData, load_dataset
 from jaxrec.io import write_json_atomic
@@ -51,8 +51,8 @@ def _mask_token_id(lm: LM, config: RunConfig) -> int:
 class _Examples:
     """Builds the examples and batches of one task from the preprocessed dataset."""
 
-    def __init__(self, config: RunConfig, lm: LM, data: SeqData):
-        self.config, self.tok = config, lm.tokenizer
+    def __init__(self, config: RunConfig, lm: LM, data: SeqData, row_multiple: int = 1):
+        self.config, self.tok, self.row_multiple = config, lm.tokenizer, row_multiple
         self.titles_text, self.attributes = data.titles[1:], data.attributes[1:]
         self.pad_id = _pad_id(lm)
         spec = config.batch
@@ -85,6 +85,8 @@ class _Examples:
     def collate(self, examples) -> dict[str, np.ndarray]:
         spec, task = self.config.batch, self.config.task
         if task in ("mntp", "contrastive"):
+            if spec.pack:  # rows rounded to the batch sharding, so they split evenly over devices
+                return pack_sequences(list(examples), spec.max_length, self.pad_id, spec.max_length, self.row_multiple)
             return pad_batch(list(examples), self.pad_id, spec.max_length)
         if task == "scft":
             batch = {}
@@ -128,6 +130,9 @@ def _objective(config: RunConfig, model: Decoder, lm: LM):
 
 
 def run(config: RunConfig, run_dir: Path, log=print) -> dict:
+    if config.batch.pack and (config.task not in ("mntp", "contrastive") or jax.process_count() > 1):
+        raise ConfigError("batch.pack works for the mntp and contrastive tasks in a single process "
+                          "(packed rows differ in number between processes); set batch.pack=false")
     mode = config.trainable.mode
     lm = load_lm(
         config.model.name, config.model.dtype, param_dtype="float32" if mode != "lora" else config.model.dtype,
@@ -136,13 +141,14 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     log(f"model: {lm}")
-    data = load_dataset(config.data.name, config.data.prep(config.seed))
-    examples = _Examples(config, lm, data)
-    log(f"data: {data.num_users} users, {data.num_items} items; {examples.count} {config.task} examples")
-
     model = Decoder(lm.config.replace(lora=config.trainable.lora_spec()))
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = mesh_lib.rules_of(config.mesh)
+    data = load_dataset(config.data.name, config.data.prep(config.seed))
+    row_multiple = int(np.prod([mesh.shape[axis] for axis in rules.get("batch", ())]))
+    examples = _Examples(config, lm, data, row_multiple)
+    log(f"data: {data.num_users} users, {data.num_items} items; {examples.count} {config.task} examples")
+
     log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
     variables = place_variables(model, lm.params, mesh, rules, jax.random.key(config.seed))
 

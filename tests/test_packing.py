@@ -1,0 +1,85 @@
+"""Packed rows: several short sequences per row with segment ids, giving the
+same states, pooled vectors and losses as one padded row per sequence."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrec
+from jaxrec.data.bucketing import pack_sequences, pad_sequences
+from jaxrec.models.layers import positions_from_mask
+from jaxrec.objectives import mntp, model_losses
+from tests.conftest import random_ids
+
+LENGTHS = [7, 3, 12, 5, 5, 9, 2, 4, 6]
+
+
+def _sequences(seed=0):
+    return [random_ids(1, n, seed=seed + i)[0].tolist() for i, n in enumerate(LENGTHS)]
+
+
+def test_pack_places_every_sequence_once_within_the_width():
+    sequences = _sequences()
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3, row_multiple=2)
+    ids, segments = packed["input_ids"], packed["attention_mask"]
+    assert ids.shape[1] == 16 and len(ids) % 2 == 0
+    assert segments.max() <= 3 and int((segments > 0).sum()) == sum(LENGTHS)
+    for index, seq in enumerate(sequences):
+        row, segment = packed["item_row"][index], packed["item_segment"][index]
+        np.testing.assert_array_equal(ids[row][segments[row] == segment + 1], seq)
+    with pytest.raises(ValueError, match="does not fit packed rows of width 8"):
+        pack_sequences(sequences, width=8, pad_id=0, max_segments=3)
+
+
+def test_positions_restart_in_each_segment_and_padding_is_unchanged():
+    packed = jnp.asarray([[1, 1, 2, 2, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(positions_from_mask(packed), [[0, 1, 0, 1, 2, 0, 0, 0]])
+    left = jnp.asarray([[0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(positions_from_mask(left), [[0, 0, 0, 1, 2]])
+
+
+@pytest.mark.parametrize("variant", ["llama-tied-gqa", "qwen2-untied"])
+@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+def test_packed_states_equal_one_row_per_sequence(tiny_checkpoints, variant, kind):
+    directory, _ = tiny_checkpoints(variant)
+    lm = jaxrec.load_lm(directory)
+    sequences = _sequences()
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=4)
+    got = np.asarray(lm.hidden_states(packed["input_ids"], packed["attention_mask"], mask=kind))
+    ids, mask = pad_sequences(sequences, 12, 0)
+    expected = np.asarray(lm.hidden_states(ids, mask, mask=kind))
+    for index, seq in enumerate(sequences):
+        row, segment = packed["item_row"][index], packed["item_segment"][index]
+        at = packed["attention_mask"][row] == segment + 1
+        np.testing.assert_allclose(got[row][at], expected[index, : len(seq)], atol=1e-4, rtol=0)
+
+
+def test_packed_contrastive_loss_equals_the_padded_one(tiny_checkpoints):
+    directory, _ = tiny_checkpoints("llama-tied-gqa")
+    lm = jaxrec.load_lm(directory)
+    spec = model_losses.ContrastiveSpec(temperature=0.1, views="dropout")  # no dropout: both views equal
+    _, loss = model_losses.make_contrastive(lm.model, spec, model_losses.MaskingSpec(), 1, (0, 1, 2))
+    sequences = _sequences(seed=3)
+    ids, mask = pad_sequences(sequences, 12, 0)
+    padded, _ = loss({"params": lm.params}, {}, {"input_ids": ids, "attention_mask": mask}, jax.random.key(0))
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=4)
+    value, _ = loss({"params": lm.params}, {}, packed, jax.random.key(0))
+    np.testing.assert_allclose(float(value), float(padded), rtol=1e-5)
+
+
+def test_masking_never_picks_the_first_token_of_a_packed_sequence():
+    packed = pack_sequences([[5] * n for n in LENGTHS] * 20, width=16, pad_id=0, max_segments=4)
+    segments = jnp.asarray(packed["attention_mask"])
+    firsts = np.asarray((positions_from_mask(segments) == 0) & (segments > 0))
+    chosen_total = 0
+    for seed in range(20):
+        _, chosen = mntp.mask_tokens(jax.random.key(seed), jnp.asarray(packed["input_ids"]), segments, rate=0.3,
+                                     mask_token_id=1, vocab_size=100)
+        chosen = np.asarray(chosen)
+        assert not chosen[firsts].any() and not chosen[packed["attention_mask"] == 0].any()
+        chosen_total += chosen.sum()
+    eligible = 20 * (sum(LENGTHS) - len(LENGTHS)) * 20
+    assert abs(chosen_total / eligible - 0.3) < 0.02
