@@ -36,7 +36,7 @@ from jaxrec.seqrec.evaluate import batched, evaluate
 from jaxrec.seqrec.examples import evaluation_examples, item_popularity
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.engine import Engine, place_variables
-from jaxrec.train.loop import best_checkpoints, train
+from jaxrec.train.loop import restore_best, train
 from jaxrec.train.optim import make_optimizer
 
 
@@ -115,11 +115,9 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     validate = lambda: evaluator(engine.variables(), "valid", diagnostics=False)["full"]
     summary = train(engine, batches, config.loop, run_dir, identity, validate=validate, log=log,
                     count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
-    best = best_checkpoints(run_dir)
-    if best.latest_step() is not None:
-        engine.state, _ = best.restore(engine.state, identity)
-        log(f"testing the best validation state (step {best.latest_step()})")
-    best.close()
+    best_step = restore_best(engine, run_dir, identity)
+    if best_step is not None:
+        log(f"testing the best validation state (step {best_step})")
     start = time.perf_counter()
     test = evaluator(engine.variables(), "test", diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)

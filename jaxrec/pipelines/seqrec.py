@@ -30,7 +30,7 @@ from jaxrec.seqrec.items import load_item_embeddings, pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.engine import Engine
-from jaxrec.train.loop import best_checkpoints, train
+from jaxrec.train.loop import restore_best, train
 from jaxrec.train.optim import make_optimizer
 
 
@@ -132,11 +132,9 @@ def train_and_test(setup: _Setup, seed: int, run_dir: Path, log=print) -> dict:
     summary["epochs"] = round(summary["steps"] / batches.steps_per_epoch, 2)
     epochs_run = (summary["steps"] - (summary["resumed_from"] or 0)) / batches.steps_per_epoch
     summary["seconds_per_epoch"] = round(summary["training_seconds"] / epochs_run, 3) if epochs_run else None
-    best = best_checkpoints(run_dir)
-    if best.latest_step() is not None:
-        engine.state, _ = best.restore(engine.state, identity)
-        log(f"seed {seed}: testing the best validation state (step {best.latest_step()})")
-    best.close()
+    best_step = restore_best(engine, run_dir, identity)
+    if best_step is not None:
+        log(f"seed {seed}: testing the best validation state (step {best_step})")
     start = time.perf_counter()
     test = setup.evaluate(engine.variables(), "test", seed, diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)

@@ -86,6 +86,17 @@ def best_checkpoints(run_dir: str | Path) -> Checkpointer:
     return Checkpointer(Path(run_dir) / "best", keep=1)
 
 
+def restore_best(engine: Engine, run_dir: str | Path, identity: dict) -> int | None:
+    """Load the state kept under ``best/`` into ``engine``; returns its step
+    (None: the run kept no best state and ``engine`` is unchanged)."""
+    best = best_checkpoints(run_dir)
+    step = best.latest_step()
+    if step is not None:
+        engine.state, _ = best.restore(engine.state, identity)
+    best.close()
+    return step
+
+
 def train(
     engine: Engine,
     data,
