@@ -66,11 +66,11 @@ class _Evaluator:
     def __call__(self, variables, part: str, diagnostics: bool) -> dict:
         spec = self.config.evaluation
         items = batched(lambda ids: self.item_fn(variables, ids), np.arange(self.num_items + 1, dtype=np.int32),
-                        batch_size=spec.batch_size)
+                        batch_size=spec.batch_size, progress=f"{part}: item vectors")
         items[0] = 0.0
         history, targets, lengths = self.splits[part]
         users = lambda rows: batched(lambda h: self.user_fn(variables, self.prompts.users(h)), rows,
-                                     batch_size=spec.batch_size)
+                                     batch_size=spec.batch_size, progress=f"{part}: user vectors")
         return evaluate(users, items, history, targets, lengths, self.popularity, spec, self.config.seed, diagnostics)
 
 

@@ -14,16 +14,22 @@ import jax
 import numpy as np
 
 from jaxrec.eval.metrics import full_ranking_ranks, metrics_from_ranks, sample_negatives, sampled_ranks
+from jaxrec.progress import progress_bar
 from jaxrec.seqrec.examples import shuffle_histories
 from jaxrec.seqrec.spec import EvalSpec
 
 
-def batched(fn: Callable[..., jax.Array], *arrays: np.ndarray, batch_size: int) -> np.ndarray:
+def batched(fn: Callable[..., jax.Array], *arrays: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
     """``fn`` over the rows of ``arrays`` in batches of exactly ``batch_size``
-    (the last padded with zeros), concatenated."""
+    (the last padded with zeros), concatenated; with a ``progress`` label, a
+    progress bar over the rows."""
     count = len(arrays[0])
     padded = [np.concatenate([a, np.zeros((-count % batch_size, *a.shape[1:]), a.dtype)]) for a in arrays]
-    out = [np.asarray(fn(*(a[i : i + batch_size] for a in padded))) for i in range(0, count, batch_size)]
+    out = []
+    with progress_bar(progress or "", total=count, enabled=None if progress else False) as advance:
+        for i in range(0, count, batch_size):
+            out.append(np.asarray(fn(*(a[i : i + batch_size] for a in padded))))
+            advance(min(batch_size, count - i))
     return np.concatenate(out)[:count]
 
 
