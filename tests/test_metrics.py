@@ -72,6 +72,9 @@ def test_popularity_and_history_groups():
     groups = popularity_groups(popularity, EvalSpec(popular_share=0.2, popularity_bins=2))
     assert np.flatnonzero(groups["popular"]).tolist() == [1, 6]
     assert np.flatnonzero(groups["tail"]).tolist() == [2, 3, 4, 5, 7, 8, 9, 10]
+    assert "cold" not in groups
+    cold = popularity_groups(popularity, EvalSpec(popular_share=0.3, cold_share=0.3))["cold"]
+    assert np.flatnonzero(cold).tolist() == [2, 5, 7]  # the three least popular
     bins = [name for name in groups if name.startswith("bin")]
     assert bins == ["bin1 (0-4 interactions)", "bin2 (7-50 interactions)"]
     assert np.flatnonzero(groups[bins[0]]).tolist() == [2, 4, 5, 7, 9]  # the five least popular

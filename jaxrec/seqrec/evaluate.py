@@ -48,12 +48,16 @@ def full_ranking(user_vectors, item_vectors, targets, history, spec: EvalSpec) -
 
 
 def popularity_groups(popularity: np.ndarray, spec: EvalSpec) -> dict[str, np.ndarray]:
-    """Item id -> group masks: 'popular' / 'tail' by ``popular_share``, and
-    ``popularity_bins`` groups of equally many items from least to most popular."""
+    """Item id -> group masks: 'popular' / 'tail' by ``popular_share``, 'cold'
+    by ``cold_share`` if set, and ``popularity_bins`` groups of equally many
+    items from least to most popular."""
     order = np.argsort(-popularity[1:], kind="stable") + 1  # most popular first
     popular = np.zeros(len(popularity), bool)
     popular[order[: int(np.ceil(spec.popular_share * len(order)))]] = True
     groups = {"popular": popular, "tail": ~popular & (np.arange(len(popularity)) > 0)}
+    if spec.cold_share is not None:
+        groups["cold"] = np.zeros(len(popularity), bool)
+        groups["cold"][order[len(order) - int(np.ceil(spec.cold_share * len(order))) :]] = True
     for b, members in enumerate(np.array_split(order[::-1], spec.popularity_bins)):
         counts = popularity[members]
         mask = np.zeros(len(popularity), bool)

@@ -80,6 +80,9 @@ class EvalSpec:
     """Users scored per batch."""
     popular_share: float = 0.2
     """Items in the top this share by training interactions are 'popular', the rest 'tail'."""
+    cold_share: float | None = None
+    """Also a 'cold' group: items in the bottom this share by training interactions
+    (LLM-SRec's warm / cold split is popular_share 0.35 and cold_share 0.35)."""
     popularity_bins: int = 5
     history_bins: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
     """Upper edges of the user groups by number of earlier interactions."""
@@ -92,7 +95,9 @@ class EvalSpec:
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
-        if not 0 < self.popular_share < 1:
-            raise ValueError(f"popular_share must be in (0, 1), got {self.popular_share}")
+        for name in ("popular_share", "cold_share"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.batch_size < 1 or self.popularity_bins < 1 or self.sampled_negatives < 0:
             raise ValueError("batch_size and popularity_bins must be >= 1, sampled_negatives >= 0")
