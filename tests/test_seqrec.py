@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_state
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_position
+
+def last_state(states, history):
+    """The state at each row's last real item, taken from every position's states."""
+    return jnp.take_along_axis(states, last_position(history)[:, None, None], axis=1)[:, 0]
+
 
 CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_history=8)
 TABLE = jax.random.normal(jax.random.key(1), (21, 16))

@@ -40,8 +40,8 @@ from jaxrec.train.loop import restore_best, train
 from jaxrec.train.optim import make_optimizer
 
 
-def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: RunConfig) -> dict:
-    mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.rules_of(config.mesh)
+def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: RunConfig,
+               mesh, rules: dict) -> dict:
     rng_tokens, rng_heads = jax.random.split(jax.random.key(config.seed))
     added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
     llm = place_variables(model.decoder, {**lm.params, "extra_embedding": added}, mesh, rules, rng_tokens)["params"]
@@ -97,16 +97,16 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
 
     model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
                       DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim))
-    variables = _variables(model, lm, teacher, prompts, data.num_items, config)
+    mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.rules_of(config.mesh)
+    variables = _variables(model, lm, teacher, prompts, data.num_items, config, mesh, rules)
     batches = IndexBatches(
         len(users), config.batch.size,
         lambda rows: {**prompts.users(history[rows]), "target": target[rows], "teacher": teacher_users[rows]},
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    mesh = mesh_lib.make_mesh(config.mesh)
     optimizer = make_optimizer(config.optimizer, config.loop.in_steps(batches.steps_per_epoch).steps)
     engine = Engine(model, variables, make_objective(model, spec, data.num_items), TRAINABLE, optimizer, mesh,
-                    config.seed, batch_axes=mesh_lib.rules_of(config.mesh).get("batch", ()))
+                    config.seed, batch_axes=rules.get("batch", ()))
     trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
     log(f"trainable: {trainable:,} parameters (heads and {EXTRA_TOKENS} added token embeddings)")
 

@@ -207,7 +207,3 @@ def last_position(history: jax.Array) -> jax.Array:
     """[batch] index of each right-padded row's last real item (0 for an empty row)."""
     return jnp.maximum(jnp.sum(history > 0, axis=1) - 1, 0)
 
-
-def last_state(states: jax.Array, history: jax.Array) -> jax.Array:
-    """The state at each row's last real item (rows are right-padded)."""
-    return _at(states, last_position(history))[:, 0]
