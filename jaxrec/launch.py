@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
 from jaxrec.io import write_bytes_atomic
+from jaxrec.runtime import reuse_host_buffers
 
 _EPILOG = """\
 tasks:
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(config), end="")
         return 0
 
+    reuse_host_buffers()  # before JAX starts its threads
     if args.distributed:
         init_distributed()
     from jaxrec.pipelines import TASKS

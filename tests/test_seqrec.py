@@ -219,3 +219,12 @@ def test_byte_dropout_rate_and_scale():
     assert abs(1 - kept.mean() - round(0.3 * 256) / 256) < 0.005
     assert abs(out.mean() - 1.0) < 0.01  # inverted dropout keeps the expectation
     np.testing.assert_array_equal(Dropout(0.3, True).apply({}, x), x)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+    from jaxrec.seqrec.models import _gelu
+
+    x = jnp.linspace(-8.0, 8.0, 1001)
+    np.testing.assert_allclose(np.asarray(_gelu(x)), np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(lambda v: _gelu(v).sum())(x)),
+                               np.asarray(jax.grad(lambda v: jax.nn.gelu(v, approximate=False).sum())(x)), atol=1e-5)

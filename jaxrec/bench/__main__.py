@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from jaxrec.runtime import reuse_host_buffers
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxrec.bench", description=__doc__)
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     recbole.add_argument("--work-dir", default="runs/bench-recbole", help="RecBole's venv and both sides' runs")
     recbole.add_argument("--only", choices=["jaxrec", "recbole"], help="run one side only")
     args = parser.parse_args(argv)
+    reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
     if args.bench == "encode":
         from jaxrec.bench.encode import run

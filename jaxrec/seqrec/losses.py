@@ -15,9 +15,11 @@ import optax
 
 def full_softmax_loss(states: jax.Array, item_table: jax.Array, targets: jax.Array) -> jax.Array:
     """states [B, L, H], item_table [N + 1, H], targets [B, L] (0 = no target)."""
-    logits = jnp.einsum("blh,nh->bln", states, item_table).astype(jnp.float32)
-    logits = logits.at[..., 0].set(jnp.finfo(jnp.float32).min)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    # logits over the real items only (row 0, padding, is never a candidate); the
+    # target's logit as a row-wise dot, so no gather or scatter touches the logits
+    logits = jnp.einsum("blh,nh->bln", states, item_table[1:]).astype(jnp.float32)
+    target_logit = jnp.einsum("blh,blh->bl", states, item_table[targets]).astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     weights = (targets > 0).astype(jnp.float32)
     return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Literal
 
 import flax.linen as nn
@@ -67,6 +68,21 @@ class Dropout(nn.Module):
         return jnp.where(keep, x * (256.0 / (256 - threshold)), 0.0).astype(x.dtype)
 
 
+class _Projection(nn.Module):
+    """A dense layer (same parameters as ``nn.Dense``) that can compute a
+    slice of its output columns alone."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
+        kernel = self.param("kernel", _init, (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if columns is not None:
+            kernel, bias = kernel[:, columns[0]:columns[1]], bias[columns[0]:columns[1]]
+        return x @ kernel + bias
+
+
 class _SelfAttention(nn.Module):
     """Multi-head self-attention with dropout on the attention weights, laid out
     [batch, heads, length, head_dim] so both passes are plain batched matmuls
@@ -83,16 +99,27 @@ class _SelfAttention(nn.Module):
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
-        qkv = _Dense(3 * hidden, name="qkv")(x).reshape(batch, length, 3, self.heads, head_dim)
-        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        if at is not None:
-            q = jnp.take_along_axis(q, at[:, None, None, None], axis=2)
+        projection = _Projection(3 * hidden, name="qkv")
+        split_heads = lambda t: t.reshape(batch, -1, self.heads, head_dim).transpose(0, 2, 1, 3)
+        if at is None:
+            qkv = projection(x).reshape(batch, length, 3, self.heads, head_dim)
+            q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        else:
+            # keys and values at every position, the query only where it is read
+            q = split_heads(projection(_at(x, at), columns=(0, hidden)))
+            k, v = (split_heads(projection(x, columns=(i * hidden, (i + 1) * hidden))) for i in (1, 2))
             mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
         scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(float(head_dim))
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], hidden)
         return _Dense(hidden, name="out")(out)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU written with erf (jax.nn.gelu's erfc form is several times
+    slower on CPU, and erf is how BERT and RecBole write it)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def _at(x: jax.Array, at: jax.Array | None) -> jax.Array:
@@ -109,7 +136,7 @@ class _Block(nn.Module):
         c = self.config
         attention = _SelfAttention(c.heads, c.dropout)
         attend = lambda h: attention(h, mask, deterministic, at)
-        act = functools.partial(nn.gelu, approximate=False) if c.activation == "gelu" else nn.relu
+        act = _gelu if c.activation == "gelu" else nn.relu
         drop = lambda h: Dropout(c.dropout, deterministic)(h)
 
         def feed_forward(h):
@@ -141,15 +168,16 @@ class _AttentionEncoder(nn.Module):
         x = x + nn.Embed(c.max_history, c.hidden, embedding_init=_init, name="positions")(jnp.arange(length))[None]
         if c.input_norm:
             x = nn.LayerNorm(name="input_norm")(x)
-        x = Dropout(c.dropout, deterministic)(x) * real[..., None]
+        x = Dropout(c.dropout, deterministic)(x)
         allowed = jnp.tril(jnp.ones((length, length), bool)) if self.causal else jnp.ones((length, length), bool)
+        # no real position attends to padding, so padding states never need zeroing;
         # a padding query attends to itself only, so no row of the softmax is empty
         mask = (allowed[None] & real[:, None, :])[:, None] | jnp.eye(length, dtype=bool)[None, None]
         # only the last real position is read out: the final block need not compute the others
         last = last_position(history) if last_only else None
         for i in range(c.layers):
             at = last if i == c.layers - 1 else None
-            x = _Block(c, name=f"block_{i}")(x, mask, deterministic, at) * _at(real, at)[..., None]
+            x = _Block(c, name=f"block_{i}")(x, mask, deterministic, at)
         if c.norm_first:  # pre-LN blocks leave the residual stream unnormalised
             x = nn.LayerNorm(name="final_norm")(x)
         return x
