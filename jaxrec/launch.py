@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
 from jaxrec.io import write_bytes_atomic
-from jaxrec.runtime import reuse_host_buffers
+from jaxrec.runtime import reuse_host_buffers, split_cpu
 
 _EPILOG = """\
 tasks:
@@ -94,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(config), end="")
         return 0
 
-    reuse_host_buffers()  # before JAX starts its threads
+    # both before JAX starts its threads
+    reuse_host_buffers()
+    try:
+        split_cpu(config.mesh.cpu_devices)
+    except ValueError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     if args.distributed:
         init_distributed()
     from jaxrec.pipelines import TASKS

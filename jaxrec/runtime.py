@@ -1,5 +1,6 @@
 """Process-wide settings for jaxrec's entry points (``jaxrec.launch``,
-``jaxrec.bench``), applied before JAX starts its threads.
+``jaxrec.bench``), applied before JAX starts its threads: the host allocator,
+and how many devices JAX makes of the CPU.
 
 XLA's CPU runtime allocates each step's temporary buffer (hundreds of MB for a
 recommender batch) with ``malloc`` from a worker thread. glibc serves requests
@@ -29,3 +30,17 @@ def reuse_host_buffers() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
+def split_cpu(devices: int | None) -> None:
+    """Make JAX's CPU platform ``devices`` devices per process
+    (``mesh.cpu_devices``); None leaves JAX's default. Must run before JAX
+    starts its backends: ``make_mesh`` refuses a mesh whose CPU device count
+    disagrees."""
+    if devices is None:
+        return
+    if devices < 1:
+        raise ValueError(f"mesh.cpu_devices must be a positive count, got {devices}")
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", devices)

@@ -145,3 +145,28 @@ def test_bad_embedding_inputs_are_clear_errors(seqrec_run, capsys):
     with pytest.raises(AssertionError):
         run(tmp / "y", "recommender.items=llm", f"recommender.embeddings={encoded}")
     assert "lists 29 item ids" in capsys.readouterr().err
+
+
+def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
+    """mesh.cpu_devices applies only before JAX starts, so the launcher runs in
+    its own process here; in this (already started) process it is refused."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxrec.train.mesh import MeshSpec, make_mesh
+
+    with pytest.raises(ValueError, match="cpu_devices=3"):
+        make_mesh(MeshSpec(cpu_devices=3))
+    data = write_successor_dataset(tmp_path / "data", users=40)
+    settings = [f"data.name={data}", "data.k_core=0", f"run_dir={tmp_path / 'run'}", "task=seqrec",
+                "recommender.hidden=16", "recommender.max_history=6", "batch.size=32", "loop.epochs=1",
+                "loop.eval_every=1", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.shuffle=false",
+                "mesh.cpu_devices=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXREC_PROGRESS": "0"}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-m", "jaxrec.launch", *[a for s in settings for a in ("--set", s)]],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "batches split over 2 cpu device(s)" in out.stderr
+    assert (tmp_path / "run" / "summary.json").exists()

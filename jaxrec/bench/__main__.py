@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     recbole.add_argument("--max-epochs", type=int, default=200)
     recbole.add_argument("--work-dir", default="runs/bench-recbole", help="RecBole's venv and both sides' runs")
     recbole.add_argument("--only", choices=["jaxrec", "recbole"], help="run one side only")
+    recbole.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override jaxrec's side of configs/sasrec_ml100k.yaml, e.g. mesh.cpu_devices=2")
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.sasrec_recbole import run
 
         sides = (args.only,) if args.only else ("jaxrec", "recbole")
-        result = run(args.seeds, args.max_epochs, args.work_dir, sides, log=log)
+        result = run(args.seeds, args.max_epochs, args.work_dir, sides, args.overrides, log=log)
     print(json.dumps(result))
     return 0
 

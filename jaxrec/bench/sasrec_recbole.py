@@ -56,10 +56,12 @@ def _side(runs: list[dict]) -> dict:
     }
 
 
-def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...] = ("jaxrec", "recbole"), log=print) -> dict:
+def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...] = ("jaxrec", "recbole"),
+        overrides: tuple[str, ...] = (), log=print) -> dict:
     work = Path(work_dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"dataset": "ml-100k", "history": 10, "max_epochs": max_epochs, "seeds": seeds}
+    result: dict = {"dataset": "ml-100k", "history": 10, "max_epochs": max_epochs, "seeds": seeds,
+                    "jaxrec_overrides": list(overrides)}
     if "recbole" in sides:
         python = recbole_python(work / "recbole-venv", log)
         runs = []
@@ -75,10 +77,12 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
     if "jaxrec" in sides:
         from jaxrec.config import load_config
         from jaxrec.pipelines import seqrec
+        from jaxrec.runtime import split_cpu
 
         seed_list = "[" + ",".join(str(s) for s in seeds) + "]"
         config = load_config(CONFIG, [f"evaluation.seeds={seed_list}", f"loop.epochs={max_epochs}",
-                                      "evaluation.shuffle=false"])
+                                      "evaluation.shuffle=false", *overrides])
+        split_cpu(config.mesh.cpu_devices)  # as jaxrec.launch does, before JAX starts
         run_dir = work / f"jaxrec-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = seqrec.run(config, run_dir, log=log)
         runs = [{"test": r["test"]["full"], **r["training"]} for r in summary["per_seed"]]

@@ -123,7 +123,7 @@ def train_and_test(setup: _Setup, seed: int, run_dir: Path, log=print) -> dict:
     )
     trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
     log(f"seed {seed}: {len(examples)} training examples ({batches.steps_per_epoch} steps per epoch), "
-        f"{trainable:,} trainable parameters")
+        f"{trainable:,} trainable parameters, batches split over {mesh.size} {mesh.devices.flat[0].platform} device(s)")
 
     identity = _identity(config, seed)
     validate = lambda: setup.evaluate(engine.variables(), "valid", seed, diagnostics=False)["full"]

@@ -38,10 +38,19 @@ class MeshSpec:
     tensor: int = 1
     rules: list[list[str]] | None = None
     """Logical-axis rules as [[logical, mesh axis or null], ...]; default: DEFAULT_RULES."""
+    cpu_devices: int | None = None
+    """On CPU, split the host into this many JAX devices (default: JAX's, one),
+    which the mesh then spans: each runs its shard of the batch on its own
+    thread, which small models use better than XLA's intra-op threads. Takes
+    effect only where JAX has not started yet (``jaxrec.launch`` sets it first)."""
 
 
 def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
+    local_cpus = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
+    if spec.cpu_devices is not None and local_cpus and len(local_cpus) != spec.cpu_devices:
+        raise ValueError(f"mesh.cpu_devices={spec.cpu_devices}, but JAX started with {len(local_cpus)} CPU device(s) "
+                         "per process: it takes effect only before JAX starts, as python -m jaxrec.launch applies it")
     data = spec.data if spec.data != -1 else len(devices) // (spec.fsdp * spec.tensor)
     shape = (data, spec.fsdp, spec.tensor)
     if math.prod(shape) != len(devices) or data < 1:
