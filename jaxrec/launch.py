@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # both before JAX starts its threads
     reuse_host_buffers()
-    try:
-        split_cpu(config.mesh.cpu_devices)
-    except ValueError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    split_cpu(config.mesh.cpu_devices)
     if args.distributed:
         init_distributed()
     from jaxrec.pipelines import TASKS

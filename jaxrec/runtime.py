@@ -39,8 +39,6 @@ def split_cpu(devices: int | None) -> None:
     disagrees."""
     if devices is None:
         return
-    if devices < 1:
-        raise ValueError(f"mesh.cpu_devices must be a positive count, got {devices}")
     import jax
 
     jax.config.update("jax_num_cpu_devices", devices)

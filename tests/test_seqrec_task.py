@@ -154,10 +154,13 @@ def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
     import subprocess
     import sys
 
+    from jaxrec.config import ConfigError, load_config
     from jaxrec.train.mesh import MeshSpec, make_mesh
 
     with pytest.raises(ValueError, match="cpu_devices=3"):
         make_mesh(MeshSpec(cpu_devices=3))
+    with pytest.raises(ConfigError, match="cpu_devices must be a positive count"):
+        load_config(None, ["mesh.cpu_devices=0"])
     data = write_successor_dataset(tmp_path / "data", users=40)
     settings = [f"data.name={data}", "data.k_core=0", f"run_dir={tmp_path / 'run'}", "task=seqrec",
                 "recommender.hidden=16", "recommender.max_history=6", "batch.size=32", "loop.epochs=1",

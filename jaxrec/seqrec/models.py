@@ -95,20 +95,19 @@ class _SelfAttention(nn.Module):
     def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
         """``at`` [batch]: attend from that position of each row only (output
         [batch, 1, hidden]); keys and values still cover every position."""
-        batch, length, hidden = x.shape
+        batch, _, hidden = x.shape
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
         projection = _Projection(3 * hidden, name="qkv")
-        split_heads = lambda t: t.reshape(batch, -1, self.heads, head_dim).transpose(0, 2, 1, 3)
         if at is None:
-            qkv = projection(x).reshape(batch, length, 3, self.heads, head_dim)
-            q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+            q, k, v = jnp.split(projection(x), 3, axis=-1)
         else:
             # keys and values at every position, the query only where it is read
-            q = split_heads(projection(_at(x, at), columns=(0, hidden)))
-            k, v = (split_heads(projection(x, columns=(i * hidden, (i + 1) * hidden))) for i in (1, 2))
+            q = projection(_at(x, at), columns=(0, hidden))
+            k, v = jnp.split(projection(x, columns=(hidden, 3 * hidden)), 2, axis=-1)
             mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
+        q, k, v = (t.reshape(batch, -1, self.heads, head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
         scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(float(head_dim))
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)

@@ -44,6 +44,10 @@ class MeshSpec:
     thread, which small models use better than XLA's intra-op threads. Takes
     effect only where JAX has not started yet (``jaxrec.launch`` sets it first)."""
 
+    def __post_init__(self):
+        if self.cpu_devices is not None and self.cpu_devices < 1:
+            raise ValueError(f"cpu_devices must be a positive count, got {self.cpu_devices}")
+
 
 def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
