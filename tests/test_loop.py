@@ -114,6 +114,19 @@ def test_early_stopping_and_metrics_files(tmp_path):
     events.Reload()
     assert {"train/loss", "validation/loss"} <= set(events.Tags()["scalars"])
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == summary["steps"]
+    assert summary["timed_steps"] == summary["steps"] and summary["training_seconds"] > 0
+
+    # launched again, the finished run trains nothing more and reports the first run's figures
+    logged = []
+    relaunched = _toy_engine(lr=1e-12)
+    again = train(
+        relaunched, _toy_data(values), LoopSpec(steps=50, log_every=5, save_every=0, eval_every=5, patience=2),
+        tmp_path, {"m": 1}, validate=mean_over_batches(relaunched, lambda: held_out), log=logged.append,
+    )
+    assert any("already stopped early" in line for line in logged)
+    assert {k: again[k] for k in ("steps", "stopped_early", "best_step", "training_seconds", "timed_steps")} == {
+        k: summary[k] for k in ("steps", "stopped_early", "best_step", "training_seconds", "timed_steps")}
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(rows)
 
 
 def test_gradient_accumulation_equals_one_large_batch():

@@ -82,6 +82,8 @@ def test_early_stopping_tests_the_best_state_and_runs_resume(seqrec_run):
     again = run(tmp / "r", "loop.epochs=4", "loop.patience=1", "optimizer.learning_rate=1e-9")
     training = again["per_seed"][0]["training"]
     assert training["resumed_from"] == first["steps"]
+    # the time is the whole run's, both processes
+    assert training["timed_steps"] == training["steps"] and training["training_seconds"] > first["training_seconds"]
     # a learning rate of 1e-9 cannot improve validation: stop after one stale epoch, test the best
     assert training["stopped_early"] and training["epochs"] == 3
     assert training["best_step"] <= first["steps"]

@@ -130,8 +130,8 @@ def train_and_test(setup: _Setup, seed: int, run_dir: Path, log=print) -> dict:
     summary = train(engine, batches, config.loop, run_dir, identity, validate=validate, log=log,
                     count_tokens=lambda batch: int(np.count_nonzero(batch["history"])))
     summary["epochs"] = round(summary["steps"] / batches.steps_per_epoch, 2)
-    epochs_run = (summary["steps"] - (summary["resumed_from"] or 0)) / batches.steps_per_epoch
-    summary["seconds_per_epoch"] = round(summary["training_seconds"] / epochs_run, 3) if epochs_run else None
+    epochs_timed = summary["timed_steps"] / batches.steps_per_epoch
+    summary["seconds_per_epoch"] = round(summary["training_seconds"] / epochs_timed, 3) if epochs_timed else None
     best_step = restore_best(engine, run_dir, identity)
     if best_step is not None:
         log(f"seed {seed}: testing the best validation state (step {best_step})")

@@ -114,17 +114,26 @@ def train(
     spec = spec.in_steps(getattr(data, "steps_per_epoch", 1))
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=spec.keep_checkpoints)
     best_kept = best_checkpoints(run_dir) if validate is not None and spec.eval_every else None
-    loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None}
+    # the seconds are totals over every process that trained this run, up to its last checkpoint
+    loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None, "stopped_early": False,
+                  "training_seconds": 0.0, "validation_seconds": 0.0}
     if checkpoints.latest_step() is not None:
         engine.state, extra = checkpoints.restore(engine.state, identity)
         data.set_state(extra["data"])
-        loop_state.update(extra.get("loop", {}))
+        loop_state.update({"training_seconds": None, "validation_seconds": None}, **extra.get("loop", {}))
         log(f"resumed from the checkpoint at step {int(engine.state.step)}")
     metrics_log = MetricsLog(run_dir) if jax.process_index() == 0 else None  # one writer per job
     step = start = int(engine.state.step)
     last_saved = checkpoints.latest_step()
-    stopped_early = False
+    # a run that stopped early is finished, unless it is relaunched with more patience
+    stopped_early = loop_state["stopped_early"] = bool(
+        loop_state["stopped_early"] and spec.patience and loop_state["stale"] >= spec.patience)
+    if stopped_early:
+        log(f"the run already stopped early at step {step}; nothing left to train")
     loop_start, validation_seconds = time.perf_counter(), 0.0
+    # a checkpoint written before the totals were kept: time only this process's steps
+    timed_from = start if loop_state["training_seconds"] is None else 0
+    earlier_training, earlier_validation = loop_state["training_seconds"] or 0.0, loop_state["validation_seconds"] or 0.0
     tokens, window_start = 0, time.perf_counter()
     metrics: dict = {}
 
@@ -134,9 +143,14 @@ def train(
             kept = f"step {last_saved} in {checkpoints.directory}" if last_saved is not None else "none yet"
             raise TrainingDiverged(f"non-finite {bad} at step {step}; stopped. Last good checkpoint: {kept}")
 
+    def totals() -> dict[str, float]:
+        training = time.perf_counter() - loop_start - validation_seconds
+        return {"training_seconds": earlier_training + training, "validation_seconds": earlier_validation + validation_seconds}
+
     def save() -> None:
         nonlocal last_saved
         guard(_host(metrics))
+        loop_state.update(totals())
         checkpoints.save(engine.state, data.get_state(), identity, loop_state)
         last_saved = step
 
@@ -160,7 +174,7 @@ def train(
 
     try:
         with progress_bar("training", total=spec.steps, completed=start) as advance:
-            while step < spec.steps:
+            while step < spec.steps and not stopped_early:
                 batch = next(data)
                 metrics = engine.train_step(batch)
                 step += 1
@@ -180,7 +194,7 @@ def train(
                     status = run_validation()
                     if spec.patience and loop_state["stale"] >= spec.patience:
                         log(f"early stop at step {step}: {loop_state['stale']} validations without improvement")
-                        stopped_early = True
+                        stopped_early = loop_state["stopped_early"] = True
                 if spec.save_every and step % spec.save_every == 0:
                     save()
                 advance(1, status)
@@ -196,9 +210,10 @@ def train(
             metrics_log.close()
         if hasattr(data, "close"):
             data.close()
-    training_seconds = time.perf_counter() - loop_start - validation_seconds  # after the last save completed
     return {
         "steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
         f"best_validation_{spec.monitor}": loop_state["best"], "best_step": loop_state["best_step"],
-        "training_seconds": round(training_seconds, 3), "validation_seconds": round(validation_seconds, 3),
+        # as of the last checkpoint, which is the last step
+        **{k: round(loop_state[k] or 0.0, 3) for k in ("training_seconds", "validation_seconds")},
+        "timed_steps": step - timed_from,
     }
