@@ -96,6 +96,18 @@ def test_resume_refuses_another_base(tmp_path):
         train(_toy_engine(), _toy_data(values), LoopSpec(steps=4, save_every=2), tmp_path, {"model": "b", "sha256": "2"})
 
 
+def test_a_checkpoint_without_time_totals_times_only_the_resumed_steps(tmp_path):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    engine, data = _toy_engine(), _toy_data(values)
+    for _ in range(2):
+        engine.train_step(next(data))
+    legacy_loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None}
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    checkpoints.save(engine.state, data.get_state(), {"m": 1}, legacy_loop_state)
+    checkpoints.close()
+    summary = train(_toy_engine(), _toy_data(values), LoopSpec(steps=5, save_every=0), tmp_path, {"m": 1})
+    assert summary["resumed_from"] == 2 and summary["timed_steps"] == 3 and summary["training_seconds"] > 0
+
 def test_early_stopping_and_metrics_files(tmp_path):
     values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
     engine = _toy_engine(lr=1e-12)  # float32 weights cannot move: validation never improves

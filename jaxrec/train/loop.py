@@ -61,6 +61,10 @@ class LoopSpec:
             return math.isfinite(value)
         return value < best if self.monitor_mode == "min" else value > best
 
+    def out_of_patience(self, stale: int) -> bool:
+        """Whether ``stale`` validations without improvement end training."""
+        return bool(self.patience) and stale >= self.patience
+
 
 def attention_mask_tokens(batch: dict) -> int:
     """Real tokens in a batch: the sum of its attention masks."""
@@ -117,23 +121,24 @@ def train(
     # the seconds are totals over every process that trained this run, up to its last checkpoint
     loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None, "stopped_early": False,
                   "training_seconds": 0.0, "validation_seconds": 0.0}
-    if checkpoints.latest_step() is not None:
+    timed_from = 0
+    last_saved = checkpoints.latest_step()
+    if last_saved is not None:
         engine.state, extra = checkpoints.restore(engine.state, identity)
         data.set_state(extra["data"])
-        loop_state.update({"training_seconds": None, "validation_seconds": None}, **extra.get("loop", {}))
+        saved = extra.get("loop", {})
+        if "training_seconds" not in saved:  # written before the totals were kept: time this process's steps only
+            timed_from = int(engine.state.step)
+        loop_state.update(saved)
         log(f"resumed from the checkpoint at step {int(engine.state.step)}")
     metrics_log = MetricsLog(run_dir) if jax.process_index() == 0 else None  # one writer per job
     step = start = int(engine.state.step)
-    last_saved = checkpoints.latest_step()
     # a run that stopped early is finished, unless it is relaunched with more patience
-    stopped_early = loop_state["stopped_early"] = bool(
-        loop_state["stopped_early"] and spec.patience and loop_state["stale"] >= spec.patience)
+    stopped_early = loop_state["stopped_early"] = loop_state["stopped_early"] and spec.out_of_patience(loop_state["stale"])
     if stopped_early:
         log(f"the run already stopped early at step {step}; nothing left to train")
     loop_start, validation_seconds = time.perf_counter(), 0.0
-    # a checkpoint written before the totals were kept: time only this process's steps
-    timed_from = start if loop_state["training_seconds"] is None else 0
-    earlier_training, earlier_validation = loop_state["training_seconds"] or 0.0, loop_state["validation_seconds"] or 0.0
+    earlier_training, earlier_validation = loop_state["training_seconds"], loop_state["validation_seconds"]
     tokens, window_start = 0, time.perf_counter()
     metrics: dict = {}
 
@@ -192,7 +197,7 @@ def train(
                     status = f"loss {values['loss']:.4f}  {values['tokens_per_s']:.0f} tok/s"
                 if best_kept is not None and step % spec.eval_every == 0:
                     status = run_validation()
-                    if spec.patience and loop_state["stale"] >= spec.patience:
+                    if spec.out_of_patience(loop_state["stale"]):
                         log(f"early stop at step {step}: {loop_state['stale']} validations without improvement")
                         stopped_early = loop_state["stopped_early"] = True
                 if spec.save_every and step % spec.save_every == 0:
@@ -214,6 +219,6 @@ def train(
         "steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
         f"best_validation_{spec.monitor}": loop_state["best"], "best_step": loop_state["best_step"],
         # as of the last checkpoint, which is the last step
-        **{k: round(loop_state[k] or 0.0, 3) for k in ("training_seconds", "validation_seconds")},
+        **{k: round(loop_state[k], 3) for k in ("training_seconds", "validation_seconds")},
         "timed_steps": step - timed_from,
     }
