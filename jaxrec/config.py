@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclasses filled from YAML (read with a
+"""Typed configuration machinery: dataclasses filled from YAML (read with a
 SafeLoader: no objects are ever constructed) plus ``key.path=value`` overrides.
 
 Unknown keys and values of the wrong type are errors that name the key and
@@ -17,97 +17,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from jaxrec.llmsrec.spec import DistillSpec
-from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
-from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
-from jaxrec.train.engine import TrainableSpec
-from jaxrec.train.loop import LoopSpec
-from jaxrec.train.mesh import MeshSpec
-from jaxrec.train.optim import OptimizerSpec
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
-
-
-@dataclasses.dataclass
-class ModelSpec:
-    name: str = "smollm2-135m"
-    """A named asset (``smollm2-135m``), an HF model directory, or a LLaMA GGUF file."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    tokenizer: str | None = None
-    """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
-    attention_dropout: float | None = None
-    """Attention dropout while training (default: the checkpoint's, usually 0)."""
-
-
-@dataclasses.dataclass
-class DataSpec:
-    name: str = "ml-100k"
-    """A named dataset asset (``ml-100k``), a directory with interactions.tsv + items.tsv, or RecBole .inter + .item files."""
-    min_rating: float | None = None
-    k_core: int = 5
-    sample_users: int | None = None
-
-    def prep(self, seed: int):
-        from jaxrec.data.prep import PrepSpec
-
-        return PrepSpec(self.min_rating, self.k_core, self.sample_users, seed)
-
-
-@dataclasses.dataclass
-class EncodeSpec:
-    pooling: Literal["mean", "last"] = "mean"
-    mask: Literal["bidirectional", "causal"] = "bidirectional"
-    batch_size: int = 64
-    max_length: int = 128
-
-    def __post_init__(self):
-        _require_positive(self, "batch_size", "max_length")
-
-
-@dataclasses.dataclass
-class BatchSpec:
-    """How training examples are batched (global batch over all processes)."""
-
-    size: int = 32
-    max_length: int = 64
-    max_history: int = 10
-    """CSFT: most recent items in a history."""
-    domain: str = "movie"
-    """SCFT: the <domain> in "The <domain> item has the following attributes:"."""
-    attribute_drop: float = 0.4
-    """SCFT: share of attributes dropped in each view."""
-    eval_batches: int = 4
-    pack: bool = False
-    """mntp / contrastive: pack several titles into each row of max_length tokens
-    (attention stays within a title) instead of one padded row per title."""
-    workers: int = 0
-    """Grain worker processes that prepare batches ahead (0: in the training process)."""
-
-    def __post_init__(self):
-        _require_positive(self, "size", "max_length", "max_history", "eval_batches")
-
-
-@dataclasses.dataclass
-class RunConfig:
-    task: Literal["encode", "csft", "mntp", "contrastive", "scft", "seqrec", "llmsrec"] = "encode"
-    run_dir: str | None = None
-    """Where outputs go; default ``runs/<task>-<timestamp>``. A training run resumes from its checkpoints here."""
-    seed: int = 0
-    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
-    data: DataSpec = dataclasses.field(default_factory=DataSpec)
-    encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
-    batch: BatchSpec = dataclasses.field(default_factory=BatchSpec)
-    trainable: TrainableSpec = dataclasses.field(default_factory=TrainableSpec)
-    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
-    mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)
-    loop: LoopSpec = dataclasses.field(default_factory=LoopSpec)
-    masking: MaskingSpec = dataclasses.field(default_factory=MaskingSpec)
-    contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
-    recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
-    evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
-    distill: DistillSpec = dataclasses.field(default_factory=DistillSpec)
+from jaxrec.errors import ConfigError
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -122,12 +32,6 @@ _SafeLoader.add_implicit_resolver(
 
 def _safe_load(text: str):
     return yaml.load(text, Loader=_SafeLoader)
-
-
-def _require_positive(spec, *names: str) -> None:
-    for name in names:
-        if getattr(spec, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(spec, name)}")
 
 
 def _type_name(tp) -> str:
@@ -208,8 +112,8 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[parts[-1]] = _safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
-    """Read a YAML config, apply overrides, and validate it into ``cls``."""
+def read_tree(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """A YAML config file (or nothing) as a nested dict, with ``key.path=value`` overrides applied."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -223,12 +127,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfi
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     for assignment in overrides:
         apply_override(tree, assignment)
-    try:
-        return build(cls, tree)
-    except ConfigError as err:
-        origin = f"{path}" if path is not None else "config"
-        raise ConfigError(f"{origin}: {err}") from None
+    return tree
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
 
 
 def to_yaml(config) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -11,41 +11,44 @@ import sys
 import time
 from pathlib import Path
 
-from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
-from jaxrec.io import write_bytes_atomic
+from jaxrec.config import to_dict, to_yaml
+from jaxrec.errors import ConfigError
 from jaxrec.runtime import reuse_host_buffers, split_cpu
 
-_EPILOG = """\
-tasks:
-  encode       embed every item title of a dataset with an LM; writes item_embeddings.npy,
-               item_ids.json and summary.json into the run directory
-  csft         causal LM fine-tuning on users' title sequences (LLM2Rec step 1)
-  mntp         masked next-token prediction on item titles, bidirectional (LLM2Rec step 2b)
-  contrastive  item-level contrastive learning on titles (LLM2Rec step 2c)
-  scft         supervised contrastive fine-tuning on attribute prompts (LLMEmb step 1)
-  seqrec       SASRec / GRU4Rec / BERT4Rec on ID or frozen-LLM items, early-stopped and tested
-               (LLM2Rec's and LLMEmb's downstream recommenders)
-  llmsrec      distil a seqrec SASRec's user vectors into a frozen LM through heads and added
-               tokens, then rank with it (LLM-SRec)
-  Training tasks write checkpoints/, metrics.jsonl and tensorboard/ into the run directory
-  and resume from its latest checkpoint when started again.
+_EPILOG_TAIL = """
+  Every run directory holds config.yaml and manifest.json (task, config hash, status,
+  base model, the runs it was initialised from, its outputs with checksums). Training
+  tasks also write checkpoints/, metrics.jsonl and tensorboard/ and resume from their
+  latest intact checkpoint when started again.
+
+chaining runs:
+  A later stage starts from what an earlier one trained with model.init_from: RUN_DIR
+  (LoRA merged into the base, full weights, added token rows; along the whole chain).
+  Where weights come from: this run's own checkpoint (resume) > model.init_from > model.name.
 
 examples:
   python -m jaxrec.launch --config configs/quickstart.yaml
-  python -m jaxrec.launch --config configs/quickstart.yaml --set data.name=../shared/data/steam_100k
-  python -m jaxrec.launch --set model.name=/path/to/Qwen2-0.5B --set encode.batch_size=32 --print-config
-  python -m jaxrec.launch --config configs/mntp_smollm2.yaml --set loop.steps=200
+  python -m jaxrec.launch --config configs/csft_smollm2.yaml --set run_dir=runs/csft
+  python -m jaxrec.launch --config configs/mntp_smollm2.yaml --set model.init_from=runs/csft --set run_dir=runs/mntp
+  python -m jaxrec.launch --set task=encode --set model.init_from=runs/mntp --set run_dir=runs/embed
 
 Named assets (model smollm2-135m, dataset ml-100k) are fetched once into $JAXREC_CACHE
 (default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them.
 """
 
 
+def _epilog() -> str:
+    from jaxrec.tasks import TASKS
+
+    lines = ["tasks:"] + [f"  {name:<12} {task.help}" for name, task in TASKS.items()]
+    return "\n".join(lines) + "\n" + _EPILOG_TAIL
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m jaxrec.launch",
         description="Run a jaxrec task described by a YAML config.",
-        epilog=_EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML config file (omit to use every default)")
@@ -79,12 +82,40 @@ def init_distributed() -> None:
     )
 
 
-def default_run_dir(config: RunConfig) -> Path:
+def default_run_dir(config) -> Path:
     return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_task(config, log=print) -> dict:
+    """Run ``config``'s task in its run directory: the manifest says running,
+    then finished with the outputs, or failed with the error. A relaunch that
+    is refused (its checkpoints belong to another model or chain) leaves the
+    directory as it was."""
+    import jax
+
+    from jaxrec.runs import Run
+    from jaxrec.tasks import TASKS
+    from jaxrec.train.checkpoint import ResumeError
+
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0).open()
+    log(f"run directory: {run_dir}")
+    try:
+        summary = TASKS[config.task].run(config, run, log=log)
+    except ResumeError:
+        run.restore_previous()
+        raise
+    except BaseException as err:
+        run.fail(err if not isinstance(err, KeyboardInterrupt) else "interrupted")
+        raise
+    run.finish(summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from jaxrec.tasks import load_config
+
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -96,23 +127,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # both before JAX starts its threads
     reuse_host_buffers()
-    split_cpu(config.mesh.cpu_devices)
+    split_cpu(getattr(getattr(config, "mesh", None), "cpu_devices", None))
     if args.distributed:
         init_distributed()
-    from jaxrec.pipelines import TASKS
-
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     import jax
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        write_bytes_atomic(run_dir / "config.yaml", to_yaml(config).encode())
 
     prefix = f"[jaxrec {config.task}" + (f" {jax.process_index()}/{jax.process_count()}]" if args.distributed else "]")
     log = lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
-    log(f"run directory: {run_dir}")
     try:
-        TASKS[config.task](config, run_dir, log=log)
+        run_task(config, log=log)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -20,8 +20,8 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     assert jax.device_count() == 8, jax.devices()
 
     import jaxrec
-    from jaxrec.data.examples import pad_batch
-    from jaxrec.data.pipeline import GrainBatches
+    from jaxrec.data.text_examples import pad_batch
+    from jaxrec.data.batches import GrainBatches
     from jaxrec.train.mesh import MeshSpec
     from tests.conftest import build_torch_model, save_tokenizer
     from tests.train_helpers import build_engine

@@ -15,7 +15,7 @@ import numpy as np
 from flax import traverse_util
 
 import jaxrec
-from jaxrec.data.pipeline import GrainBatches
+from jaxrec.data.batches import GrainBatches
 from jaxrec.train.loop import LoopSpec, train
 from tests.train_helpers import build_engine, title_batches
 

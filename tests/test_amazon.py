@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec.data.items import DataError
+from jaxrec.data.item_tables import DataError
 from jaxrec.data.prep import PrepSpec, load_dataset
 
 

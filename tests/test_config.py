@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxrec.config import ConfigError, RunConfig, load_config, to_yaml
+from jaxrec.config import ConfigError, to_yaml
+from jaxrec.tasks import load_config
+from jaxrec.tasks.encode import EncodeConfig
 
 
 def _write(tmp_path, text):
@@ -18,7 +20,7 @@ def _write(tmp_path, text):
 
 def test_defaults_round_trip_through_yaml(tmp_path):
     config = load_config(None)
-    assert config == RunConfig()
+    assert config == EncodeConfig()
     assert load_config(_write(tmp_path, to_yaml(config))) == config
 
 
@@ -64,12 +66,12 @@ def test_missing_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    from jaxrec.pipelines import TASKS
+    from jaxrec.tasks import TASKS
 
     assert load_config(path).task in TASKS
 
 
 def test_exponent_floats_without_a_dot_are_numbers_but_quoted_strings_are_not():
-    assert load_config(None, ["optimizer.learning_rate=1e-9"]).optimizer.learning_rate == 1e-9
+    assert load_config(None, ["task=mntp", "optimizer.learning_rate=1e-9"]).optimizer.learning_rate == 1e-9
     with pytest.raises(ConfigError, match="optimizer.learning_rate: expected float"):
-        load_config(None, ['optimizer.learning_rate="1e-9"'])
+        load_config(None, ["task=mntp", 'optimizer.learning_rate="1e-9"'])

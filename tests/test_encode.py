@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.data.bucketing import bucket_length, plan_batches
+from jaxrec.shapes import bucket_length, plan_batches
 from jaxrec.models import lm as lm_module
 from tests.conftest import WORDS
 

@@ -10,7 +10,7 @@ import pytest
 import safetensors.numpy
 
 import jaxrec
-from jaxrec.models.config import UnsupportedConfigError, load_hf_config
+from jaxrec.models.decoder_config import UnsupportedConfigError, load_hf_config
 from jaxrec.models.sources import CheckpointError
 
 

@@ -165,7 +165,7 @@ def test_gguf_tokenizer_matches_transformers_without_torch(smollm2_gguf, ml100k_
     path needs torch); it must tokenize exactly as transformers does."""
     from transformers import AutoTokenizer
 
-    from jaxrec.data.items import read_items
+    from jaxrec.data.item_tables import read_items
     from jaxrec.models.tokenizer import tokenizer_from_gguf
 
     ours = tokenizer_from_gguf(smollm2_gguf)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxrec.data.examples import csft_example, csft_targets
+from jaxrec.data.text_examples import csft_example, csft_targets
 from jaxrec.data.interactions import read_recbole_interactions, read_tsv_interactions
-from jaxrec.data.items import DataError
+from jaxrec.data.item_tables import DataError
 from jaxrec.data.prep import PrepSpec, k_core, load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

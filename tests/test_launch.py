@@ -102,7 +102,7 @@ def _training_setup(tiny_run, task):
         "--set", f"task={task}", "--set", f"model.name={model_dir}", "--set", f"data.name={data}",
         "--set", f"run_dir={out}", "--set", "batch.size=4", "--set", "batch.max_length=32",
         "--set", "loop.log_every=1", "--set", "loop.save_every=2", "--set", "model.attention_dropout=0.1",
-        "--set", "batch.eval_batches=1", "--set", "loop.eval_every=2", "--set", "data.k_core=0",
+        "--set", "batch.eval_batches=1", "--set", "loop.eval_every=2", "--set", "data.k_core=1",
     ]
 
 

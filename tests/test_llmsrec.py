@@ -64,7 +64,7 @@ def teacher_and_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llmsrec")
     data = write_successor_dataset(tmp / "data")
     teacher = tmp / "teacher"
-    args = ["task=seqrec", f"data.name={data}", "data.k_core=0", f"run_dir={teacher}", "recommender.hidden=16",
+    args = ["task=seqrec", f"data.name={data}", "data.k_core=1", f"run_dir={teacher}", "recommender.hidden=16",
             "recommender.heads=2", "recommender.max_history=6", "recommender.dropout=0.1", "batch.size=32",
             "optimizer.learning_rate=0.01", "loop.epochs=25", "loop.eval_every=1", "loop.monitor=recall@5", "loop.monitor_mode=max",
             "evaluation.shuffle=false"]
@@ -77,7 +77,7 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
     teacher, data, tmp = teacher_and_data
     directory, _ = tiny_checkpoints("llama-tied-gqa")
     out = tmp / "distill"
-    args = ["task=llmsrec", f"model.name={directory}", f"data.name={data}", "data.k_core=0", f"run_dir={out}",
+    args = ["task=llmsrec", f"model.name={directory}", f"data.name={data}", "data.k_core=1", f"run_dir={out}",
             f"distill.teacher={teacher}", "distill.max_history=6", "distill.head_hidden=64", "distill.out_dim=32",
             "distill.negatives=4", "batch.size=16", "optimizer.learning_rate=0.003", "loop.epochs=30",
             "loop.eval_every=5", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.sampled_negatives=10",
@@ -101,7 +101,7 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
 
 
 def test_a_teacher_that_is_not_a_finished_seqrec_run_is_refused(teacher_and_data, tmp_path):
-    from jaxrec.data.items import DataError
+    from jaxrec.data.item_tables import DataError
     from jaxrec.llmsrec.teacher import Teacher
 
     teacher, _, _ = teacher_and_data

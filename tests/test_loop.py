@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.data.pipeline import GrainBatches
+from jaxrec.data.batches import GrainBatches
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.checkpoint import Checkpointer, ResumeError
 from jaxrec.train.engine import Engine

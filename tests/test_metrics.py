@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.eval.metrics import (
+from jaxrec.eval.ranking import (
     full_ranking_ranks,
     metrics_from_ranks,
     rank_of_target,

@@ -138,7 +138,7 @@ def test_mntp_selected_positions_give_the_full_loss():
 
 
 def test_llmsrec_prompts():
-    from jaxrec.data.examples import llmsrec_item_prompt, llmsrec_user_prompt
+    from jaxrec.data.text_examples import llmsrec_item_prompt, llmsrec_user_prompt
 
     titles = [f"T{i}" for i in range(12)]
     prompt = llmsrec_user_prompt(titles, [86400.0 * i for i in range(12)], max_items=10)

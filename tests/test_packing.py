@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.data.bucketing import pack_sequences, pad_sequences
+from jaxrec.shapes import pack_sequences, pad_sequences
 from jaxrec.models.layers import positions_from_mask
 from jaxrec.objectives import mntp, model_losses
 from tests.conftest import random_ids

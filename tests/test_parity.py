@@ -11,7 +11,7 @@ import safetensors.numpy
 
 import jaxrec
 from jaxrec.bench import torch_reference
-from jaxrec.models.config import load_hf_config
+from jaxrec.models.decoder_config import load_hf_config
 from jaxrec.models.convert import params_to_hf
 from tests.conftest import VARIANTS, build_torch_model, random_ids
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxrec.data.pipeline import GrainBatches
+from jaxrec.data.batches import GrainBatches
 
 
 def _example(index, rng):
@@ -93,7 +93,7 @@ def test_worker_processes_give_the_same_batches_and_state():
 
 
 def test_index_batches_cover_each_epoch_split_over_processes_and_resume():
-    from jaxrec.data.pipeline import IndexBatches
+    from jaxrec.data.batches import IndexBatches
 
     collate = lambda rows: {"rows": rows}
     single = IndexBatches(10, 4, collate, seed=3)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.models.config import DecoderConfig
+from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import attention_mask_matrix, positions_from_mask
 

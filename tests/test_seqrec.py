@@ -69,7 +69,7 @@ def test_dropout_only_in_training():
 
 
 def test_pca_matches_numpy_up_to_sign():
-    from jaxrec.seqrec.items import pca
+    from jaxrec.seqrec.item_vectors import pca
 
     x = np.random.default_rng(0).normal(size=(40, 6)) @ np.diag([5, 4, 3, 0.1, 0.1, 0.1])
     projected = pca(x, 3)
@@ -84,8 +84,8 @@ def test_pca_matches_numpy_up_to_sign():
 def test_item_embedding_files_are_validated_and_reordered(tmp_path):
     import json
 
-    from jaxrec.data.items import DataError
-    from jaxrec.seqrec.items import load_item_embeddings
+    from jaxrec.data.item_tables import DataError
+    from jaxrec.seqrec.item_vectors import load_item_embeddings
 
     np.save(tmp_path / "m.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
     (tmp_path / "ids.json").write_text(json.dumps(["a", "b", "c"]))
@@ -100,7 +100,7 @@ def test_item_embedding_files_are_validated_and_reordered(tmp_path):
 
 
 def test_adapters_give_tables_with_a_zero_padding_row():
-    from jaxrec.seqrec.items import FrozenTextAdapter, IDEmbedding
+    from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 
     ids = IDEmbedding(5, 8)
     table = ids.apply(ids.init(jax.random.key(0)))
@@ -150,7 +150,7 @@ def _toy_data():
 
 
 def test_training_and_evaluation_examples():
-    from jaxrec.seqrec.examples import evaluation_examples, item_popularity, training_examples
+    from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
 
     data = _toy_data()
     prefixes = training_examples(data, 3, "prefixes")

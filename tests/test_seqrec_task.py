@@ -39,7 +39,7 @@ def seqrec_run(tmp_path, monkeypatch):
 
     def run(out, *overrides):
         args = [
-            "--set", "task=seqrec", "--set", f"data.name={data}", "--set", "data.k_core=0", "--set", f"run_dir={out}",
+            "--set", "task=seqrec", "--set", f"data.name={data}", "--set", "data.k_core=1", "--set", f"run_dir={out}",
             "--set", "recommender.hidden=32", "--set", "recommender.heads=2", "--set", "recommender.dropout=0.1",
             "--set", "recommender.max_history=6", "--set", "batch.size=32", "--set", "optimizer.learning_rate=0.01",
             "--set", "optimizer.decay=constant", "--set", "loop.eval_every=1", "--set", "loop.save_every=1",
@@ -156,15 +156,16 @@ def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
     import subprocess
     import sys
 
-    from jaxrec.config import ConfigError, load_config
+    from jaxrec.config import ConfigError
+    from jaxrec.tasks import load_config
     from jaxrec.train.mesh import MeshSpec, make_mesh
 
     with pytest.raises(ValueError, match="cpu_devices=3"):
         make_mesh(MeshSpec(cpu_devices=3))
     with pytest.raises(ConfigError, match="cpu_devices must be a positive count"):
-        load_config(None, ["mesh.cpu_devices=0"])
+        load_config(None, ["task=seqrec", "mesh.cpu_devices=0"])
     data = write_successor_dataset(tmp_path / "data", users=40)
-    settings = [f"data.name={data}", "data.k_core=0", f"run_dir={tmp_path / 'run'}", "task=seqrec",
+    settings = [f"data.name={data}", "data.k_core=1", f"run_dir={tmp_path / 'run'}", "task=seqrec",
                 "recommender.hidden=16", "recommender.max_history=6", "batch.size=32", "loop.epochs=1",
                 "loop.eval_every=1", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.shuffle=false",
                 "mesh.cpu_devices=2"]

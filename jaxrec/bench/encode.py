@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.bench import torch_reference
-from jaxrec.data.items import read_items
+from jaxrec.data.item_tables import read_items
 from jaxrec.models.lm import load_lm
 
 

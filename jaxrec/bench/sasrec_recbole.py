@@ -75,16 +75,17 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
             log(json.dumps(runs[-1]))
         result["recbole"] = _side(runs)
     if "jaxrec" in sides:
-        from jaxrec.config import load_config
-        from jaxrec.pipelines import seqrec
+        from jaxrec.launch import run_task
         from jaxrec.runtime import split_cpu
+        from jaxrec.tasks import load_config
 
         seed_list = "[" + ",".join(str(s) for s in seeds) + "]"
         config = load_config(CONFIG, [f"evaluation.seeds={seed_list}", f"loop.epochs={max_epochs}",
                                       "evaluation.shuffle=false", *overrides])
         split_cpu(config.mesh.cpu_devices)  # as jaxrec.launch does, before JAX starts
         run_dir = work / f"jaxrec-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = seqrec.run(config, run_dir, log=log)
+        config.run_dir = str(run_dir)
+        summary = run_task(config, log=log)
         runs = [{"test": r["test"]["full"], **r["training"]} for r in summary["per_seed"]]
         result["jaxrec"] = {**_side(runs), "run_dir": str(run_dir)}
     if "jaxrec" in result and "recbole" in result:

@@ -13,9 +13,9 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.bench import torch_reference
-from jaxrec.data.bucketing import pack_sequences
-from jaxrec.data.examples import pad_batch
-from jaxrec.data.items import read_items
+from jaxrec.shapes import pack_sequences
+from jaxrec.data.text_examples import pad_batch
+from jaxrec.data.item_tables import read_items
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
 from jaxrec.models.lm import load_lm

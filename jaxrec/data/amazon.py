@@ -24,7 +24,8 @@ from typing import Iterator
 import numpy as np
 
 from jaxrec.data.interactions import InteractionLog
-from jaxrec.data.items import DataError, ItemTable
+from jaxrec.errors import DataError
+from jaxrec.data.item_tables import ItemTable
 
 _REVIEW_FIELDS = {
     2018: ("reviewerID", "asin", "unixReviewTime", "overall", 1.0),

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from jaxrec.data.items import DataError
+from jaxrec.errors import DataError
 
 
 @dataclasses.dataclass

@@ -29,7 +29,8 @@ from jaxrec.data.interactions import (
     read_tsv_interactions,
     stable_chronological_order,
 )
-from jaxrec.data.items import DataError, ItemTable, read_items
+from jaxrec.errors import DataError
+from jaxrec.data.item_tables import ItemTable, read_items
 from jaxrec.io import atomic_dir, sha256_file
 
 MIN_SEQUENCE = 3  # one training item, the validation target and the test target

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.models.config import DecoderConfig
+from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.sources import CheckpointError, TensorSource
 
 # Tensors that HF checkpoints may carry but that hold no learned weights.

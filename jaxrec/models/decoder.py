@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.models.config import DecoderConfig
+from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.layers import (
     Attention,
     Projection,

@@ -12,8 +12,8 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.io import sha256_file
-from jaxrec.data.bucketing import pad_sequences, plan_batches
-from jaxrec.models.config import DecoderConfig, config_from_hf_dict, load_hf_config
+from jaxrec.shapes import pad_sequences, plan_batches
+from jaxrec.models.decoder_config import DecoderConfig, config_from_hf_dict, load_hf_config
 from jaxrec.models.convert import params_from_source
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import MASK_KINDS
@@ -39,12 +39,24 @@ def _pooled(model: Decoder, params, input_ids, attention_mask, mask: str, poolin
 class LM:
     """A decoder LM: ``.config``, ``.params`` (a plain nested dict), ``.tokenizer``."""
 
-    def __init__(self, config: DecoderConfig, params: dict, tokenizer=None, source: str | None = None):
+    def __init__(self, config: DecoderConfig, params: dict, tokenizer=None, source: str | None = None,
+                 tokenizer_source: str | None = None, lineage: tuple[dict, ...] = ()):
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
         self.source = source
+        self.tokenizer_source = tokenizer_source
+        self.lineage = tuple(lineage)
+        """The runs this LM was trained along, oldest first (empty for a base model)."""
         self.model = Decoder(config)
+
+    def replace(self, **changes) -> "LM":
+        fields = dict(config=self.config, params=self.params, tokenizer=self.tokenizer, source=self.source,
+                      tokenizer_source=self.tokenizer_source, lineage=self.lineage)
+        return LM(**{**fields, **changes})
+
+    def with_lineage(self, run: dict) -> "LM":
+        return self.replace(lineage=self.lineage + (run,))
 
     def __repr__(self) -> str:
         c = self.config
@@ -73,12 +85,22 @@ class LM:
         ids, am = self._inputs(input_ids, attention_mask, mask)
         return _forward(self.model, self.params, ids, am, mask=mask, output="hidden")
 
-    def identity(self) -> dict:
-        """The weights' source path and the sha256 of its files (what a checkpoint
-        of frozen-base training belongs to)."""
+    def base_identity(self) -> dict:
+        """The base weights' source path and the sha256 of its files, and the tokenizer's path if it came apart."""
         source = Path(self.source)
         files = [source] if source.is_file() else sorted(source.glob("*.safetensors"))
-        return {"model": str(source), "sha256": {f.name: sha256_file(f) for f in files}}
+        identity = {"model": str(source), "sha256": {f.name: sha256_file(f) for f in files}}
+        if self.tokenizer_source is not None:
+            identity["tokenizer"] = self.tokenizer_source
+        return identity
+
+    def identity(self) -> dict:
+        """What a checkpoint of training on this LM belongs to: the base weights
+        (by checksum) and, for a trained LM, every run along its chain."""
+        identity = self.base_identity()
+        if self.lineage:
+            identity["chain"] = [dict(run) for run in self.lineage]
+        return identity
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         if self.tokenizer is None:
@@ -106,7 +128,7 @@ class LM:
         """Pooled last-layer states, numpy float32 [len(texts), hidden].
 
         Texts are sorted by token length and batched into a few padded shapes
-        (see :mod:`jaxrec.data.bucketing`); every batch has ``batch_size`` rows,
+        (see :mod:`jaxrec.shapes`); every batch has ``batch_size`` rows,
         so the whole list compiles once per length bucket.
         """
         if pooling not in POOLINGS:
@@ -164,7 +186,9 @@ def load_lm(
     if attention_dropout is not None:
         config = config.replace(attention_dropout=attention_dropout)
     params = params_from_source(config, source, origin=str(path))
+    tok_source = None
     if tokenizer is not None:
         tok_path = assets.resolve_file(tokenizer)
         tok = tokenizer_from_gguf(tok_path) if tok_path.suffix == ".gguf" else tokenizer_from_dir(tok_path)
-    return LM(config, params, tok, source=str(path))
+        tok_source = str(tok_path)
+    return LM(config, params, tok, source=str(path), tokenizer_source=tok_source)

@@ -8,7 +8,7 @@ Batches (all int32 [batch, length] unless noted):
 - mntp: input_ids, attention_mask;
 - contrastive: input_ids, attention_mask (one row per item; the two views are
   made here, by dropout or by token masking);
-- mntp and contrastive also take packed rows (``jaxrec.data.bucketing.
+- mntp and contrastive also take packed rows (``jaxrec.shapes.
   pack_sequences``): several items per row, ``attention_mask`` holding segment
   ids, and for contrastive ``item_row`` / ``item_segment`` [items] locating
   each item;

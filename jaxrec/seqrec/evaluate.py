@@ -13,9 +13,9 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxrec.eval.metrics import full_ranking_ranks, metrics_from_ranks, sample_negatives, sampled_ranks
+from jaxrec.eval.ranking import full_ranking_ranks, metrics_from_ranks, sample_negatives, sampled_ranks
 from jaxrec.progress import progress_bar
-from jaxrec.seqrec.examples import shuffle_histories
+from jaxrec.seqrec.histories import shuffle_histories
 from jaxrec.seqrec.spec import EvalSpec
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.objectives.scft import soft_clip_loss
-from jaxrec.seqrec.items import FrozenTextAdapter, IDEmbedding
+from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
 from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, mask_items
 from jaxrec.seqrec.spec import RecommenderSpec

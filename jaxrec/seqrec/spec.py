@@ -59,6 +59,8 @@ class RecommenderSpec:
         for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
         if self.items != "id" and self.embeddings is None:

@@ -31,6 +31,12 @@ class TrainableSpec:
     lora_dropout: float = 0.0
     lora_targets: str = "q|k|v|o|gate|up|down"
 
+    def __post_init__(self):
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+
     def lora_spec(self) -> LoraSpec | None:
         if self.mode != "lora":
             return None

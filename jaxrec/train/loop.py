@@ -15,7 +15,7 @@ import numpy as np
 from jaxrec.progress import progress_bar
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.engine import Engine
-from jaxrec.train.metrics import MetricsLog
+from jaxrec.train.metrics_log import MetricsLog
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,6 +46,9 @@ class LoopSpec:
         length = self.epochs if self.epochs is not None else self.steps
         if (length is not None and length < 1) or self.log_every < 1 or self.save_every < 0 or self.eval_every < 0:
             raise ValueError("steps / epochs and log_every must be >= 1; save_every and eval_every >= 0")
+        if self.patience < 0 or self.keep_checkpoints < 1:
+            raise ValueError(f"patience must be >= 0 (0: never stop early) and keep_checkpoints >= 1, "
+                             f"got {self.patience} and {self.keep_checkpoints}")
 
     def in_steps(self, steps_per_epoch: int) -> "LoopSpec":
         """The same schedule counted in optimizer steps."""

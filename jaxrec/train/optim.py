@@ -4,6 +4,7 @@ cosine / constant decay, global-norm clipping and gradient accumulation."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import jax
@@ -23,7 +24,9 @@ class OptimizerSpec:
     accumulate_steps: int = 1
 
     def __post_init__(self):
-        if self.learning_rate <= 0 or self.accumulate_steps < 1 or self.warmup_steps < 0:
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
+        if self.accumulate_steps < 1 or self.warmup_steps < 0:
             raise ValueError("learning_rate must be > 0, accumulate_steps >= 1, warmup_steps >= 0")
 
 

@@ -3,68 +3,58 @@ on ID, frozen-LLM or combined item representations), early-stop on a
 validation metric, and evaluate the best state on the test split.
 
 Per seed, the run directory (``seed-<n>/`` when several seeds are configured)
-gets checkpoints, the best state under ``best/``, ``metrics.jsonl``,
-``test_metrics.json``, and ``item_table.npy`` + ``item_ids.json`` (the trained
-item vectors, which a later RAT run can align to). ``summary.json`` holds each
-seed's test metrics and their mean and standard deviation.
+gets checkpoints, the best state under ``best/``, ``metrics.jsonl`` and
+``test_metrics.json``, and the run's outputs (named ``seed-<n>/<name>`` with
+several seeds): ``recommender`` (the tested state's weights and spec, which the
+LLM-SRec teacher reads), ``item_table`` + ``item_ids`` (the trained item
+vectors, which a later RAT run can align to). The summary holds each seed's
+test metrics and their mean and standard deviation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxrec.config import ConfigError, RunConfig
-from jaxrec.data.items import DataError
-from jaxrec.data.pipeline import IndexBatches
+from jaxrec import runs
+from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData, load_dataset
-from jaxrec.io import save_npy_atomic, write_json_atomic
+from jaxrec.errors import ConfigError
+from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate
-from jaxrec.seqrec.examples import evaluation_examples, item_popularity, training_examples
-from jaxrec.seqrec.items import load_item_embeddings, pca
+from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
+from jaxrec.seqrec.item_vectors import pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
-from jaxrec.train import mesh as mesh_lib
-from jaxrec.train.engine import Engine
-from jaxrec.train.loop import restore_best, train
-from jaxrec.train.optim import make_optimizer
+from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
+from jaxrec.tasks.specs import Task, TrainingConfig
+from jaxrec.train.session import TrainingSession, gather, trainable_count
 
 
-def _embedding_files(location: str) -> tuple[Path, Path]:
-    """(matrix .npy, item_ids.json) of an encode run directory or an .npy file."""
-    path = Path(location)
-    matrix = path / "item_embeddings.npy" if path.is_dir() else path
-    ids = matrix.parent / "item_ids.json"
-    for needed in (matrix, ids):
-        if not needed.exists():
-            raise DataError(f"{needed} does not exist; point recommender.embeddings at an encode run directory "
-                            "or an .npy file with item_ids.json beside it")
-    return matrix, ids
+@dataclasses.dataclass
+class SeqrecConfig(TrainingConfig):
+    task: str = "seqrec"
+    recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
+    evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
 
 
-def _llm_items(config: RunConfig, item_ids: list[str]) -> np.ndarray | None:
+def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     spec = config.recommender
     if spec.items == "id":
         return None
-    table = load_item_embeddings(*_embedding_files(spec.embeddings), item_ids)
+    table = runs.item_embeddings(spec.embeddings, item_ids)
     if spec.pca is not None:
         table = np.concatenate([np.zeros((1, spec.pca), np.float32), pca(table[1:], spec.pca)])
     return table
 
 
-def _align_items(config: RunConfig, item_ids: list[str]) -> np.ndarray | None:
+def _align_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     location = config.recommender.align_to
     if location is None:
         return None
-    run = Path(location)
-    if not (run / "item_table.npy").exists():
-        raise DataError(f"{run / 'item_table.npy'} does not exist; recommender.align_to must be the run "
-                        "directory of a finished seqrec run with ID items (or one of its seed-<n> directories)")
-    table = load_item_embeddings(run / "item_table.npy", run / "item_ids.json", item_ids)
+    table = runs.item_table(location, item_ids)
     width = adapter_output_width(config.recommender)
     if table.shape[1] != width:
         raise ConfigError(f"recommender.align_to: its item vectors are {table.shape[1]}-wide but the adapter "
@@ -76,7 +66,7 @@ class _Setup:
     """What every seed shares: the model, the examples, the frozen item
     matrices, the evaluation splits and the jitted scoring functions."""
 
-    def __init__(self, config: RunConfig, data: SeqData):
+    def __init__(self, config: SeqrecConfig, data: SeqData):
         spec = self.spec = config.recommender
         self.config, self.data = config, data
         self.item_ids = [str(i) for i in data.item_ids]
@@ -101,48 +91,51 @@ class _Setup:
         return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, eval_spec, seed, diagnostics)
 
 
-def _identity(config: RunConfig, seed: int) -> dict:
+def _identity(config: SeqrecConfig, seed: int) -> dict:
     return {"task": "seqrec", "data": str(config.data.name), "seed": seed,
             "recommender": dataclasses.asdict(config.recommender)}
 
 
-def train_and_test(setup: _Setup, seed: int, run_dir: Path, log=print) -> dict:
+def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=print) -> dict:
+    """Train and test one seed in ``run.path / subdir``; its outputs are named ``subdir/<name>``."""
     config, examples = setup.config, setup.examples
-    mesh = mesh_lib.make_mesh(config.mesh)
-    batch_axes = mesh_lib.rules_of(config.mesh).get("batch", ())
-    replicated = NamedSharding(mesh, PartitionSpec())
-    variables = init_variables(setup.model, jax.random.key(seed), setup.llm_items, setup.align_items)
+    run_dir = run.path / subdir if subdir else run.path
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, seed)
+    variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, setup.align_items))
     batches = IndexBatches(
         len(examples), config.batch.size, lambda rows: {"history": examples.history[rows], "targets": examples.targets[rows]},
         seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    optimizer = make_optimizer(config.optimizer, config.loop.in_steps(batches.steps_per_epoch).steps)
-    engine = Engine(
-        setup.model, jax.device_put(variables, replicated), make_objective(setup.model), ("^params/",), optimizer,
-        mesh, seed, batch_axes=batch_axes,
-    )
-    trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
+    engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
+    trainable = trainable_count(engine)
+    mesh = session.mesh
     log(f"seed {seed}: {len(examples)} training examples ({batches.steps_per_epoch} steps per epoch), "
         f"{trainable:,} trainable parameters, batches split over {mesh.size} {mesh.devices.flat[0].platform} device(s)")
 
     identity = _identity(config, seed)
     validate = lambda: setup.evaluate(engine.variables(), "valid", seed, diagnostics=False)["full"]
-    summary = train(engine, batches, config.loop, run_dir, identity, validate=validate, log=log,
-                    count_tokens=lambda batch: int(np.count_nonzero(batch["history"])))
+    fitted = session.fit(engine, batches, run_dir, identity, validate=validate, log=log,
+                         count_tokens=lambda batch: int(np.count_nonzero(batch["history"])))
+    summary = fitted.summary
     summary["epochs"] = round(summary["steps"] / batches.steps_per_epoch, 2)
     epochs_timed = summary["timed_steps"] / batches.steps_per_epoch
     summary["seconds_per_epoch"] = round(summary["training_seconds"] / epochs_timed, 3) if epochs_timed else None
-    best_step = restore_best(engine, run_dir, identity)
-    if best_step is not None:
-        log(f"seed {seed}: testing the best validation state (step {best_step})")
+    if fitted.best_step is not None:
+        log(f"seed {seed}: testing the best validation state (step {fitted.best_step})")
     start = time.perf_counter()
     test = setup.evaluate(engine.variables(), "test", seed, diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)
     result = {"seed": seed, "training": summary, "test": test}
-    if jax.process_index() == 0:
-        write_json_atomic(run_dir / "test_metrics.json", result)
-        save_npy_atomic(run_dir / "item_table.npy", np.asarray(setup.item_fn(engine.variables()))[1:])
-        write_json_atomic(run_dir / "item_ids.json", setup.item_ids[1:])
+    name = lambda output: f"{subdir}/{output}" if subdir else output
+    relative = lambda file: f"{subdir}/{file}" if subdir else file
+    weights = gather(engine.variables())
+    table = np.asarray(setup.item_fn(engine.variables()))[1:]
+    run.save_json(name("test_metrics"), relative("test_metrics.json"), result)
+    run.save_arrays(name("recommender"), relative("recommender.safetensors"), weights,
+                    spec=dataclasses.asdict(config.recommender), seed=seed, num_items=setup.data.num_items,
+                    from_step=fitted.best_step or summary["steps"])
+    run.save_npy(name("item_table"), relative("item_table.npy"), table)
+    run.save_json(name("item_ids"), relative("item_ids.json"), setup.item_ids[1:])
     log(f"seed {seed}: test " + "  ".join(f"{k} {v:.4f}" for k, v in test["full"].items()))
     return result
 
@@ -157,20 +150,21 @@ def _mean_std(results: list[dict]) -> dict:
     return out
 
 
-def run(config: RunConfig, run_dir: Path, log=print) -> dict:
+def run(config: SeqrecConfig, run: Run, log=print) -> dict:
     data = load_dataset(config.data.name, config.data.prep(config.seed))
     log(f"data: {data.num_users} users, {data.num_items} items, {len(data.items)} interactions")
     seeds = config.evaluation.seeds or [config.seed]
     setup = _Setup(config, data)
     results = []
     for seed in seeds:
-        seed_dir = run_dir / f"seed-{seed}" if len(seeds) > 1 else run_dir
-        results.append(train_and_test(setup, seed, seed_dir, log))
+        results.append(train_and_test(setup, seed, run, f"seed-{seed}" if len(seeds) > 1 else "", log))
     summary = {"task": "seqrec", "model": config.recommender.model, "items": config.recommender.items,
                "seeds": seeds, "per_seed": results, "over_seeds": _mean_std(results)}
-    if jax.process_index() == 0:
-        write_json_atomic(run_dir / "summary.json", summary)
     for section, metrics in summary["over_seeds"].items():
         log(f"test ({section}, {len(seeds)} seed(s)): " + "  ".join(
             f"{name} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(seeds) > 1 else "") for name, v in metrics.items()))
     return summary
+
+
+TASK = Task("seqrec", SeqrecConfig, run, "SASRec / GRU4Rec / BERT4Rec on ID or frozen-LLM items, early-stopped and "
+            "tested (LLM2Rec's and LLMEmb's downstream recommenders)")

@@ -7,7 +7,7 @@ import datetime
 
 import numpy as np
 
-from jaxrec.data.bucketing import bucket_length, pad_sequences
+from jaxrec.shapes import bucket_length, pad_sequences
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int, side: str = "right") -> dict[str, np.ndarray]:

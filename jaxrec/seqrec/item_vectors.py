@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data.items import DataError
+from jaxrec.errors import DataError
 
 
 def pca(x: np.ndarray, dim: int) -> np.ndarray:

@@ -13,10 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from jaxrec import assets
-
-
-class DataError(ValueError):
-    """A data file is missing, malformed, or lacks what is needed."""
+from jaxrec.errors import DataError
 
 
 @dataclasses.dataclass

@@ -8,47 +8,57 @@ heads and the added tokens' embeddings train. Validation ranks every item
 (``loop.monitor``); the best state is tested with ``evaluation``'s settings
 (LLM-SRec reports sampled 1 + 99 ranking and the shuffle diagnostics).
 
-The run directory gets checkpoints, ``best/``, ``metrics.jsonl``,
-``test_metrics.json`` and ``summary.json``.
+The run directory gets checkpoints, ``best/``, ``metrics.jsonl`` and the
+outputs ``test_metrics``, ``heads`` (f_I, f_user, f_item, f_CF of the tested
+state) and ``lm`` (the added token rows: a later stage's ``model.init_from``
+gets the decoder with them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxrec.config import ConfigError, RunConfig
-from jaxrec.data.pipeline import IndexBatches
+from jaxrec import runs
+from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import load_dataset
-from jaxrec.io import write_json_atomic
+from jaxrec.errors import ConfigError
 from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
 from jaxrec.llmsrec.prompts import EXTRA_TOKENS, Prompts
+from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
-from jaxrec.models.lm import load_lm
+from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate
-from jaxrec.seqrec.examples import evaluation_examples, item_popularity
-from jaxrec.train import mesh as mesh_lib
-from jaxrec.train.engine import Engine, place_variables
-from jaxrec.train.loop import restore_best, train
-from jaxrec.train.optim import make_optimizer
+from jaxrec.seqrec.histories import evaluation_examples, item_popularity
+from jaxrec.seqrec.spec import EvalSpec
+from jaxrec.tasks.specs import ModelSpec, Task, TrainingConfig
+from jaxrec.train.session import TrainingSession, gather, trainable_count
 
 
-def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: RunConfig,
-               mesh, rules: dict) -> dict:
+@dataclasses.dataclass
+class LlmsrecConfig(TrainingConfig):
+    task: str = "llmsrec"
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    distill: DistillSpec = dataclasses.field(default_factory=DistillSpec)
+    evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+
+
+def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: LlmsrecConfig,
+               session: TrainingSession) -> dict:
     rng_tokens, rng_heads = jax.random.split(jax.random.key(config.seed))
-    added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
-    llm = place_variables(model.decoder, {**lm.params, "extra_embedding": added}, mesh, rules, rng_tokens)["params"]
+    # an LM that already has the added rows (init_from an llmsrec run) starts from them
+    added = lm.params.get("extra_embedding")
+    if added is None:
+        added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
+    llm = session.place(model.decoder, {**lm.params, "extra_embedding": added}, rng_tokens)["params"]
     item_prompts = prompts.all_items(num_items)
     constants = {"teacher_items": teacher.item_table(), **{f"item_{k}": v for k, v in item_prompts.items()}}
-    rest = {"params": {"heads": model.init_heads(rng_heads, teacher.dim)}, "constants": constants}
-    rest = jax.device_put(rest, NamedSharding(mesh, PartitionSpec()))
+    rest = session.replicate({"params": {"heads": model.init_heads(rng_heads, teacher.dim)}, "constants": constants})
     return {"params": {"llm": llm, **rest["params"]}, "constants": rest["constants"]}
 
 
@@ -56,7 +66,7 @@ class _Evaluator:
     """Scores a split with the current variables: every item's vector once,
     then each user's from its prompt."""
 
-    def __init__(self, model: Distiller, prompts: Prompts, data, config: RunConfig):
+    def __init__(self, model: Distiller, prompts: Prompts, data, config: LlmsrecConfig):
         self.prompts, self.config, self.num_items = prompts, config, data.num_items
         self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
@@ -74,7 +84,7 @@ class _Evaluator:
         return evaluate(users, items, history, targets, lengths, self.popularity, spec, self.config.seed, diagnostics)
 
 
-def run(config: RunConfig, run_dir: Path, log=print) -> dict:
+def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     spec = config.distill
     if spec.teacher is None:
         raise ConfigError("distill.teacher is not set: train an ID SASRec with the seqrec task first and point "
@@ -82,9 +92,12 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
     data = load_dataset(config.data.name, config.data.prep(config.seed))
     item_ids = [str(i) for i in data.item_ids]
     teacher = Teacher(spec.teacher, item_ids)
-    lm = load_lm(config.model.name, config.model.dtype, tokenizer=config.model.tokenizer)
+    lm = config.model.load()
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
+    if lm.config.extra_tokens not in (0, EXTRA_TOKENS):
+        raise ConfigError(f"{lm.source} already has {lm.config.extra_tokens} added tokens; LLM-SRec adds {EXTRA_TOKENS}")
+    run.set_model(lm)
     log(f"model: {lm}; teacher: {teacher.source}")
 
     prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens)
@@ -97,35 +110,38 @@ def run(config: RunConfig, run_dir: Path, log=print) -> dict:
 
     model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
                       DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim))
-    mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.rules_of(config.mesh)
-    variables = _variables(model, lm, teacher, prompts, data.num_items, config, mesh, rules)
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
     batches = IndexBatches(
         len(users), config.batch.size,
         lambda rows: {**prompts.users(history[rows]), "target": target[rows], "teacher": teacher_users[rows]},
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    optimizer = make_optimizer(config.optimizer, config.loop.in_steps(batches.steps_per_epoch).steps)
-    engine = Engine(model, variables, make_objective(model, spec, data.num_items), TRAINABLE, optimizer, mesh,
-                    config.seed, batch_axes=rules.get("batch", ()))
-    trainable = sum(x.size for x in jax.tree.leaves(engine.state.trainable))
+    engine = session.engine(model, variables, make_objective(model, spec, data.num_items), TRAINABLE,
+                            batches.steps_per_epoch)
+    trainable = trainable_count(engine)
     log(f"trainable: {trainable:,} parameters (heads and {EXTRA_TOKENS} added token embeddings)")
 
     identity = {**lm.identity(), "task": "llmsrec", "teacher": teacher.source, "distill": dataclasses.asdict(spec)}
     evaluator = _Evaluator(model, prompts, data, config)
     validate = lambda: evaluator(engine.variables(), "valid", diagnostics=False)["full"]
-    summary = train(engine, batches, config.loop, run_dir, identity, validate=validate, log=log,
-                    count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
-    best_step = restore_best(engine, run_dir, identity)
-    if best_step is not None:
-        log(f"testing the best validation state (step {best_step})")
+    fitted = session.fit(engine, batches, run.path, identity, validate=validate, log=log,
+                         count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
+    if fitted.best_step is not None:
+        log(f"testing the best validation state (step {fitted.best_step})")
     start = time.perf_counter()
     test = evaluator(engine.variables(), "test", diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)
-    result = {"task": "llmsrec", "training": summary, "trainable_parameters": trainable, "test": test}
-    if jax.process_index() == 0:
-        write_json_atomic(run_dir / "test_metrics.json", test)
-        write_json_atomic(run_dir / "summary.json", result)
+    trained = gather(engine.state.trainable["model"]["params"])
+    run.save_arrays("heads", "heads.safetensors", trained["heads"], spec=dataclasses.asdict(spec))
+    runs.save_lm(run, {"params": {"extra_embedding": trained["llm"]["extra_embedding"]}}, "subtrees",
+                 extra_tokens=EXTRA_TOKENS)
+    run.save_json("test_metrics", "test_metrics.json", test)
     for section in ("full", "sampled"):
         if section in test:
             log(f"test ({section}): " + "  ".join(f"{k} {v:.4f}" for k, v in test[section].items()))
-    return result
+    return {"task": "llmsrec", "training": fitted.summary, "trainable_parameters": trainable, "test": test}
+
+
+TASK = Task("llmsrec", LlmsrecConfig, run, "distil a seqrec SASRec's user vectors into a frozen LM through heads "
+            "and added tokens, then rank with it (LLM-SRec)")

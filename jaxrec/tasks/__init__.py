@@ -1,0 +1,50 @@
+"""The tasks ``python -m jaxrec.launch`` runs, each with its own config class.
+
+A task is registered here once: its name, its config class (only the sections
+it uses) and its ``run(config, run, log)`` function. Everything that needs the
+list of tasks (the config loader, the launcher's help, tests) reads it from
+:data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from jaxrec.config import build, read_tree
+from jaxrec.errors import ConfigError
+from jaxrec.tasks import encode, llmsrec, lm_training, seqrec
+from jaxrec.tasks.specs import Task, TaskConfig
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (encode.TASK, *lm_training.TASKS, seqrec.TASK, llmsrec.TASK)}
+DEFAULT_TASK = "encode"
+
+
+def sections(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def config_class(task: str, origin: str = "config") -> type:
+    if task not in TASKS:
+        raise ConfigError(f"{origin}: task: expected one of {', '.join(TASKS)}, got {task!r}")
+    return TASKS[task].config
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfig:
+    """Read a YAML config, apply ``key.path=value`` overrides, and validate it
+    into the config class of its ``task`` (default ``encode``)."""
+    tree = read_tree(path, overrides)
+    origin = str(path) if path is not None else "config"
+    task = tree.get("task", DEFAULT_TASK)
+    cls = config_class(task, origin)
+    own = sections(cls)
+    for key in tree:
+        users = [name for name, t in TASKS.items() if key in sections(t.config)]
+        if key not in own and users:
+            raise ConfigError(f"{origin}: section '{key}' is not used by task '{task}' (it belongs to "
+                              f"{', '.join(users)}); remove it or set task to one of those")
+    try:
+        return build(cls, {**tree, "task": task})
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None

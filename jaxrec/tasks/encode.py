@@ -1,0 +1,76 @@
+"""Task ``encode``: embed every item title of a dataset with an LM (a base
+model, or the trained LM of a run through ``model.init_from``).
+
+Outputs: ``item_embeddings`` (float32 [items, hidden]; row i is the item
+``item_ids[i]``), ``item_ids`` and ``summary``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Literal
+
+from jaxrec.data.item_tables import read_items
+from jaxrec.errors import DataError
+from jaxrec.runs import Run
+from jaxrec.tasks.specs import DataSpec, ModelSpec, Task, TaskConfig, require_positive
+
+
+@dataclasses.dataclass
+class EncodeSpec:
+    pooling: Literal["mean", "last"] = "mean"
+    mask: Literal["bidirectional", "causal"] = "bidirectional"
+    batch_size: int = 64
+    max_length: int = 128
+
+    def __post_init__(self):
+        require_positive(self, "batch_size", "max_length")
+
+
+@dataclasses.dataclass
+class EncodeConfig(TaskConfig):
+    task: str = "encode"
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
+
+
+def run(config: EncodeConfig, run: Run, log=print) -> dict:
+    items = read_items(config.data.name)
+    untitled = [item_id for item_id, title in zip(items.ids, items.titles) if not title]
+    if untitled:
+        raise DataError(f"{items.source}: {len(untitled)} item(s) have no title, e.g. ids {untitled[:5]}")
+    log(f"data: {len(items)} items from {items.source}")
+
+    start = time.perf_counter()
+    lm = config.model.load()
+    run.set_model(lm)
+    load_seconds = time.perf_counter() - start
+    log(f"model: {lm} (loaded in {load_seconds:.1f} s)")
+
+    spec = config.encode
+    start = time.perf_counter()
+    embeddings = lm.encode(
+        items.titles, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size, max_length=spec.max_length
+    )
+    encode_seconds = time.perf_counter() - start
+
+    run.save_npy("item_embeddings", "item_embeddings.npy", embeddings, pooling=spec.pooling, mask=spec.mask)
+    run.save_json("item_ids", "item_ids.json", items.ids)
+    summary = {
+        "task": "encode",
+        "items": len(items),
+        "dim": int(embeddings.shape[1]),
+        "model": lm.source,
+        "init_from": config.model.init_from,
+        "data": items.source,
+        "load_seconds": round(load_seconds, 2),
+        "encode_seconds": round(encode_seconds, 2),
+    }
+    log(f"encoded {len(items)} titles in {encode_seconds:.1f} s -> {run.path / 'item_embeddings.npy'}")
+    return summary
+
+
+TASK = Task("encode", EncodeConfig, run, "embed every item title with an LM (a base model, or a run's trained LM "
+            "through model.init_from); outputs item_embeddings.npy and item_ids.json")

@@ -1,0 +1,244 @@
+"""Tasks ``csft``, ``mntp``, ``contrastive`` and ``scft``: train one objective
+on an LM (a base model, or a run's trained LM through ``model.init_from``).
+
+Each objective is a unit that owns its examples, their collation and the
+binding of its loss to the decoder; the task around them is the same. The run
+writes checkpoints, ``metrics.jsonl`` and its trained LM (the ``lm`` output:
+LoRA factors, full weights or the chosen subtrees; the best validation state
+if validation ran, else the last), which a later stage loads with
+``model.init_from``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from jaxrec import runs
+from jaxrec.data.prep import SeqData, load_dataset
+from jaxrec.data.text_examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
+from jaxrec.data.batches import GrainBatches
+from jaxrec.errors import ConfigError
+from jaxrec.models.decoder import Decoder
+from jaxrec.models.lm import LM
+from jaxrec.objectives import model_losses
+from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
+from jaxrec.runs import Run
+from jaxrec.shapes import pack_sequences, pad_sequences
+from jaxrec.tasks.specs import LMTrainingConfig, Task
+from jaxrec.train.loop import mean_over_batches
+from jaxrec.train.session import TrainingSession, gather, trainable_count
+
+
+@dataclasses.dataclass
+class CsftConfig(LMTrainingConfig):
+    task: str = "csft"
+
+
+@dataclasses.dataclass
+class MntpConfig(LMTrainingConfig):
+    task: str = "mntp"
+    masking: MaskingSpec = dataclasses.field(default_factory=MaskingSpec)
+
+
+@dataclasses.dataclass
+class ContrastiveConfig(LMTrainingConfig):
+    task: str = "contrastive"
+    masking: MaskingSpec = dataclasses.field(default_factory=MaskingSpec)
+    contrastive: ContrastiveSpec = dataclasses.field(default_factory=ContrastiveSpec)
+
+
+@dataclasses.dataclass
+class ScftConfig(LMTrainingConfig):
+    task: str = "scft"
+
+
+def pad_id(lm: LM) -> int:
+    tok = lm.tokenizer
+    for candidate in (lm.config.pad_token_id, tok.pad_token_id, tok.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _mask_token_id(lm: LM, masking: MaskingSpec) -> int:
+    if masking.mask_token_id is not None:
+        return masking.mask_token_id
+    tok = lm.tokenizer
+    return int(tok.mask_token_id if tok.mask_token_id is not None else pad_id(lm))
+
+
+class Objective:
+    """One objective's examples, batches and loss. ``count`` examples, each
+    built by ``example(index, rng)`` (rng: Grain's per-example generator) and
+    batched by ``collate``; ``validation_examples`` are fixed."""
+
+    def __init__(self, config: LMTrainingConfig, lm: LM, data: SeqData, row_multiple: int = 1):
+        self.config, self.lm, self.tok, self.row_multiple = config, lm, lm.tokenizer, row_multiple
+        self.spec, self.pad_id = config.batch, pad_id(lm)
+
+    count: int
+
+    def example(self, index: int, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def collate(self, examples) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def loss(self, model: Decoder):
+        raise NotImplementedError
+
+    def validation_examples(self) -> list:
+        """A fixed sample of items (CSFT overrides: each user's validation target)."""
+        rng = np.random.default_rng([self.config.seed, 1])
+        order = rng.permutation(self.count)[: self.spec.size * self.spec.eval_batches]
+        return [self.example(int(i), rng) for i in order]
+
+    def validation_batches(self) -> list[dict[str, np.ndarray]]:
+        size, examples = self.spec.size, self.validation_examples()
+        usable = min(len(examples), size * self.spec.eval_batches)
+        return [self.collate(examples[i : i + size]) for i in range(0, usable - size + 1, size)]
+
+
+class _TitleObjective(Objective):
+    """mntp and contrastive: one example per item title, padded or packed rows."""
+
+    def __init__(self, config, lm, data, row_multiple=1):
+        super().__init__(config, lm, data, row_multiple)
+        self.titles = self.tok(data.titles[1:], add_special_tokens=True, truncation=True,
+                               max_length=self.spec.max_length)["input_ids"]
+        self.count = len(self.titles)
+        self.specials = tuple(int(i) for i in self.tok.all_special_ids)
+        self.mask_id = _mask_token_id(lm, config.masking)
+
+    def example(self, index, rng):
+        return self.titles[index]
+
+    def collate(self, examples):
+        if self.spec.pack:  # rows rounded to the batch sharding, so they split evenly over devices
+            return pack_sequences(list(examples), self.spec.max_length, self.pad_id, self.spec.max_length,
+                                  self.row_multiple)
+        return pad_batch(list(examples), self.pad_id, self.spec.max_length)
+
+
+class Mntp(_TitleObjective):
+    def loss(self, model):
+        return model_losses.make_mntp(model, self.config.masking, self.mask_id, self.specials)
+
+
+class Contrastive(_TitleObjective):
+    def loss(self, model):
+        spec = self.config.contrastive
+        if spec.views == "dropout" and not model.config.attention_dropout:
+            raise ConfigError(
+                "contrastive.views=dropout needs dropout to differ between the two views: "
+                "set model.attention_dropout (LLM2Rec uses 0.2) or contrastive.views=masking"
+            )
+        return model_losses.make_contrastive(model, spec, self.config.masking, self.mask_id, self.specials)
+
+
+class Scft(Objective):
+    """Two attribute-prompt views of each item, attributes dropped independently."""
+
+    def __init__(self, config, lm, data, row_multiple=1):
+        super().__init__(config, lm, data, row_multiple)
+        self.items = [{"title": t, **a} for t, a in zip(data.titles[1:], data.attributes[1:])]
+        self.count = len(self.items)
+
+    def example(self, index, rng):
+        return tuple(attribute_text(attribute_view(self.items[index], rng, self.spec.attribute_drop), self.spec.domain)
+                     for _ in range(2))
+
+    def collate(self, examples):
+        batch = {}
+        for view, texts in zip(("view_a", "view_b"), zip(*examples)):
+            ids = self.tok(list(texts), truncation=True, max_length=self.spec.max_length)["input_ids"]
+            padded = pad_batch(ids, self.pad_id, self.spec.max_length)
+            batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+        return batch
+
+    def loss(self, model):
+        return model_losses.make_scft(model)
+
+
+class Csft(Objective):
+    """Next-title generation: each position of a user's training sequence is
+    the target of the titles before it (left-padded)."""
+
+    def __init__(self, config, lm, data, row_multiple=1):
+        super().__init__(config, lm, data, row_multiple)
+        self.sequences = [[data.titles[i] for i in data.sequence(u)] for u in range(data.num_users)]
+        self.pairs = csft_targets(self.sequences)
+        self.count = len(self.pairs)
+
+    def example(self, index, rng):
+        user, position = self.pairs[index]
+        return self._example(int(user), int(position))
+
+    def _example(self, user: int, position: int):
+        history = self.sequences[user][max(0, position - self.spec.max_history) : position]
+        return csft_example(self.tok, history, self.sequences[user][position], self.spec.max_length)
+
+    def collate(self, examples):
+        ids, targets = zip(*examples)
+        padded = pad_batch(list(ids), self.pad_id, self.spec.max_length, side="left")
+        target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
+        return {**padded, "target_mask": target_mask}
+
+    def validation_examples(self):
+        return [self._example(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
+
+    def loss(self, model):
+        return model_losses.make_csft(model)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"csft": Csft, "mntp": Mntp, "contrastive": Contrastive, "scft": Scft}
+PACKABLE = ("mntp", "contrastive")
+
+
+def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
+    if config.batch.pack and (config.task not in PACKABLE or jax.process_count() > 1):
+        raise ConfigError("batch.pack works for the mntp and contrastive tasks in a single process "
+                          "(packed rows differ in number between processes); set batch.pack=false")
+    mode = config.trainable.mode
+    lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype)
+    if lm.tokenizer is None:
+        raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
+    run.set_model(lm)
+    log(f"model: {lm}" + (f", trained along {len(lm.lineage)} run(s) up to {lm.lineage[-1]['run']}" if lm.lineage else ""))
+    data = load_dataset(config.data.name, config.data.prep(config.seed))
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    objective = OBJECTIVES[config.task](config, lm, data, session.batch_rows)
+    log(f"data: {data.num_users} users, {data.num_items} items; {objective.count} {config.task} examples")
+    log(f"mesh: {dict(session.mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
+
+    lora = config.trainable.lora_spec()
+    model = Decoder(lm.config.replace(lora=lora))
+    variables = session.place(model, lm.params)
+    batches = GrainBatches(
+        objective.count, config.batch.size, objective.example, objective.collate, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(), workers=config.batch.workers,
+    )
+    engine = session.engine(model, variables, objective.loss(model), config.trainable.patterns(), batches.steps_per_epoch)
+    trainable = trainable_count(engine)
+    log(f"trainable: {trainable:,} parameters ({mode})")
+
+    identity = {**lm.identity(), "task": config.task, "trainable": mode}
+    validate = mean_over_batches(engine, objective.validation_batches)
+    result = session.fit(engine, batches, run.path, identity, validate=validate, log=log)
+    runs.save_lm(run, gather(engine.state.trainable["model"]), mode, lora, lm.config.extra_tokens)
+    summary = {**result.summary, "task": config.task, "trainable_parameters": trainable,
+               "lm_from_step": result.best_step or result.summary["steps"]}
+    log(f"done: {summary}")
+    return summary
+
+
+_HELP = {
+    "csft": (CsftConfig, "causal LM fine-tuning on users' title sequences (LLM2Rec step 1)"),
+    "mntp": (MntpConfig, "masked next-token prediction on item titles, bidirectional (LLM2Rec step 2a)"),
+    "contrastive": (ContrastiveConfig, "item-level contrastive learning on titles (LLM2Rec step 2b)"),
+    "scft": (ScftConfig, "supervised contrastive fine-tuning on attribute prompts (LLMEmb step 1)"),
+}
+TASKS = [Task(name, cls, run, text) for name, (cls, text) in _HELP.items()]

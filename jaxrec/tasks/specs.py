@@ -1,0 +1,143 @@
+"""Config sections that several tasks share, and the config classes that
+tasks extend with their own sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Literal
+
+from jaxrec.train.engine import TrainableSpec
+from jaxrec.train.loop import LoopSpec
+from jaxrec.train.mesh import MeshSpec
+from jaxrec.train.optim import OptimizerSpec
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task as the launcher runs it: ``run(config, run, log) -> summary``."""
+
+    name: str
+    config: type
+    run: Callable
+    help: str
+
+
+def require_positive(spec, *names: str) -> None:
+    for name in names:
+        if getattr(spec, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(spec, name)}")
+
+
+def require_rate(name: str, value: float | None) -> None:
+    """A dropout-like share: in [0, 1)."""
+    if value is not None and not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    name: str | None = None
+    """A named asset (``smollm2-135m``, the default), an HF model directory, a
+    LLaMA GGUF file; or a finished run directory, whose trained LM is loaded."""
+    init_from: str | None = None
+    """A finished run whose trained LM this run starts from (its base model plus
+    LoRA merged / full weights / added token rows, along its whole chain)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tokenizer: str | None = None
+    """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
+    attention_dropout: float | None = None
+    """Attention dropout while training (default: the checkpoint's, usually 0)."""
+
+    def __post_init__(self):
+        if self.name is not None and self.init_from is not None:
+            raise ValueError("set model.name or model.init_from, not both: the init_from run names its base model")
+        require_rate("attention_dropout", self.attention_dropout)
+
+    def load(self, **runtime):
+        """The LM: ``init_from``'s trained LM, else ``name`` (a base model or a run)."""
+        from jaxrec import runs
+
+        if self.init_from is not None:
+            return runs.load_trained_lm(self.init_from, self.dtype, role="model.init_from", tokenizer=self.tokenizer,
+                                        attention_dropout=self.attention_dropout, **runtime)
+        return runs.load_lm(self.name or DEFAULT_MODEL, self.dtype, tokenizer=self.tokenizer,
+                            attention_dropout=self.attention_dropout, **runtime)
+
+
+@dataclasses.dataclass
+class DataSpec:
+    name: str = "ml-100k"
+    """A named dataset asset (``ml-100k``), a directory with interactions.tsv + items.tsv, RecBole .inter + .item
+    files, or Amazon review + meta files."""
+    min_rating: float | None = None
+    k_core: int = 5
+    """Keep the k-core of users and items (1: no filtering)."""
+    sample_users: int | None = None
+
+    def __post_init__(self):
+        if self.k_core < 1:
+            raise ValueError(f"k_core must be >= 1 (1 keeps every user and item), got {self.k_core}")
+        if self.sample_users is not None and self.sample_users < 1:
+            raise ValueError(f"sample_users must be >= 1 or null, got {self.sample_users}")
+
+    def prep(self, seed: int):
+        from jaxrec.data.prep import PrepSpec
+
+        return PrepSpec(self.min_rating, self.k_core, self.sample_users, seed)
+
+
+@dataclasses.dataclass
+class BatchSpec:
+    """How training examples are batched (global batch over all processes)."""
+
+    size: int = 32
+    max_length: int = 64
+    max_history: int = 10
+    """CSFT: most recent items in a history."""
+    domain: str = "movie"
+    """SCFT: the <domain> in "The <domain> item has the following attributes:"."""
+    attribute_drop: float = 0.4
+    """SCFT: share of attributes dropped in each view."""
+    eval_batches: int = 4
+    pack: bool = False
+    """mntp / contrastive: pack several titles into each row of max_length tokens
+    (attention stays within a title) instead of one padded row per title."""
+    workers: int = 0
+    """Grain worker processes that prepare batches ahead (0: in the training process)."""
+
+    def __post_init__(self):
+        require_positive(self, "size", "max_length", "max_history", "eval_batches")
+        require_rate("attribute_drop", self.attribute_drop)
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """What every task's config has. Each task's class adds the sections it
+    uses; a section it does not use is an error."""
+
+    task: str = ""
+    run_dir: str | None = None
+    """Where outputs go; default ``runs/<task>-<timestamp>``. A training run resumes from its checkpoints here."""
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainingConfig(TaskConfig):
+    """Sections of every task that trains through the training loop."""
+
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    batch: BatchSpec = dataclasses.field(default_factory=BatchSpec)
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)
+    loop: LoopSpec = dataclasses.field(default_factory=LoopSpec)
+
+
+@dataclasses.dataclass
+class LMTrainingConfig(TrainingConfig):
+    """Sections of the tasks that train an LM (csft, mntp, contrastive, scft)."""
+
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    trainable: TrainableSpec = dataclasses.field(default_factory=TrainableSpec)
