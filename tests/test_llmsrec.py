@@ -113,3 +113,34 @@ def test_a_teacher_that_is_not_a_finished_seqrec_run_is_refused(teacher_and_data
     loaded = Teacher(teacher, ids)
     assert loaded.item_table().shape == (NUM_ITEMS + 1, 16)
     assert loaded.user_vectors(np.array([[1, 2, 3, 0, 0, 0, 0, 0]])).shape == (1, 16)
+
+
+def test_a_later_stage_gets_the_added_token_rows_of_an_llmsrec_run(teacher_and_data, tiny_checkpoints, monkeypatch):
+    import jaxrec
+    from jaxrec.models.lm import LM
+
+    monkeypatch.setenv("JAXREC_PROGRESS", "0")
+    teacher, data, tmp = teacher_and_data
+    directory, _ = tiny_checkpoints("llama-tied-gqa")
+    out, embed = tmp / "distill-short", tmp / "embed-after-distill"
+    args = ["task=llmsrec", f"model.name={directory}", f"data.name={data}", "data.k_core=1", f"run_dir={out}",
+            f"distill.teacher={teacher}", "distill.max_history=6", "distill.head_hidden=16", "distill.out_dim=8",
+            "batch.size=16", "optimizer.learning_rate=0.01", "loop.epochs=1", "evaluation.shuffle=false",
+            "evaluation.batch_size=32"]
+    assert launch.main([x for a in args for x in ("--set", a)]) == 0
+    args = ["task=encode", f"model.init_from={out}", f"data.name={data}", f"run_dir={embed}", "encode.batch_size=8"]
+    assert launch.main([x for a in args for x in ("--set", a)]) == 0
+
+    trainable, _ = Checkpointer(out / "checkpoints").read()
+    rows = np.asarray(trainable["model"]["params"]["llm"]["extra_embedding"])
+    base = jaxrec.load_lm(directory)
+    by_hand = LM(base.config.replace(extra_tokens=3), {**base.params, "extra_embedding": rows}, base.tokenizer)
+    loaded = jaxrec.load_lm(out)
+    assert loaded.config.extra_tokens == 3
+    np.testing.assert_array_equal(np.asarray(loaded.params["extra_embedding"]), rows)
+    ids = np.array([[5, base.config.vocab_size, 7, base.config.vocab_size + 2]])  # two added tokens
+    np.testing.assert_allclose(np.asarray(loaded.hidden_states(ids)), np.asarray(by_hand.hidden_states(ids)), atol=1e-5)
+    titles = [line.split("\t")[1] for line in (data / "items.tsv").read_text().splitlines()[1:]]
+    np.testing.assert_allclose(np.load(embed / "item_embeddings.npy"), by_hand.encode(titles, batch_size=8), atol=1e-5)
+    manifest = json.loads((embed / "manifest.json").read_text())
+    assert [r["task"] for r in manifest["chain"]] == ["llmsrec"]

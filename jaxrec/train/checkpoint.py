@@ -44,10 +44,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         extra = self.manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
         if extra["identity"] != identity:
-            raise ResumeError(
-                f"{self.directory}: the checkpoint at step {step} was made for {extra['identity']}, "
-                f"not {identity}; use another run directory or the original base model"
-            )
+            raise ResumeError(_mismatch(self.directory, step, extra["identity"], identity))
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored["state"], extra
@@ -65,3 +62,12 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _mismatch(directory: Path, step: int, saved: dict, wanted: dict) -> str:
+    differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    message = f"{directory}: the checkpoint at step {step} was made for {saved}, not {wanted} (differing: {', '.join(differing)})"
+    if "chain" in differing:
+        return (f"{message}. model.init_from's run changed since this run started (it was trained again, or another "
+                "run is named); start this stage in a new run directory")
+    return f"{message}; use another run directory or the original base model"
