@@ -46,6 +46,10 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny_checkpoints, tmp_path
 
     consumed = json.loads((tmp_path / "resumed" / "consumed.jsonl").read_text().splitlines()[-1])
     assert consumed == list(range(saved, 10))  # the batches the uninterrupted run used for those steps
+    # metrics.jsonl holds each step once, with the uninterrupted run's losses
+    rows = lambda d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows("resumed")] == [r["step"] for r in rows("straight")] == list(range(1, 11))
+    np.testing.assert_allclose([r["loss"] for r in rows("resumed")], [r["loss"] for r in rows("straight")], atol=1e-6)
     a, b = np.load(tmp_path / "straight" / "final.npz"), np.load(tmp_path / "resumed" / "final.npz")
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
@@ -160,3 +164,50 @@ def test_gradient_accumulation_equals_one_large_batch():
         np.asarray(halves.state.trainable["model"]["params"]["w"]),
         np.asarray(full.state.trainable["model"]["params"]["w"]), rtol=1e-6,
     )
+
+
+def _damage(step_dir: Path, how: str) -> None:
+    if how == "truncated arrays":
+        for file in step_dir.glob("state/**/d/*"):
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif how == "empty metadata":
+        (step_dir / "extra" / "metadata").write_text("")
+    else:
+        (step_dir / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated arrays", "empty metadata", "missing metadata"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, how):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    straight = _toy_engine()
+    train(straight, _toy_data(values), LoopSpec(steps=10, log_every=1, save_every=2), tmp_path / "straight", {"m": 1})
+    run = tmp_path / "damaged"
+    train(_toy_engine(), _toy_data(values), LoopSpec(steps=6, log_every=1, save_every=2), run, {"m": 1})
+    _damage(run / "checkpoints" / "6", how)
+    logged, resumed = [], _toy_engine()
+    summary = train(resumed, _toy_data(values), LoopSpec(steps=10, log_every=1, save_every=2), run, {"m": 1},
+                    log=logged.append)
+    assert summary["resumed_from"] == 4
+    warning = next(line for line in logged if "is corrupt" in line)
+    assert str(run / "checkpoints" / "6") in warning and (run / "corrupt-checkpoints-6").is_dir()
+    np.testing.assert_allclose(np.asarray(resumed.state.trainable["model"]["params"]["w"]),
+                               np.asarray(straight.state.trainable["model"]["params"]["w"]), rtol=1e-6)
+    # the metrics hold each step once, as the uninterrupted run's do
+    rows = lambda d: [(r["step"], r["split"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+    assert [r[:2] for r in rows(run)] == [r[:2] for r in rows(tmp_path / "straight")]
+    np.testing.assert_allclose([r[2] for r in rows(run)], [r[2] for r in rows(tmp_path / "straight")], rtol=1e-6)
+
+
+def test_no_intact_checkpoint_is_a_short_error_naming_the_cause(tmp_path):
+    from jaxrec.train.checkpoint import CorruptCheckpoints
+
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    train(_toy_engine(), _toy_data(values), LoopSpec(steps=4, save_every=2), tmp_path, {"m": 1})
+    for step in (2, 4):
+        _damage(tmp_path / "checkpoints" / str(step), "truncated arrays")
+    with pytest.raises(CorruptCheckpoints) as info:
+        train(_toy_engine(), _toy_data(values), LoopSpec(steps=6, save_every=2), tmp_path, {"m": 1}, log=lambda m: None)
+    message = str(info.value)
+    assert "no intact checkpoint" in message
+    assert f"{tmp_path / 'checkpoints' / '4'}: " in message and f"{tmp_path / 'checkpoints' / '2'}: " in message
+    assert len(message) < 1500 and message.count("\n") == 0

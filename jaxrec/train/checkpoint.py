@@ -10,6 +10,8 @@ refuses to resume on a different base model.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -20,6 +22,10 @@ from jaxrec.train.step import TrainState
 
 class ResumeError(RuntimeError):
     """A checkpoint exists but does not belong to this run."""
+
+
+class CorruptCheckpoints(RuntimeError):
+    """Checkpoints exist but none of them can be read."""
 
 
 class Checkpointer:
@@ -49,6 +55,43 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored["state"], extra
 
+    def restore_latest_intact(self, like: TrainState, identity: dict, warn=print) -> tuple[TrainState, dict] | None:
+        """Restore the newest checkpoint that reads back whole (None: there is
+        none). Corrupt newer ones (a truncated array file, missing or broken
+        metadata) are named in a warning and moved aside to
+        ``corrupt-<dir>-<step>`` beside this directory; when none is intact,
+        nothing is moved and the error names each one and its cause."""
+        corrupt = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.restore(like, identity, step)
+            except ResumeError:
+                raise
+            except Exception as err:  # Orbax and tensorstore raise many kinds for a damaged file
+                corrupt.append((step, _first_line(err)))
+                continue
+            for bad, cause in corrupt:
+                self._move_aside(bad, cause, warn)
+            return restored
+        if corrupt:
+            causes = "; ".join(f"{self.directory / str(step)}: {cause}" for step, cause in corrupt)
+            raise CorruptCheckpoints(f"no intact checkpoint to resume from ({causes}); "
+                                     f"delete {self.directory} to train from the start")
+        return None
+
+    def _move_aside(self, step: int, cause: str, warn) -> None:
+        aside = self.directory.parent / f"corrupt-{self.directory.name}-{step}"
+        warn(f"warning: the checkpoint {self.directory / str(step)} is corrupt ({cause}); resuming from an earlier "
+             f"one and moving it to {aside}")
+        if jax.process_index() == 0:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(self.directory / str(step), aside)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"moved aside {aside}")
+        self.manager.reload()
+
     def read(self, step: int | None = None) -> tuple[dict, dict]:
         """(trainable variables, saved extras) as saved, without a template: for
         reusing a finished run's weights elsewhere (e.g. a frozen teacher)."""
@@ -71,3 +114,9 @@ def _mismatch(directory: Path, step: int, saved: dict, wanted: dict) -> str:
         return (f"{message}. model.init_from's run changed since this run started (it was trained again, or another "
                 "run is named); start this stage in a new run directory")
     return f"{message}; use another run directory or the original base model"
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(err).__name__}: {first[:limit]}"

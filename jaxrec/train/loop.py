@@ -125,16 +125,19 @@ def train(
     loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None, "stopped_early": False,
                   "training_seconds": 0.0, "validation_seconds": 0.0}
     timed_from = 0
-    last_saved = checkpoints.latest_step()
-    if last_saved is not None:
-        engine.state, extra = checkpoints.restore(engine.state, identity)
+    restored = checkpoints.restore_latest_intact(engine.state, identity, warn=log)
+    last_saved = None
+    if restored is not None:
+        engine.state, extra = restored
+        last_saved = int(engine.state.step)
         data.set_state(extra["data"])
         saved = extra.get("loop", {})
         if "training_seconds" not in saved:  # written before the totals were kept: time this process's steps only
             timed_from = int(engine.state.step)
         loop_state.update(saved)
         log(f"resumed from the checkpoint at step {int(engine.state.step)}")
-    metrics_log = MetricsLog(run_dir) if jax.process_index() == 0 else None  # one writer per job
+    # one writer per job; what was logged after the restored checkpoint is logged again
+    metrics_log = MetricsLog(run_dir, resume_step=last_saved or 0) if jax.process_index() == 0 else None
     step = start = int(engine.state.step)
     # a run that stopped early is finished, unless it is relaunched with more patience
     stopped_early = loop_state["stopped_early"] = loop_state["stopped_early"] and spec.out_of_patience(loop_state["stale"])
