@@ -75,3 +75,55 @@ def test_exponent_floats_without_a_dot_are_numbers_but_quoted_strings_are_not():
     assert load_config(None, ["task=mntp", "optimizer.learning_rate=1e-9"]).optimizer.learning_rate == 1e-9
     with pytest.raises(ConfigError, match="optimizer.learning_rate: expected float"):
         load_config(None, ["task=mntp", 'optimizer.learning_rate="1e-9"'])
+
+
+def test_a_section_the_task_does_not_use_names_the_tasks_that_do(tmp_path):
+    with pytest.raises(ConfigError, match=r"section 'recommender' is not used by task 'mntp' \(it belongs to seqrec\)"):
+        load_config(None, ["task=mntp", "recommender.hidden=8"])
+    with pytest.raises(ConfigError, match=r"section 'masking' is not used by task 'encode' \(it belongs to mntp, contrastive\)"):
+        load_config(_write(tmp_path, "masking:\n  rate: 0.2\n"))
+    with pytest.raises(ConfigError, match="task: expected one of encode, csft"):
+        load_config(None, ["task=train"])
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("loop.patience=-1", "patience must be >= 0"),
+    ("data.k_core=0", "k_core must be >= 1"),
+    ("optimizer.learning_rate=.nan", "learning_rate must be a positive finite number"),
+    ("optimizer.learning_rate=0", "learning_rate must be a positive finite number"),
+    ("model.attention_dropout=1.0", r"attention_dropout must be in \[0, 1\)"),
+    ("trainable.lora_dropout=-0.1", r"lora_dropout must be in \[0, 1\)"),
+])
+def test_out_of_range_values_are_config_errors(setting, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, ["task=mntp", setting])
+
+
+def test_seqrec_dropout_range():
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\)"):
+        load_config(None, ["task=seqrec", "recommender.dropout=1.5"])
+
+
+def test_layering_model_core_and_library_modules():
+    """The model core imports neither the data layer nor a task; no library
+    module imports the run config."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "jaxrec"
+
+    def imports(path):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+            elif isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+
+    for path in (root / "models").glob("*.py"):
+        bad = [m for m in imports(path) if m.startswith(("jaxrec.data", "jaxrec.tasks", "jaxrec.runs"))]
+        assert not bad, f"{path.name} imports {bad}"
+    library = ["models", "data", "objectives", "train", "seqrec", "llmsrec", "eval"]
+    for package in library:
+        for path in (root / package).glob("*.py"):
+            bad = [m for m in imports(path) if m == "jaxrec.config" or m.startswith("jaxrec.tasks")]
+            assert not bad, f"{package}/{path.name} imports {bad}"

@@ -162,3 +162,41 @@ def test_user_sampling_is_seeded_and_history_windows_cut_old_items(tmp_path):
     history, target = a.split(0, "test", max_history=3)
     np.testing.assert_array_equal(history, a.sequence(0)[-4:-1])
     assert target == a.sequence(0)[-1]
+
+
+def test_duplicate_rows_are_dropped_and_missing_items_reported_as_missing(tmp_path):
+    rows = "u1\ta\t1\nu1\tb\t2\nu1\ta\t1\nu1\tc\t3\nu1\tz\t4\nu1\ty\t5\nu1\tz\t6\n"
+    items = "a\tA\nb\tB\nc\tC\nd\t\n"
+    data = load_dataset(_write(tmp_path, rows, items), PrepSpec(k_core=1), cache=False)
+    assert data.report["duplicate_interactions"] == 1
+    assert data.report["items_missing_from_item_file"] == 2  # z and y
+    assert data.report["interactions_with_items_missing_from_item_file"] == 3
+    assert data.report["items_without_title"] == 0
+    assert [data.item_ids[i] for i in data.sequence(0)] == ["a", "b", "c"]
+    from jaxrec.data.prep import describe_drops
+
+    lines = describe_drops(data.report)
+    assert "duplicate interactions: 1" in lines and "items missing from item file: 2" in lines
+
+
+@pytest.mark.parametrize("bad_file", ["interactions.tsv", "items.tsv"])
+def test_invalid_utf8_names_the_file_and_line(tmp_path, bad_file):
+    directory = _write(tmp_path, "u1\ta\t1\nu1\tb\t2\nu1\tc\t3\n", "a\tA\nb\tB\nc\tC\n")
+    path = directory / bad_file
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2] + b"\xff\xfe"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"{path}:3: not valid UTF-8"):
+        load_dataset(directory, PrepSpec(k_core=1), cache=False)
+
+
+def test_invalid_utf8_in_an_amazon_file_names_the_line(tmp_path):
+    import gzip
+
+    from jaxrec.data.amazon import json_lines
+
+    path = tmp_path / "Video_Games.json.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"reviewerID": "u"}\n{"reviewerID": "\xff"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not valid UTF-8"):
+        list(json_lines(path, {}))

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from jaxrec.data.interactions import InteractionLog
+from jaxrec.data.encoding import invalid_utf8_error
 from jaxrec.errors import DataError
 from jaxrec.data.item_tables import ItemTable
 
@@ -59,6 +60,8 @@ def json_lines(path: Path, report: dict) -> Iterator[dict]:
                     first_bad = first_bad or number
                     continue
                 yield record
+    except UnicodeDecodeError:
+        raise invalid_utf8_error(path) from None
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: unreadable ({err})") from None
     if bad:

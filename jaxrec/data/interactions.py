@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from jaxrec.data.encoding import invalid_utf8_error, names_invalid_utf8
 from jaxrec.errors import DataError
 
 
@@ -43,6 +44,8 @@ def _read_table(path: Path, names: list[str], types: dict[str, pa.DataType]) -> 
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
         )
     except pa.ArrowInvalid as err:
+        if "UTF8" in str(err) or "UTF-8" in str(err):
+            raise invalid_utf8_error(path) from None
         raise DataError(f"{path}: {err}") from None
 
 
@@ -62,6 +65,7 @@ def _log(path: Path, table: pa.Table, rating: str | None) -> InteractionLog:
     )
 
 
+@names_invalid_utf8
 def _header(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         line = f.readline().rstrip("\n")

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from jaxrec import assets
+from jaxrec.data.encoding import names_invalid_utf8
 from jaxrec.errors import DataError
 
 
@@ -27,6 +28,7 @@ class ItemTable:
         return len(self.ids)
 
 
+@names_invalid_utf8
 def read_tsv_items(path: Path) -> ItemTable:
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -44,6 +46,7 @@ def read_tsv_items(path: Path) -> ItemTable:
     return _checked(ItemTable(ids, titles, [{} for _ in ids], str(path)))
 
 
+@names_invalid_utf8
 def read_recbole_items(path: Path) -> ItemTable:
     with open(path, encoding="utf-8") as f:
         header_line = f.readline().rstrip("\n")

@@ -34,7 +34,7 @@ from jaxrec.data.item_tables import ItemTable, read_items
 from jaxrec.io import atomic_dir, sha256_file
 
 MIN_SEQUENCE = 3  # one training item, the validation target and the test target
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -151,10 +151,19 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
         log = log.take(np.flatnonzero(log.ratings >= spec.min_rating))
         report["interactions_below_min_rating"] = report["interactions_read"] - len(log)
 
+    # the same (user, item, timestamp) twice is one interaction; the first in file order is kept
+    _, first = np.unique(np.stack([log.users, log.items, log.timestamps.astype(str)]), axis=1, return_index=True)
+    report["duplicate_interactions"] = len(log) - len(first)
+    if report["duplicate_interactions"]:
+        log = log.take(np.sort(first))
+
+    listed = np.isin(log.items, np.asarray(table.ids, dtype=str))
+    report["items_missing_from_item_file"] = int(len(np.unique(log.items[~listed])))
+    report["interactions_with_items_missing_from_item_file"] = int((~listed).sum())
     titled = {i for i, t in zip(table.ids, table.titles) if t}
     has_title = np.isin(log.items, np.asarray(sorted(titled), dtype=str))
-    report["items_without_title"] = int(len(np.unique(log.items[~has_title])))
-    report["interactions_with_untitled_items"] = int((~has_title).sum())
+    report["items_without_title"] = int(len(np.unique(log.items[listed & ~has_title])))
+    report["interactions_with_untitled_items"] = int((listed & ~has_title).sum())
     log = log.take(np.flatnonzero(has_title))
 
     before = len(log)
@@ -229,3 +238,14 @@ def load_dataset(name_or_path: str | Path, spec: PrepSpec | None = None, cache: 
         with atomic_dir(directory) as tmp:
             _save(data, tmp)
     return data
+
+
+def describe_drops(report: dict) -> list[str]:
+    """The report's non-zero counts of dropped data, one line each."""
+    lines = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}: {', '.join(f'{k} {v}' for k, v in value.items())}")
+        elif key != "interactions_read" and value:
+            lines.append(f"{key.replace('_', ' ')}: {value}")
+    return lines

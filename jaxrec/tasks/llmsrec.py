@@ -25,7 +25,6 @@ import numpy as np
 
 from jaxrec import runs
 from jaxrec.data.batches import IndexBatches
-from jaxrec.data.prep import load_dataset
 from jaxrec.errors import ConfigError
 from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
 from jaxrec.llmsrec.prompts import EXTRA_TOKENS, Prompts
@@ -89,7 +88,7 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     if spec.teacher is None:
         raise ConfigError("distill.teacher is not set: train an ID SASRec with the seqrec task first and point "
                           "distill.teacher at its run directory")
-    data = load_dataset(config.data.name, config.data.prep(config.seed))
+    data = config.data.load(config.seed, log)
     item_ids = [str(i) for i in data.item_ids]
     teacher = Teacher(spec.teacher, item_ids)
     lm = config.model.load()

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.data.prep import SeqData, load_dataset
+from jaxrec.data.prep import SeqData
 from jaxrec.data.text_examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
 from jaxrec.data.batches import GrainBatches
 from jaxrec.errors import ConfigError
@@ -208,10 +208,10 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     run.set_model(lm)
     log(f"model: {lm}" + (f", trained along {len(lm.lineage)} run(s) up to {lm.lineage[-1]['run']}" if lm.lineage else ""))
-    data = load_dataset(config.data.name, config.data.prep(config.seed))
+    data = config.data.load(config.seed, log)
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     objective = OBJECTIVES[config.task](config, lm, data, session.batch_rows)
-    log(f"data: {data.num_users} users, {data.num_items} items; {objective.count} {config.task} examples")
+    log(f"{objective.count} {config.task} examples")
     log(f"mesh: {dict(session.mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
 
     lora = config.trainable.lora_spec()

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxrec import runs
 from jaxrec.data.batches import IndexBatches
-from jaxrec.data.prep import SeqData, load_dataset
+from jaxrec.data.prep import SeqData
 from jaxrec.errors import ConfigError
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate
@@ -151,8 +151,7 @@ def _mean_std(results: list[dict]) -> dict:
 
 
 def run(config: SeqrecConfig, run: Run, log=print) -> dict:
-    data = load_dataset(config.data.name, config.data.prep(config.seed))
-    log(f"data: {data.num_users} users, {data.num_items} items, {len(data.items)} interactions")
+    data = config.data.load(config.seed, log)
     seeds = config.evaluation.seeds or [config.seed]
     setup = _Setup(config, data)
     results = []

@@ -88,6 +88,16 @@ class DataSpec:
 
         return PrepSpec(self.min_rating, self.k_core, self.sample_users, seed)
 
+    def load(self, seed: int, log=print):
+        """The preprocessed dataset; what was dropped and why is logged."""
+        from jaxrec.data.prep import describe_drops, load_dataset
+
+        data = load_dataset(self.name, self.prep(seed))
+        drops = describe_drops(data.report)
+        log(f"data: {data.num_users} users, {data.num_items} items, {len(data.items)} interactions from "
+            f"{data.report.get('interactions_read', '?')} read" + ("; dropped: " + "; ".join(drops) if drops else ""))
+        return data
+
 
 @dataclasses.dataclass
 class BatchSpec:
