@@ -143,7 +143,12 @@ def test_relaunch_on_a_changed_init_from_run_is_refused_and_leaves_the_run_as_it
     common = [f"data.name={data}", *STAGE]
     assert _launch("task=csft", f"model.name={model_dir}", f"run_dir={tmp / 'csft'}", *common) == 0
     assert _launch("task=csft", f"model.name={other_dir}", f"run_dir={tmp / 'csft-other'}", *common) == 0
-    assert _launch("task=mntp", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'mntp'}", *common) == 0
+    # model.name beside init_from must be the chain's base model
+    assert _launch("task=mntp", f"model.name={other_dir}", f"model.init_from={tmp / 'csft'}",
+                   f"run_dir={tmp / 'mismatch'}", *common) == 1
+    assert "is not the base model of model.init_from's run" in capsys.readouterr().err
+    assert _launch("task=mntp", f"model.name={model_dir}", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'mntp'}",
+                   *common) == 0
     config_before = (tmp / "mntp" / "config.yaml").read_bytes()
     manifest_before = (tmp / "mntp" / "manifest.json").read_bytes()
 

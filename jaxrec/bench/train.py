@@ -21,8 +21,9 @@ from jaxrec.models.layers import LoraSpec
 from jaxrec.models.lm import load_lm
 from jaxrec.objectives import model_losses
 from jaxrec.train import mesh as mesh_lib
-from jaxrec.train.engine import Engine, place_variables
-from jaxrec.train.optim import OptimizerSpec, make_optimizer
+from jaxrec.train.loop import LoopSpec
+from jaxrec.train.optim import OptimizerSpec
+from jaxrec.train.session import TrainingSession
 
 LORA = LoraSpec(rank=8, alpha=16.0, dropout=0.0)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -44,15 +45,14 @@ def _with_warmup(timed: list[dict], warmup: int) -> tuple[list[dict], int]:
 
 def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
     model = Decoder(lm.config.replace(lora=LORA, attention_dropout=dropout))
-    mesh = mesh_lib.make_mesh(mesh_lib.MeshSpec())
-    variables = place_variables(model, lm.params, mesh, mesh_lib.rules_of(mesh_lib.MeshSpec()), jax.random.key(0))
+    session = TrainingSession(mesh_lib.MeshSpec(), OptimizerSpec(1e-4, decay="constant"), LoopSpec(steps=1000))
     specials = tuple(lm.tokenizer.all_special_ids)
     masking = model_losses.MaskingSpec(rate=0.2)
     if objective == "mntp":
         bound = model_losses.make_mntp(model, masking, lm.config.pad_token_id or 0, specials)
     else:
         bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
-    engine = Engine(model, variables, bound, ("^lora/",), make_optimizer(OptimizerSpec(1e-4, decay="constant"), 1000), mesh)
+    engine = session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
     for batch in batches[:warmup]:
         jax.block_until_ready(engine.train_step(batch))
     start = time.perf_counter()

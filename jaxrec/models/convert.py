@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from einops import rearrange
 
 from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.sources import CheckpointError, TensorSource
@@ -39,22 +38,22 @@ TRANSPOSE = Layout(lambda w: w.T, lambda w: w.T)
 def split_heads_out(heads: int) -> Layout:
     """HF [heads*head_dim, in] <-> Flax [in, heads, head_dim]."""
     return Layout(
-        lambda w: rearrange(w, "(h d) i -> i h d", h=heads),
-        lambda k: rearrange(k, "i h d -> (h d) i"),
+        lambda w: w.T.reshape(w.shape[1], heads, w.shape[0] // heads),
+        lambda k: k.reshape(k.shape[0], -1).T,
     )
 
 
 def split_heads_in(heads: int) -> Layout:
     """HF [out, heads*head_dim] <-> Flax [heads, head_dim, out]."""
     return Layout(
-        lambda w: rearrange(w, "o (h d) -> h d o", h=heads),
-        lambda k: rearrange(k, "h d o -> o (h d)"),
+        lambda w: w.T.reshape(heads, w.shape[1] // heads, w.shape[0]),
+        lambda k: k.reshape(-1, k.shape[-1]).T,
     )
 
 
 def split_heads_bias(heads: int) -> Layout:
     """HF [heads*head_dim] <-> Flax [heads, head_dim]."""
-    return Layout(lambda b: rearrange(b, "(h d) -> h d", h=heads), lambda b: rearrange(b, "h d -> (h d)"))
+    return Layout(lambda b: b.reshape(heads, -1), lambda b: b.reshape(-1))
 
 
 @dataclasses.dataclass(frozen=True)

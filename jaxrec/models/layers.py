@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from einops import rearrange
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -164,7 +163,8 @@ def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -
 
     q [b, t, h, d], k/v [b, s, kv, d], mask [b, 1, t, s] -> [b, t, h, d].
     """
-    q = rearrange(q, "b t (k g) d -> b t k g d", k=k.shape[2])
+    groups = q.shape[2] // k.shape[2]
+    q = q.reshape(q.shape[:2] + (k.shape[2], groups, q.shape[-1]))
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
@@ -172,7 +172,7 @@ def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v)
-    return rearrange(out, "b t k g d -> b t (k g) d")
+    return out.reshape(out.shape[:2] + (-1, out.shape[-1]))
 
 
 class Attention(nn.Module):

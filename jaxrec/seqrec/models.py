@@ -14,7 +14,6 @@ import functools
 import math
 from typing import Literal
 
-from einops import rearrange
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,11 +107,11 @@ class _SelfAttention(nn.Module):
             q = projection(_at(x, at), columns=(0, hidden))
             k, v = jnp.split(projection(x, columns=(hidden, 3 * hidden)), 2, axis=-1)
             mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
-        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.heads) for t in (q, k, v))
+        q, k, v = (t.reshape(batch, -1, self.heads, head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
         scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(float(head_dim))
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)
-        out = rearrange(weights @ v, "b h t d -> b t (h d)")
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], hidden)
         return _Dense(hidden, name="out")(out)
 
 

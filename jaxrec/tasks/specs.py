@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Callable, Literal
 
+from jaxrec.errors import ConfigError
 from jaxrec.train.engine import TrainableSpec
 from jaxrec.train.loop import LoopSpec
 from jaxrec.train.mesh import MeshSpec
@@ -44,7 +46,8 @@ class ModelSpec:
     LLaMA GGUF file; or a finished run directory, whose trained LM is loaded."""
     init_from: str | None = None
     """A finished run whose trained LM this run starts from (its base model plus
-    LoRA merged / full weights / added token rows, along its whole chain)."""
+    LoRA merged / full weights / added token rows, along its whole chain).
+    ``name``, if also set, must be that run's base model."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     tokenizer: str | None = None
     """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
@@ -52,8 +55,6 @@ class ModelSpec:
     """Attention dropout while training (default: the checkpoint's, usually 0)."""
 
     def __post_init__(self):
-        if self.name is not None and self.init_from is not None:
-            raise ValueError("set model.name or model.init_from, not both: the init_from run names its base model")
         require_rate("attention_dropout", self.attention_dropout)
 
     def load(self, **runtime):
@@ -61,10 +62,23 @@ class ModelSpec:
         from jaxrec import runs
 
         if self.init_from is not None:
-            return runs.load_trained_lm(self.init_from, self.dtype, role="model.init_from", tokenizer=self.tokenizer,
-                                        attention_dropout=self.attention_dropout, **runtime)
+            lm = runs.load_trained_lm(self.init_from, self.dtype, role="model.init_from", tokenizer=self.tokenizer,
+                                      attention_dropout=self.attention_dropout, **runtime)
+            if self.name is not None and not _same_file(self.name, lm.source):
+                raise ConfigError(f"model.name {self.name} is not the base model of model.init_from's run "
+                                  f"({lm.source}); set model.name to that model or to null")
+            return lm
         return runs.load_lm(self.name or DEFAULT_MODEL, self.dtype, tokenizer=self.tokenizer,
                             attention_dropout=self.attention_dropout, **runtime)
+
+
+def _same_file(name: str, source: str) -> bool:
+    from jaxrec import assets
+
+    try:
+        return Path(assets.resolve_file(name)).resolve() == Path(source).resolve()
+    except (assets.AssetError, OSError):
+        return False
 
 
 @dataclasses.dataclass
