@@ -64,7 +64,7 @@ def test_local_multihost_launcher_trains_with_one_writer(tiny_checkpoints, tmp_p
     data = write_tiny_dataset(tmp_path / "data")
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"task: mntp\nrun_dir: {tmp_path / 'out'}\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\n  k_core: 0\n"
+        f"task: mntp\nrun_dir: {tmp_path / 'out'}\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\n  k_core: 1\n"
         "batch:\n  size: 8\n  max_length: 16\nloop:\n  steps: 2\n  log_every: 1\nmesh:\n  fsdp: 2\n"
     )
     result = subprocess.run(
