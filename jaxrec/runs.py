@@ -30,11 +30,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from safetensors.numpy import load_file, save
 
 from jaxrec.errors import DataError, RunError
-from jaxrec.io import sha256_file, write_bytes_atomic, write_json_atomic
+from jaxrec.io import save_npy_atomic, sha256_file, write_bytes_atomic, write_json_atomic
+from jaxrec.models.layers import LoraSpec
+from jaxrec.models.lora import merge_lora
+from jaxrec.seqrec.item_vectors import load_item_embeddings
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -94,18 +99,13 @@ class Run:
             return
         file = self.path / relative
         entry = {"path": relative, "sha256": sha256_file(file), "bytes": file.stat().st_size, **meta}
-        if file.suffix == ".npy":
-            array = np.load(file, mmap_mode="r")
-            entry.update(shape=list(array.shape), dtype=str(array.dtype))
         self.manifest["outputs"][name] = entry
         self._write()
 
     def save_npy(self, name: str, relative: str, array: np.ndarray, **meta) -> None:
-        from jaxrec.io import save_npy_atomic
-
         if self.writer:
             save_npy_atomic(self.path / relative, array)
-        self.add_output(name, relative, **meta)
+        self.add_output(name, relative, shape=list(array.shape), dtype=str(array.dtype), **meta)
 
     def save_json(self, name: str, relative: str, obj, **meta) -> None:
         if self.writer:
@@ -114,8 +114,6 @@ class Run:
 
     def save_arrays(self, name: str, relative: str, tree: dict, **meta) -> None:
         """A nested dict of arrays as one safetensors file, keys joined by '/'."""
-        from safetensors.numpy import save
-
         flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
         if self.writer:
             write_bytes_atomic(self.path / relative, save(flat))
@@ -233,8 +231,6 @@ def summary(path: str | Path) -> dict:
 
 
 def _load_matrix(run: RunInfo, matrix: str, ids: str, item_ids: list[str]) -> np.ndarray:
-    from jaxrec.seqrec.item_vectors import load_item_embeddings
-
     return load_item_embeddings(run.file(matrix), run.file(ids), item_ids)
 
 
@@ -242,8 +238,6 @@ def item_embeddings(location: str | Path, item_ids: list[str]) -> np.ndarray:
     """Item vectors aligned to ``item_ids`` (row 0: padding) from an encode
     run, or from a matrix a user made: an ``.npy`` file (or a directory with
     ``item_embeddings.npy``) with ``item_ids.json`` beside it."""
-    from jaxrec.seqrec.item_vectors import load_item_embeddings
-
     path = Path(location)
     if is_run(path):
         return _load_matrix(open_run(path, "recommender.embeddings"), "item_embeddings", "item_ids", item_ids)
@@ -280,8 +274,6 @@ class TrainedRecommender:
 def trained_recommender(location: str | Path, role: str = "the directory") -> TrainedRecommender:
     """A seqrec run's recommender: the best validation state (or the last,
     without validation), its spec and item ids."""
-    from safetensors.numpy import load_file
-
     run = open_run(location, role)
     if run.task != "seqrec":
         raise RunError(f"{role} {location} is a {run.task} run, not a seqrec run")
@@ -294,19 +286,15 @@ def trained_recommender(location: str | Path, role: str = "the directory") -> Tr
 # -- trained language models -------------------------------------------------
 
 
-def lm_delta_meta(mode: str, lora=None, extra_tokens: int = 0) -> dict:
-    """What a reader needs to apply a trained-LM file: how it was trained and
-    the LoRA scaling."""
+def save_lm(run: Run, trained: dict, mode: str, lora: LoraSpec | None = None, extra_tokens: int = 0) -> None:
+    """Write what an LM task trained (``lora/...`` factors, full ``params/...``
+    or chosen subtrees such as ``params/extra_embedding``) as the run's ``lm``
+    output, with what a reader needs to apply it: the mode, the LoRA scaling
+    and the number of added tokens."""
     meta = {"kind": mode, "extra_tokens": int(extra_tokens)}
     if lora is not None:
         meta["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets}
-    return meta
-
-
-def save_lm(run: Run, trained: dict, mode: str, lora=None, extra_tokens: int = 0) -> None:
-    """Write what an LM task trained (``lora/...`` factors, full ``params/...``
-    or chosen subtrees such as ``params/extra_embedding``) as the run's ``lm`` output."""
-    run.save_arrays("lm", LM_FILE, trained, **lm_delta_meta(mode, lora, extra_tokens))
+    run.save_arrays("lm", LM_FILE, trained, **meta)
 
 
 def load_lm(name_or_path: str | Path, dtype: str = "float32", **kwargs):
@@ -331,7 +319,8 @@ def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "th
         lm = load_trained_lm(manifest["init_from"], dtype, role=f"the init_from of {run.path}", **kwargs)
     else:
         base = manifest["base"]
-        kwargs.setdefault("tokenizer", base.get("tokenizer"))
+        if kwargs.get("tokenizer") is None:  # the tokenizer the chain was trained with
+            kwargs["tokenizer"] = base.get("tokenizer")
         lm = load_base(base["model"], dtype, **kwargs)
         if lm.base_identity()["sha256"] != base["sha256"]:
             raise RunError(f"{run.path} was trained on {base['model']}, whose files have changed since "
@@ -344,11 +333,6 @@ def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "th
 
 def apply_trained(lm, file: Path, meta: dict):
     """``lm`` with a trained-LM file applied (see :func:`save_lm`)."""
-    from safetensors.numpy import load_file
-
-    from jaxrec.models.layers import LoraSpec
-    from jaxrec.models.lora import merge_lora
-
     trained = traverse_util.unflatten_dict(load_file(str(file)), sep="/")
     params, config = lm.params, lm.config
     extra = int(meta.get("extra_tokens", 0))
@@ -360,13 +344,9 @@ def apply_trained(lm, file: Path, meta: dict):
             if path in flat and tuple(flat[path].shape) != value.shape:
                 raise RunError(f"{file}: {'/'.join(path)} is {value.shape} but the model's is "
                                f"{tuple(flat[path].shape)}; the run was trained on another base")
-            flat[path] = value.astype(config.param_dtype)
+            flat[path] = jnp.asarray(value, config.param_dtype)
         params = traverse_util.unflatten_dict(flat)
     if "lora" in trained:
         spec = meta["lora"]
         params = merge_lora(params, trained["lora"], LoraSpec(spec["rank"], spec["alpha"], 0.0, spec["targets"]))
-    import jax.numpy as jnp
-    import jax
-
-    params = jax.tree.map(jnp.asarray, params)
     return lm.replace(config=config, params=params)

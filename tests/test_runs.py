@@ -171,3 +171,15 @@ def test_relaunch_on_a_changed_init_from_run_is_refused_and_leaves_the_run_as_it
     err = capsys.readouterr().err
     assert "model.init_from's run changed" in err
     assert (tmp / "mntp" / "config.yaml").read_bytes() == config_before
+
+
+def test_a_chain_keeps_the_tokenizer_its_first_run_was_given(tiny_checkpoints, chain_env):
+    model_dir, _ = tiny_checkpoints("llama-tied-gqa")
+    data, tmp = chain_env
+    assert _launch("task=csft", f"model.name={model_dir}", f"model.tokenizer={model_dir}", f"run_dir={tmp / 'csft'}",
+                   f"data.name={data}", *STAGE) == 0
+    assert _manifest(tmp / "csft")["base"]["tokenizer"] == str(model_dir)
+    assert _launch("task=encode", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'embed'}", f"data.name={data}") == 0
+    # the later stage set no tokenizer: it uses the chain's, and records it as part of the base
+    assert _manifest(tmp / "embed")["base"]["tokenizer"] == str(model_dir)
+    assert jaxrec.load_lm(tmp / "csft").tokenizer_source == str(model_dir)

@@ -25,8 +25,8 @@ import numpy as np
 
 from jaxrec.data.interactions import InteractionLog
 from jaxrec.data.encoding import invalid_utf8_error
-from jaxrec.errors import DataError
 from jaxrec.data.item_tables import ItemTable
+from jaxrec.errors import DataError
 
 _REVIEW_FIELDS = {
     2018: ("reviewerID", "asin", "unixReviewTime", "overall", 1.0),

@@ -29,8 +29,8 @@ from jaxrec.data.interactions import (
     read_tsv_interactions,
     stable_chronological_order,
 )
-from jaxrec.errors import DataError
 from jaxrec.data.item_tables import ItemTable, read_items
+from jaxrec.errors import DataError
 from jaxrec.io import atomic_dir, sha256_file
 
 MIN_SEQUENCE = 3  # one training item, the validation target and the test target
@@ -152,7 +152,11 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
         report["interactions_below_min_rating"] = report["interactions_read"] - len(log)
 
     # the same (user, item, timestamp) twice is one interaction; the first in file order is kept
-    _, first = np.unique(np.stack([log.users, log.items, log.timestamps.astype(str)]), axis=1, return_index=True)
+    key = np.empty(len(log), [("user", "i8"), ("item", "i8"), ("time", "f8")])
+    key["user"] = np.unique(log.users, return_inverse=True)[1]
+    key["item"] = np.unique(log.items, return_inverse=True)[1]
+    key["time"] = log.timestamps
+    _, first = np.unique(key, return_index=True)
     report["duplicate_interactions"] = len(log) - len(first)
     if report["duplicate_interactions"]:
         log = log.take(np.sort(first))

@@ -126,16 +126,15 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     test = setup.evaluate(engine.variables(), "test", seed, diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)
     result = {"seed": seed, "training": summary, "test": test}
-    name = lambda output: f"{subdir}/{output}" if subdir else output
-    relative = lambda file: f"{subdir}/{file}" if subdir else file
+    inside = lambda name: f"{subdir}/{name}" if subdir else name  # output names and files alike
     weights = gather(engine.variables())
     table = np.asarray(setup.item_fn(engine.variables()))[1:]
-    run.save_json(name("test_metrics"), relative("test_metrics.json"), result)
-    run.save_arrays(name("recommender"), relative("recommender.safetensors"), weights,
+    run.save_json(inside("test_metrics"), inside("test_metrics.json"), result)
+    run.save_arrays(inside("recommender"), inside("recommender.safetensors"), weights,
                     spec=dataclasses.asdict(config.recommender), seed=seed, num_items=setup.data.num_items,
                     from_step=fitted.best_step or summary["steps"])
-    run.save_npy(name("item_table"), relative("item_table.npy"), table)
-    run.save_json(name("item_ids"), relative("item_ids.json"), setup.item_ids[1:])
+    run.save_npy(inside("item_table"), inside("item_table.npy"), table)
+    run.save_json(inside("item_ids"), inside("item_ids.json"), setup.item_ids[1:])
     log(f"seed {seed}: test " + "  ".join(f"{k} {v:.4f}" for k, v in test["full"].items()))
     return result
 
