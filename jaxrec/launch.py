@@ -1,6 +1,6 @@
-"""Run a jaxrec task from a YAML config.
+"""Run a jaxrec task, or a pipeline of them, from a YAML config.
 
-    python -m jaxrec.launch --config configs/quickstart.yaml [--set key.path=value ...]
+    python -m jaxrec.launch --config configs/quickstart.yaml [--set key.path=value ...] [--stages a,b] [--dry-run]
 """
 
 from __future__ import annotations
@@ -11,26 +11,45 @@ import sys
 import time
 from pathlib import Path
 
-from jaxrec.config import to_dict, to_yaml
+from jaxrec.config import read_tree, to_dict, to_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.runtime import reuse_host_buffers, split_cpu
 
 _EPILOG_TAIL = """
-  Every run directory holds config.yaml and manifest.json (task, config hash, status,
-  base model, the runs it was initialised from, its outputs with checksums). Training
-  tasks also write checkpoints/, metrics.jsonl and tensorboard/ and resume from their
-  latest intact checkpoint when started again.
+pipelines:
+  A config with a 'stages' mapping is a pipeline: named stages, each a task config, run in
+  order in RUN_DIR/<stage>. Sections written at the top level (data, model, seed, ...) are
+  shared by every stage whose task has them; a stage's own keys win. A stage reads an
+  earlier stage's results by naming it where a run directory goes:
+      model.init_from: csft          recommender.embeddings: embed
+  'include: [other.yaml]' adds another pipeline's stages (run in that pipeline's directory),
+  so pipelines share stages instead of training them twice.
+  Launched again, a finished stage whose config and inputs are unchanged is skipped, an
+  interrupted one resumes from its checkpoint, and a stage whose config or inputs changed
+  runs again (its old directory kept as <stage>.replaced) together with every stage after
+  it that reads it. --dry-run prints that plan and runs nothing; --stages runs a subset.
+  Overrides: --set data.name=PATH (a shared section), --set stages.csft.loop.steps=50.
+  Results: RUN_DIR/pipeline.json (each stage's action, status, seconds), and with a
+  'report' section RUN_DIR/results.json, results.md and plots (*.png).
 
-chaining runs:
+run directories:
+  Every run directory holds config.yaml and manifest.json (task, config hash, status,
+  base model, the runs it was initialised from, its inputs and outputs with checksums).
+  Training tasks also write checkpoints/, metrics.jsonl and tensorboard/ and resume from
+  their latest intact checkpoint when started again.
+
+chaining runs by hand:
   A later stage starts from what an earlier one trained with model.init_from: RUN_DIR
   (LoRA merged into the base, full weights, added token rows; along the whole chain).
   Where weights come from: this run's own checkpoint (resume) > model.init_from > model.name.
 
 examples:
-  python -m jaxrec.launch --config configs/quickstart.yaml
-  python -m jaxrec.launch --config configs/csft_smollm2.yaml --set run_dir=runs/csft
-  python -m jaxrec.launch --config configs/mntp_smollm2.yaml --set model.init_from=runs/csft --set run_dir=runs/mntp
-  python -m jaxrec.launch --set task=encode --set model.init_from=runs/mntp --set run_dir=runs/embed
+  python -m jaxrec.launch --config configs/quickstart.yaml                 # the LLM2Rec pipeline on ml-100k
+  python -m jaxrec.launch --config configs/quickstart.yaml --dry-run       # what would run, resume or be skipped
+  python -m jaxrec.launch --config configs/quickstart.yaml --stages csft,mntp
+  python -m jaxrec.launch --config configs/llm2rec/smollm2_video_games.yaml --set data.name=PATH
+  python -m jaxrec.launch --config configs/csft_smollm2.yaml --set run_dir=runs/csft     # one task
+  python -m jaxrec.launch --set task=encode --set model.init_from=runs/csft --set run_dir=runs/embed
 
 Named assets (model smollm2-135m, dataset ml-100k) are fetched once into $JAXREC_CACHE
 (default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them.
@@ -47,7 +66,7 @@ def _epilog() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m jaxrec.launch",
-        description="Run a jaxrec task described by a YAML config.",
+        description="Run a jaxrec task, or a pipeline of tasks, described by a YAML config.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,7 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config value, e.g. --set encode.batch_size=32 (repeatable; values are YAML)",
     )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (of every stage) and exit")
+    parser.add_argument("--stages", type=lambda text: [s for s in text.split(",") if s], metavar="NAMES",
+                        help="pipelines: run only these stages (comma-separated); the stages they read must be "
+                        "finished and up to date")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run, resume or be skipped (pipelines: every stage, its inputs and "
+                        "run directory), then exit")
     parser.add_argument(
         "--distributed", action="store_true",
         help="join a multi-process JAX job (TPU pod, SLURM, or the JAXREC_COORDINATOR / JAXREC_NUM_PROCESSES / "
@@ -86,19 +111,23 @@ def default_run_dir(config) -> Path:
     return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_task(config, log=print) -> dict:
+def run_task(config, log=print, inputs: dict | None = None) -> dict:
     """Run ``config``'s task in its run directory: the manifest says running,
     then finished with the outputs, or failed with the error. A relaunch that
     is refused (its checkpoints belong to another model or chain) leaves the
-    directory as it was."""
+    directory as it was. ``inputs``: fingerprints of the runs a pipeline
+    stage reads, recorded in its manifest."""
     import jax
 
     from jaxrec.runs import Run
     from jaxrec.tasks import TASKS
+    from jaxrec.tasks.specs import check_inputs
     from jaxrec.train.checkpoint import ResumeError
 
+    check_inputs(config)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0).open()
+    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0,
+              inputs=inputs).open()
     log(f"run directory: {run_dir}")
     try:
         summary = TASKS[config.task].run(config, run, log=log)
@@ -112,11 +141,60 @@ def run_task(config, log=print) -> dict:
     return summary
 
 
+def _logger(prefix: str):
+    return lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
+
+
+def _prefix(name: str, distributed: bool) -> str:
+    import jax
+
+    return f"[jaxrec {name}" + (f" {jax.process_index()}/{jax.process_count()}]" if distributed else "]")
+
+
+def _start_runtime(args, cpu_devices) -> None:
+    # both before JAX starts its threads
+    reuse_host_buffers()
+    split_cpu(cpu_devices)
+    if args.distributed:
+        init_distributed()
+
+
+def _main_pipeline(args) -> int:
+    from jaxrec.pipelines.config import load_pipeline
+    from jaxrec.pipelines.runner import run_pipeline
+
+    try:
+        pipeline = load_pipeline(args.config, args.overrides)
+        if args.print_config:
+            from jaxrec.pipelines.config import stage_config
+
+            for name in pipeline.stages:
+                print(f"# stage {name}\n{to_yaml(stage_config(pipeline, name))}---")
+            return 0
+        _start_runtime(args, pipeline.cpu_devices())
+        run_pipeline(pipeline, args.stages, args.dry_run,
+                     stage_log=lambda name: _logger(_prefix(name, args.distributed)),
+                     log=_logger(_prefix("pipeline", args.distributed)))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from jaxrec.pipelines.config import is_pipeline
     from jaxrec.tasks import load_config
 
     try:
+        if args.config is not None and is_pipeline(read_tree(args.config)):
+            return _main_pipeline(args)
+        if args.stages:
+            raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "
+                              f"{args.config or 'the default config'} is a single task")
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -124,18 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
+    if args.dry_run:
+        print(f"task {config.task} would run in {config.run_dir or default_run_dir(config)}\n{to_yaml(config)}", end="")
+        return 0
 
-    # both before JAX starts its threads
-    reuse_host_buffers()
-    split_cpu(getattr(getattr(config, "mesh", None), "cpu_devices", None))
-    if args.distributed:
-        init_distributed()
-    import jax
-
-    prefix = f"[jaxrec {config.task}" + (f" {jax.process_index()}/{jax.process_count()}]" if args.distributed else "]")
-    log = lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
+    _start_runtime(args, getattr(getattr(config, "mesh", None), "cpu_devices", None))
+    log = _logger(_prefix(config.task, args.distributed))
     try:
         run_task(config, log=log)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ Every task writes one run directory with a ``manifest.json``:
   ``chain``: every run along the way, oldest first, each with the checksum
   of the LM it trained;
 - ``outputs``: name -> file (relative path, sha256, bytes, and what a reader
-  needs: shapes, the LoRA spec, a recommender's spec).
+  needs: shapes, the LoRA spec, a recommender's spec);
+- ``inputs``: for a stage of a pipeline, the :func:`fingerprint` of every run
+  it read (so the runner can tell when an input changed under it).
 
 Other modules read a run only through the readers here (:func:`open_run`,
 :func:`load_lm`, :func:`item_embeddings`, :func:`item_table`,
@@ -63,15 +65,16 @@ class Run:
     keep the same manifest in memory.
     """
 
-    def __init__(self, path: str | Path, task: str, config: dict, config_text: str, writer: bool = True):
+    def __init__(self, path: str | Path, task: str, config: dict, config_text: str, writer: bool = True,
+                 inputs: dict | None = None):
         self.path = Path(path)
         self.writer = writer
         self._previous = {name: _read_bytes(self.path / name) for name in (MANIFEST, CONFIG)}
         self._config_text = config_text
         self.manifest: dict[str, Any] = {
             "task": task, "status": "running", "error": None, "config_hash": config_hash(config),
-            "base": None, "init_from": None, "chain": [], "outputs": {}, "started": _now(), "ended": None,
-            "config": config,
+            "base": None, "init_from": None, "chain": [], "inputs": inputs or {}, "outputs": {}, "started": _now(),
+            "ended": None, "config": config,
         }
 
     def open(self) -> "Run":
@@ -200,6 +203,49 @@ class RunInfo:
             raise RunError(f"{file} changed after the {self.task} run at {self.path} finished (checksum differs "
                            "from its manifest); run that stage again")
         return file
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    """A run directory's manifest as it is (any status); None when there is none or it is unreadable."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def fingerprint(path: str | Path) -> dict | None:
+    """What identifies a finished run's results: its config hash and a digest
+    of its outputs' checksums. None when ``path`` is not a finished run."""
+    root, _ = _locate(Path(path))
+    manifest = read_manifest(root)
+    if manifest is None or manifest.get("status") != "finished":
+        return None
+    outputs = sorted((name, entry["sha256"]) for name, entry in manifest["outputs"].items())
+    return {"run": str(root.absolute()), "config_hash": manifest["config_hash"],
+            "outputs": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()}
+
+
+def missing_outputs(path: str | Path) -> list[str]:
+    """Outputs a run's manifest lists whose files are gone."""
+    manifest = read_manifest(path) or {}
+    return [name for name, entry in manifest.get("outputs", {}).items() if not (Path(path) / entry["path"]).is_file()]
+
+
+def training_curves(path: str | Path) -> dict[str, list[dict]]:
+    """The rows of a run's ``metrics.jsonl`` (train and validation), keyed by
+    "" or, for a run with several seeds, ``seed-<n>``."""
+    root = Path(path)
+    curves = {}
+    for file in [root / "metrics.jsonl", *sorted(root.glob("seed-*/metrics.jsonl"))]:
+        if file.is_file():
+            rows = []
+            for line in file.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+            curves["" if file.parent == root else file.parent.name] = rows
+    return curves
 
 
 def open_run(path: str | Path, role: str = "the directory") -> RunInfo:

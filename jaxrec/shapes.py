@@ -99,3 +99,51 @@ def pack_sequences(
             item_row[index], item_segment[index] = r, k
             start += len(seq)
     return {"input_ids": ids, "attention_mask": segments, "item_row": item_row, "item_segment": item_segment}
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedLayout:
+    """Where each sequence sits in packed rows of ``width`` tokens: its
+    ``row``, its ``segment`` within the row (0-based) and its ``offset``."""
+
+    row: np.ndarray
+    segment: np.ndarray
+    offset: np.ndarray
+    rows: int
+    width: int
+    max_segments: int
+
+
+def pack_layout(lengths: Sequence[int], width: int) -> PackedLayout:
+    """Next-fit over the sequences, longest first: each goes into the current
+    row if it fits, else starts a new one. Linear in the number of sequences;
+    with short sequences sorted by length a row wastes less than its last
+    sequence's length."""
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and lengths.max() > width:
+        raise ValueError(f"a sequence of {lengths.max()} tokens does not fit rows of width {width}")
+    row, segment, offset = (np.zeros(len(lengths), np.int64) for _ in range(3))
+    current, used, count = 0, 0, 0
+    for index in np.argsort(-lengths, kind="stable"):
+        size = int(lengths[index])
+        if used + size > width:
+            current, used, count = current + 1, 0, 0
+        row[index], segment[index], offset[index] = current, count, used
+        used, count = used + size, count + 1
+    max_segments = int(np.bincount(row).max()) if len(lengths) else 0
+    return PackedLayout(row, segment, offset, current + 1 if len(lengths) else 0, width, max_segments)
+
+
+def fill_packed_rows(sequences: Sequence[Sequence[int]], layout: PackedLayout, rows: np.ndarray, pad_id: int,
+                     count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and the segment-id mask [count, width] for the packed rows
+    ``rows`` (in that order; rows beyond them are padding)."""
+    ids = np.full((count, layout.width), pad_id, np.int32)
+    segments = np.zeros((count, layout.width), np.int32)
+    where = {int(r): i for i, r in enumerate(rows)}
+    for index in np.flatnonzero(np.isin(layout.row, rows)):
+        r, start = where[int(layout.row[index])], int(layout.offset[index])
+        seq = sequences[index]
+        ids[r, start : start + len(seq)] = seq
+        segments[r, start : start + len(seq)] = layout.segment[index] + 1
+    return ids, segments

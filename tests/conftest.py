@@ -39,7 +39,7 @@ TINY = dict(
     rms_norm_eps=1e-5,
 )
 
-WORDS = "the a of and in to is for on with toy story star wars movie game space quest call duty".split()
+WORDS = "the a of and in to is for on with toy story star wars movie game space quest call duty _".split()
 
 
 def build_torch_model(variant: str, seed: int = 0, **overrides):
@@ -62,12 +62,12 @@ def build_torch_model(variant: str, seed: int = 0, **overrides):
     return model.eval()
 
 
-def save_tokenizer(directory: Path) -> None:
-    """A word-level tokenizer over WORDS (ids 3..), saved in HF format."""
+def save_tokenizer(directory: Path, words: list[str] = WORDS) -> None:
+    """A word-level tokenizer over ``words`` (ids 3..), saved in HF format."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>", pad_token="</s>")

@@ -1,5 +1,6 @@
-"""``LM.encode``: bucketed batching gives the same vectors as one text at a
-time, keeps input order, and compiles once per length bucket."""
+"""``LM.encode``: packed rows and bucketed batches give the same vectors as
+one text at a time, keep input order, and compile once per catalogue (packed)
+or once per length bucket (padded)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.shapes import bucket_length, plan_batches
+from jaxrec.shapes import bucket_length, pack_layout, plan_batches
 from jaxrec.models import lm as lm_module
 from tests.conftest import WORDS
 
@@ -29,21 +30,36 @@ def _one_at_a_time(lm, text, pooling, mask):
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 @pytest.mark.parametrize("mask", ["bidirectional", "causal"])
-def test_encode_equals_unbatched_pooling(lm, pooling, mask):
-    got = lm.encode(TEXTS, pooling=pooling, mask=mask, batch_size=8)
+@pytest.mark.parametrize("packed", [True, False])
+def test_encode_equals_unbatched_pooling(lm, pooling, mask, packed):
+    got = lm.encode(TEXTS, pooling=pooling, mask=mask, batch_size=8, packed=packed, tokens_per_batch=128)
     assert got.shape == (len(TEXTS), lm.config.hidden_size) and got.dtype == np.float32
-    for i in (0, 5, 17, 36):
+    for i in range(len(TEXTS)):
         np.testing.assert_allclose(got[i], _one_at_a_time(lm, TEXTS[i], pooling, mask), atol=2e-5, rtol=0)
+
+
+def test_packed_encoding_compiles_once_and_puts_several_texts_in_a_row(lm):
+    lengths = [len(ids) for ids in lm.tokenize(TEXTS)]
+    layout = pack_layout(lengths, 64)
+    assert layout.rows < len(TEXTS) / 3 and layout.max_segments > 3
+    for r in range(layout.rows):  # segments of a row do not overlap and fit in it
+        spans = sorted((layout.offset[i], layout.offset[i] + lengths[i]) for i in np.flatnonzero(layout.row == r))
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= 64
+    before = lm_module._segment_pooled._cache_size()
+    first = lm.encode(TEXTS, tokens_per_batch=192)  # 3 rows per call: several calls
+    second = lm.encode(list(reversed(TEXTS)), tokens_per_batch=192)
+    assert lm_module._segment_pooled._cache_size() - before == 1
+    np.testing.assert_allclose(second[::-1], first, atol=1e-6)
 
 
 def test_encode_compiles_once_per_bucket(lm):
     lengths = [len(ids) for ids in lm.tokenize(TEXTS)]
     buckets = {batch.length for batch in plan_batches(lengths, 7)}  # a batch size no other test uses
     before = lm_module._pooled._cache_size()
-    first = lm.encode(TEXTS, batch_size=7, pooling="mean", mask="bidirectional")
+    first = lm.encode(TEXTS, batch_size=7, pooling="mean", mask="bidirectional", packed=False)
     grew = lm_module._pooled._cache_size() - before
     assert grew == len(buckets) > 1
-    second = lm.encode(list(reversed(TEXTS)), batch_size=7, pooling="mean", mask="bidirectional")
+    second = lm.encode(list(reversed(TEXTS)), batch_size=7, pooling="mean", mask="bidirectional", packed=False)
     assert lm_module._pooled._cache_size() - before == grew
     np.testing.assert_allclose(second[::-1], first, atol=1e-6)
 

@@ -62,8 +62,9 @@ def test_config_typo_exits_2_naming_the_key(tiny_run, capsys):
 
 def test_missing_data_is_a_clear_error(tiny_run, capsys):
     _, _, config, out = tiny_run
-    assert launch.main(["--config", str(config), "--set", f"run_dir={out}", "--set", "data.name=/no/such/dir"]) == 1
-    assert "/no/such/dir" in capsys.readouterr().err
+    assert launch.main(["--config", str(config), "--set", f"run_dir={out}", "--set", "data.name=/no/such/dir"]) == 2
+    assert "data.name: /no/such/dir does not exist" in capsys.readouterr().err
+    assert not out.exists()  # checked before the run directory is made
 
 
 def test_help_lists_tasks(capsys):
@@ -75,20 +76,28 @@ def test_help_lists_tasks(capsys):
 
 
 def test_print_config_shows_overrides(capsys):
-    assert launch.main(["--config", str(ROOT / "configs/quickstart.yaml"), "--set", "encode.batch_size=16", "--print-config"]) == 0
-    assert "batch_size: 16" in capsys.readouterr().out
+    assert launch.main(["--config", str(ROOT / "configs/quickstart.yaml"), "--set", "stages.embed.encode.batch_size=16",
+                        "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("batch_size: 16") == 1 and "# stage sasrec_llm2rec" in out
 
 
-def test_quickstart_on_the_real_defaults(smollm2_gguf, ml100k_dir, tmp_path):
-    """The README's main job, as a user runs it."""
+def test_set_typo_names_the_override_not_the_file(capsys):
+    assert launch.main(["--config", str(ROOT / "configs/csft_smollm2.yaml"), "--set", "bacth.size=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--set bacth.size=3: unknown key 'bacth'" in err and "csft_smollm2.yaml" not in err
+
+
+def test_quickstart_untrained_embeddings_on_the_real_defaults(smollm2_gguf, ml100k_dir, tmp_path):
+    """The README's main job's first stage that needs no training, as a user runs it."""
     result = subprocess.run(
         [sys.executable, "-m", "jaxrec.launch", "--config", str(ROOT / "configs/quickstart.yaml"),
-         "--set", f"run_dir={tmp_path}"],
+         "--set", f"run_dir={tmp_path}", "--stages", "embed_untrained"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "JAXREC_PROGRESS": "0"},
     )
     assert result.returncode == 0, result.stderr
-    embeddings = np.load(tmp_path / "item_embeddings.npy")
-    ids = json.loads((tmp_path / "item_ids.json").read_text())
+    embeddings = np.load(tmp_path / "embed_untrained" / "item_embeddings.npy")
+    ids = json.loads((tmp_path / "embed_untrained" / "item_ids.json").read_text())
     assert embeddings.shape == (1682, 576) and len(ids) == 1682 and ids[0] == "1"
     assert np.isfinite(embeddings).all()
     cosine = embeddings @ embeddings.T / np.outer(*(2 * [np.linalg.norm(embeddings, axis=1)]))

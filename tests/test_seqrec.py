@@ -161,9 +161,12 @@ def test_training_and_evaluation_examples():
     np.testing.assert_array_equal(sequences.targets, [[3, 4], [11, 0]])
     windows = training_examples(data, 3, "windows")
     np.testing.assert_array_equal(windows.history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])
+    chunks = training_examples(data, 2, "chunks")  # every training item after a user's first is a target once
+    np.testing.assert_array_equal(chunks.history, [[1, 2], [3, 0], [10, 0]])
+    np.testing.assert_array_equal(chunks.targets, [[2, 3], [4, 0], [11, 0]])
     # no validation or test item ever appears in training examples
     held_out = {5, 6, 8, 9, 12, 13}
-    for examples in (prefixes, sequences, windows):
+    for examples in (prefixes, sequences, windows, chunks):
         assert not held_out & (set(examples.history.ravel()) | set(examples.targets.ravel()))
     history, targets, lengths = evaluation_examples(data, "valid", 3)
     np.testing.assert_array_equal(history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.bench import torch_reference
+from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
 from jaxrec.data.item_tables import read_items
 from jaxrec.models.lm import load_lm
 
@@ -26,21 +27,37 @@ def _torch_encode(model, tokenizer, titles, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _timed(encode) -> tuple[np.ndarray, float, float]:
+    """(vectors, first call seconds incl. compilation, second call seconds)."""
+    start = time.perf_counter()
+    first = encode()
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    second = encode()
+    warm = time.perf_counter() - start
+    if not np.array_equal(first, second):
+        raise AssertionError("two encodings of the same titles differ")
+    return first, cold, warm
+
+
 def run(model_name: str = "smollm2-135m", data: str = "ml-100k", batch_size: int = 64, log=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     titles = read_items(data).titles
     lm = load_lm(model_name, "float32")
-    log(f"jaxrec: {lm}; {len(titles)} titles, batch {batch_size}")
+    lengths = [len(ids) for ids in lm.tokenize(titles, 512)]
+    real_flops = decoder_forward_flops(lm.config, lengths)
+    log(f"jaxrec: {lm}; {len(titles)} titles, {sum(lengths)} tokens, {real_flops / 1e12:.2f} TFLOP on real tokens")
+    peak = matmul_peak()
+    log(f"matmul peak (jax, float32): {peak['gflops']} GFLOP/s {peak['by_shape']}")
 
-    start = time.perf_counter()
-    cold = lm.encode(titles, batch_size=batch_size, progress=False)
-    jax_cold = time.perf_counter() - start
-    start = time.perf_counter()
-    warm = lm.encode(titles, batch_size=batch_size, progress=False)
-    jax_warm = time.perf_counter() - start
-    log(f"jaxrec: {jax_cold:.1f} s first call (compilation included), {jax_warm:.1f} s second call")
+    padded, padded_cold, padded_warm = _timed(lambda: lm.encode(titles, batch_size=batch_size, packed=False,
+                                                                progress=False))
+    log(f"jaxrec padded (batches of {batch_size}, length buckets): {padded_cold:.1f} s first call, "
+        f"{padded_warm:.1f} s second")
+    packed, packed_cold, packed_warm = _timed(lambda: lm.encode(titles, progress=False))
+    log(f"jaxrec packed (rows of 64 tokens, 2048 per call): {packed_cold:.1f} s first call, {packed_warm:.1f} s second")
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -58,18 +75,30 @@ def run(model_name: str = "smollm2-135m", data: str = "ml-100k", batch_size: int
     torch_seconds = time.perf_counter() - start
     log(f"torch eager ({threads} threads): {torch_seconds:.1f} s")
 
+    cosine = lambda a, b: float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    achieved = real_flops / packed_warm / 1e9
     return {
         "bench": "encode",
         "model": model_name,
         "data": data,
         "items": len(titles),
+        "real_tokens": int(sum(lengths)),
         "batch_size": batch_size,
-        "jaxrec_seconds": round(jax_cold, 2),
-        "jaxrec_warm_seconds": round(jax_warm, 2),
+        "padded_seconds": round(padded_cold, 2),
+        "padded_warm_seconds": round(padded_warm, 2),
+        "packed_seconds": round(packed_cold, 2),
+        "packed_warm_seconds": round(packed_warm, 2),
         "torch_eager_seconds": round(torch_seconds, 2),
         "torch_threads": threads,
-        "speedup": round(torch_seconds / jax_cold, 2),
-        "speedup_warm": round(torch_seconds / jax_warm, 2),
-        "max_abs_diff": float(np.abs(cold - reference).max()),
-        "runs_identical": bool(np.array_equal(cold, warm)),
+        "speedup_padded_warm": round(torch_seconds / padded_warm, 2),
+        "speedup_packed": round(torch_seconds / packed_cold, 2),
+        "speedup_packed_warm": round(torch_seconds / packed_warm, 2),
+        "packed_over_padded_warm": round(padded_warm / packed_warm, 2),
+        "real_token_gflops_packed": round(achieved, 1),
+        "real_token_gflops_padded": round(real_flops / padded_warm / 1e9, 1),
+        "matmul_peak_gflops": peak["gflops"],
+        "share_of_peak_packed": round(achieved / peak["gflops"], 3),
+        "max_abs_diff_torch": float(np.abs(packed - reference).max()),
+        "min_cosine_packed_vs_torch": cosine(packed, reference),
+        "min_cosine_packed_vs_padded": cosine(packed, padded),
     }

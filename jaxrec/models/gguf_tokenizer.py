@@ -22,7 +22,9 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 
 def tokenizer_from_gguf_metadata(reader: gguf.GGUFReader, origin: str):
-    from transformers import PreTrainedTokenizerFast
+    from jaxrec.models.tokenizer import import_transformers
+
+    PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
     kind = _field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":

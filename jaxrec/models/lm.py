@@ -12,12 +12,12 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.io import sha256_file
-from jaxrec.shapes import pad_sequences, plan_batches
+from jaxrec.shapes import bucket_length, fill_packed_rows, pack_layout, pad_sequences, plan_batches
 from jaxrec.models.decoder_config import DecoderConfig, config_from_hf_dict, load_hf_config
 from jaxrec.models.convert import params_from_source
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import MASK_KINDS
-from jaxrec.models.pooling import POOLINGS, pool
+from jaxrec.models.pooling import POOLINGS, pool, segment_pool
 from jaxrec.models.sources import CheckpointError, GGUFSource, SafetensorsSource
 from jaxrec.models.tokenizer import has_tokenizer, tokenizer_from_dir, tokenizer_from_gguf
 from jaxrec.progress import progress_bar
@@ -34,6 +34,16 @@ def _forward(model: Decoder, params, input_ids, attention_mask, mask: str, outpu
 def _pooled(model: Decoder, params, input_ids, attention_mask, mask: str, pooling: str):
     states = model.apply({"params": params}, input_ids, attention_mask, mask=mask, output="hidden")
     return pool(states, attention_mask, pooling)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mask", "pooling", "count"))
+def _segment_pooled(model: Decoder, params, input_ids, segments, mask: str, pooling: str, count: int):
+    states = model.apply({"params": params}, input_ids, segments, mask=mask, output="hidden")
+    return segment_pool(states, segments, count, pooling)
+
+
+PACK_WIDTH = 64
+"""Tokens per packed row when every text fits (else the longest text's bucket)."""
 
 
 class LM:
@@ -124,34 +134,64 @@ class LM:
         batch_size: int = 64,
         max_length: int | None = 512,
         progress: bool | None = None,
+        packed: bool = True,
+        tokens_per_batch: int = 2048,
     ) -> np.ndarray:
         """Pooled last-layer states, numpy float32 [len(texts), hidden].
 
-        Texts are sorted by token length and batched into a few padded shapes
-        (see :mod:`jaxrec.shapes`); every batch has ``batch_size`` rows,
-        so the whole list compiles once per length bucket.
+        ``packed`` (the default): texts are packed into rows of 64 tokens (or
+        the longest text's bucket), each its own segment (positions restart,
+        attention stays inside it), ``tokens_per_batch`` tokens per call, so
+        compute follows the real tokens; one compiled shape per catalogue.
+        Otherwise texts are sorted by length and padded to a few bucket lengths
+        (see :mod:`jaxrec.shapes`), ``batch_size`` rows per call. Both give the
+        same vectors.
         """
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if mask not in MASK_KINDS:
             raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
         sequences = self.tokenize(texts, max_length)
-        batch_size = min(batch_size, len(sequences))
         out = np.zeros((len(sequences), self.config.hidden_size), np.float32)
         pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        batches = (self._packed_batches(sequences, pad_id, mask, pooling, tokens_per_batch) if packed
+                   else self._padded_batches(sequences, pad_id, mask, pooling, batch_size))
         pending = None
         with progress_bar("encoding", total=len(sequences), enabled=progress) as advance:
-            for batch in plan_batches([len(s) for s in sequences], batch_size) + [None]:
-                if batch is not None:
-                    rows = [sequences[i] for i in batch.indices]
-                    ids, am = pad_sequences(rows, batch.length, pad_id, rows=batch_size)
-                    result = _pooled(self.model, self.params, ids, am, mask=mask, pooling=pooling)
+            for batch in [*batches, None]:
                 if pending is not None:  # collect the previous batch while this one runs
-                    done, values = pending
-                    out[done.indices] = np.asarray(values)[: len(done.indices)]
-                    advance(len(done.indices))
-                pending = None if batch is None else (batch, result)
+                    done, values, take = pending
+                    out[done] = take(np.asarray(values))
+                    advance(len(done))
+                pending = batch() if batch is not None else None
         return out
+
+    def _padded_batches(self, sequences, pad_id, mask, pooling, batch_size):
+        """Thunks, each starting one padded batch: (text indices, device result, its rows for them)."""
+        batch_size = min(batch_size, len(sequences))
+
+        def start(batch):
+            ids, am = pad_sequences([sequences[i] for i in batch.indices], batch.length, pad_id, rows=batch_size)
+            values = _pooled(self.model, self.params, ids, am, mask=mask, pooling=pooling)
+            return batch.indices, values, lambda v, n=len(batch.indices): v[:n]
+
+        return [functools.partial(start, b) for b in plan_batches([len(s) for s in sequences], batch_size)]
+
+    def _packed_batches(self, sequences, pad_id, mask, pooling, tokens_per_batch):
+        """Thunks, each starting one call on packed rows."""
+        width = max(PACK_WIDTH, bucket_length(max(len(s) for s in sequences)))
+        layout = pack_layout([len(s) for s in sequences], width)
+        rows_per_call = min(max(1, tokens_per_batch // width), layout.rows)
+
+        def start(first: int):
+            rows = np.arange(first, min(first + rows_per_call, layout.rows))
+            ids, segments = fill_packed_rows(sequences, layout, rows, pad_id, rows_per_call)
+            values = _segment_pooled(self.model, self.params, ids, segments, mask=mask, pooling=pooling,
+                                     count=layout.max_segments)
+            members = np.flatnonzero((layout.row >= rows[0]) & (layout.row <= rows[-1]))
+            return members, values, lambda v: v[layout.row[members] - first, layout.segment[members]]
+
+        return [functools.partial(start, first) for first in range(0, layout.rows, rows_per_call)]
 
 
 def load_lm(

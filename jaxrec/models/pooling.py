@@ -31,6 +31,22 @@ def segment_mean_pool(states: jax.Array, segments: jax.Array, count: int) -> jax
     return total / jnp.maximum(jnp.sum(one_hot, axis=1), 1.0)[..., None]
 
 
+def segment_last_pool(states: jax.Array, segments: jax.Array, count: int) -> jax.Array:
+    """State of each segment's last token in packed rows: [rows, count, dim]."""
+    following = jnp.pad(segments, ((0, 0), (0, 1)))[:, 1:]
+    last = (segments > 0) & (segments != following)
+    one_hot = ((segments[..., None] == jnp.arange(1, count + 1)) & last[..., None]).astype(jnp.float32)
+    return jnp.einsum("rlk,rld->rkd", one_hot, states.astype(jnp.float32))
+
+
+def segment_pool(states: jax.Array, segments: jax.Array, count: int, how: str) -> jax.Array:
+    if how == "mean":
+        return segment_mean_pool(states, segments, count)
+    if how == "last":
+        return segment_last_pool(states, segments, count)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+
+
 def last_token_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
     """State of each row's last real token; works for left and right padding."""
     length = mask.shape[-1]

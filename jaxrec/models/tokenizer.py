@@ -7,6 +7,7 @@ under ``$JAXREC_CACHE/tokenizers/<file sha256>`` and later loads read that.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from jaxrec.assets import cache_root
@@ -15,7 +16,9 @@ from jaxrec.io import atomic_dir, sha256_file
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _quiet_transformers():
+def import_transformers():
+    # without torch, importing transformers advises that models are unavailable: jaxrec needs none
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -33,7 +36,7 @@ _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def tokenizer_from_dir(model_dir: str | Path):
-    transformers = _quiet_transformers()
+    transformers = import_transformers()
     config_path = Path(model_dir) / "tokenizer_config.json"
     saved_class = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.exists() else None
     if saved_class in _GENERIC_CLASSES:
@@ -55,7 +58,7 @@ def tokenizer_from_gguf(gguf_path: str | Path, reader=None):
     cached = cache_root() / "tokenizers" / f"{digest[:24]}-{_GGUF_TOKENIZER_VERSION}"
     if has_tokenizer(cached):
         return tokenizer_from_dir(cached)
-    _quiet_transformers()
+    import_transformers()
     tokenizer = tokenizer_from_gguf_metadata(reader or gguf.GGUFReader(gguf_path), str(gguf_path))
     with atomic_dir(cached) as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -32,8 +32,11 @@ from jaxrec.objectives import contrastive, csft, mntp, scft
 @dataclasses.dataclass
 class MaskingSpec:
     rate: float = 0.2
+    mask_token: str | None = "_"
+    """The text of the token that replaces masked tokens; "_" is what LLM2Rec's code uses (llm2vec's
+    "blank" mask type). null: the tokenizer's own mask token, else its pad / EOS token."""
     mask_token_id: int | None = None
-    """Token used for [MASK]; default: the tokenizer's mask, else its pad/eos token."""
+    """A token id used instead of ``mask_token`` (for tokenizers without a single-token "_")."""
 
 
 @dataclasses.dataclass

@@ -46,12 +46,31 @@ def _train_positions(data: SeqData) -> tuple[np.ndarray, np.ndarray]:
     return starts + within, within
 
 
-def training_examples(data: SeqData, length: int, mode: Literal["prefixes", "sequences", "windows"]) -> Examples:
+def _chunks(data: SeqData, length: int) -> Examples:
+    """Each user's training items cut into consecutive chunks of ``length``
+    histories whose targets are the next items, so every training item after
+    a user's first is a target exactly once."""
+    predicted = np.maximum(_train_lengths(data) - 1, 0)  # targets per user
+    chunks = -(-predicted // length)
+    user = np.repeat(np.arange(data.num_users), chunks)
+    index = np.arange(chunks.sum()) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    counts = np.minimum(predicted[user] - index * length, length)
+    ends = data.offsets[user] + index * length + counts  # one past each chunk's last history item
+    return Examples(_windows(data.items, ends, counts, length), _windows(data.items, ends + 1, counts, length))
+
+
+def training_examples(data: SeqData, length: int,
+                      mode: Literal["prefixes", "sequences", "chunks", "windows"]) -> Examples:
     """prefixes: one example per training item after a user's first, its
     target at the last real position; sequences: one example per user, the
     latest window of its training items with a target at every position
-    (the next item); windows: each user's latest ``length`` training items,
-    each its own target (BERT4Rec masks some and predicts them)."""
+    (the next item); chunks: every user's training items in consecutive
+    chunks, a target at every position, each training item a target once
+    (a tenth of the prefixes' work for the same targets, with shorter
+    histories on average); windows: each user's latest ``length`` training
+    items, each its own target (BERT4Rec masks some and predicts them)."""
+    if mode == "chunks":
+        return _chunks(data, length)
     positions, within = _train_positions(data)
     if mode == "prefixes":
         keep = within >= 1

@@ -45,9 +45,11 @@ class RecommenderSpec:
     align_items: int = 256
     """Items drawn per step for the alignment loss."""
 
-    examples: Literal["prefixes", "sequences"] = "prefixes"
+    examples: Literal["prefixes", "sequences", "chunks"] = "prefixes"
     """prefixes: every training position is an example predicting its item from the ones before (RecBole);
-    sequences: one example per user, the loss at every position of its latest window (the SASRec paper)."""
+    sequences: one example per user, the loss at every position of its latest window (the SASRec paper);
+    chunks: each user's training items in consecutive windows of max_history, the loss at every position
+    (every item a target once, about a tenth of the prefixes' compute)."""
     loss: Literal["softmax", "bce"] = "softmax"
     """Full-softmax cross-entropy over the catalogue, or BCE against sampled negatives."""
     negatives: int = 1

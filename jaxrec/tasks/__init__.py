@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxrec.config import build, read_tree
+from jaxrec.config import apply_override, build, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.tasks import encode, llmsrec, lm_training, seqrec
 from jaxrec.tasks.specs import Task, TaskConfig
@@ -31,11 +31,8 @@ def config_class(task: str, origin: str = "config") -> type:
     return TASKS[task].config
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfig:
-    """Read a YAML config, apply ``key.path=value`` overrides, and validate it
-    into the config class of its ``task`` (default ``encode``)."""
-    tree = read_tree(path, overrides)
-    origin = str(path) if path is not None else "config"
+def build_config(tree: dict, origin: str = "config") -> TaskConfig:
+    """Validate a config tree into the config class of its ``task`` (default ``encode``)."""
     task = tree.get("task", DEFAULT_TASK)
     cls = config_class(task, origin)
     own = sections(cls)
@@ -48,3 +45,35 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfi
         return build(cls, {**tree, "task": task})
     except ConfigError as err:
         raise ConfigError(f"{origin}: {err}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfig:
+    """Read a YAML config, apply ``key.path=value`` overrides, and validate it
+    into the config class of its ``task``. An error names the file when the
+    file is wrong and the ``--set`` when an override is."""
+    tree = read_tree(path)
+    origin = str(path) if path is not None else "config"
+    config = build_config(tree, origin)
+    if not overrides:
+        return config
+    for assignment in overrides:
+        try:
+            apply_override(tree, assignment)
+        except ConfigError as err:
+            raise ConfigError(f"--set {assignment}: {err}") from None
+    try:
+        return build_config(tree, "config")
+    except ConfigError as err:
+        raise ConfigError(f"{_culprit(path, overrides)}: {str(err).removeprefix('config: ')}") from None
+
+
+def _culprit(path, overrides) -> str:
+    """The ``--set`` that breaks a valid file: the first that fails alone, else all of them."""
+    for assignment in overrides:
+        tree = read_tree(path)
+        apply_override(tree, assignment)
+        try:
+            build_config(tree)
+        except ConfigError:
+            return f"--set {assignment}"
+    return "--set " + " --set ".join(overrides)

@@ -22,10 +22,15 @@ class EncodeSpec:
     pooling: Literal["mean", "last"] = "mean"
     mask: Literal["bidirectional", "causal"] = "bidirectional"
     batch_size: int = 64
+    """Titles per call when not packed."""
     max_length: int = 128
+    packed: bool = True
+    """Pack several titles into each row (attention stays within a title): compute follows the real tokens."""
+    tokens_per_batch: int = 2048
+    """Tokens per call when packed."""
 
     def __post_init__(self):
-        require_positive(self, "batch_size", "max_length")
+        require_positive(self, "batch_size", "max_length", "tokens_per_batch")
 
 
 @dataclasses.dataclass
@@ -50,10 +55,11 @@ def run(config: EncodeConfig, run: Run, log=print) -> dict:
     log(f"model: {lm} (loaded in {load_seconds:.1f} s)")
 
     spec = config.encode
+    log(f"encoding {len(items)} titles ({spec.mask}, {spec.pooling} pooling, "
+        + ("packed rows)" if spec.packed else f"batches of {spec.batch_size})"))
     start = time.perf_counter()
-    embeddings = lm.encode(
-        items.titles, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size, max_length=spec.max_length
-    )
+    embeddings = lm.encode(items.titles, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size,
+                           max_length=spec.max_length, packed=spec.packed, tokens_per_batch=spec.tokens_per_batch)
     encode_seconds = time.perf_counter() - start
 
     run.save_npy("item_embeddings", "item_embeddings.npy", embeddings, pooling=spec.pooling, mask=spec.mask)

@@ -63,11 +63,23 @@ def pad_id(lm: LM) -> int:
     return 0
 
 
-def _mask_token_id(lm: LM, masking: MaskingSpec) -> int:
+def mask_token_id(lm: LM, masking: MaskingSpec) -> int:
+    """The id that replaces masked tokens: ``mask_token_id``, else the single
+    token ``mask_token`` stands for, else the tokenizer's mask / pad token."""
     if masking.mask_token_id is not None:
+        if not 0 <= masking.mask_token_id < lm.config.vocab_size:
+            raise ConfigError(f"masking.mask_token_id {masking.mask_token_id} is outside the vocabulary "
+                              f"(0..{lm.config.vocab_size - 1})")
         return masking.mask_token_id
     tok = lm.tokenizer
-    return int(tok.mask_token_id if tok.mask_token_id is not None else pad_id(lm))
+    if masking.mask_token is None:
+        return int(tok.mask_token_id if tok.mask_token_id is not None else pad_id(lm))
+    ids = tok(masking.mask_token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == tok.unk_token_id:
+        raise ConfigError(f"masking.mask_token {masking.mask_token!r} is not one token of {lm.source}'s tokenizer "
+                          f"(it encodes to {ids}); choose another mask_token, set masking.mask_token_id, or "
+                          "masking.mask_token=null for the tokenizer's own mask / pad token")
+    return int(ids[0])
 
 
 class Objective:
@@ -111,7 +123,7 @@ class _TitleObjective(Objective):
                                max_length=self.spec.max_length)["input_ids"]
         self.count = len(self.titles)
         self.specials = tuple(int(i) for i in self.tok.all_special_ids)
-        self.mask_id = _mask_token_id(lm, config.masking)
+        self.mask_id = mask_token_id(lm, config.masking)
 
     def example(self, index, rng):
         return self.titles[index]

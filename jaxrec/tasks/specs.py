@@ -137,6 +137,32 @@ class BatchSpec:
         require_rate("attribute_drop", self.attribute_drop)
 
 
+INPUT_FIELDS = {
+    ("model", "name"): "a named model asset, an HF model directory, a .gguf file or a run directory",
+    ("model", "init_from"): "a finished run directory",
+    ("model", "tokenizer"): "an HF model directory with tokenizer files or a .gguf file",
+    ("data", "name"): "a named dataset asset or a dataset directory",
+    ("recommender", "embeddings"): "an encode run directory or an .npy file",
+    ("recommender", "align_to"): "a finished seqrec run directory",
+    ("distill", "teacher"): "a finished seqrec run directory",
+}
+
+
+def check_inputs(config, produced: set[str] = frozenset()) -> None:
+    """Every path a config reads exists (or is a named asset, or a run
+    directory in ``produced`` that an earlier stage writes): checked before
+    anything is created or loaded."""
+    from jaxrec.assets import REGISTRY
+
+    for (section, key), what in INPUT_FIELDS.items():
+        value = getattr(getattr(config, section, None), key, None)
+        if value is None or value in REGISTRY or Path(value).expanduser().exists():
+            continue
+        if any(value == run or value.startswith(run.rstrip("/") + "/") for run in produced):
+            continue
+        raise ConfigError(f"{section}.{key}: {value} does not exist; expected {what}")
+
+
 @dataclasses.dataclass
 class TaskConfig:
     """What every task's config has. Each task's class adds the sections it

@@ -1,0 +1,182 @@
+"""A pipeline's report: the test metrics of the recommenders it compares
+(mean ± std over seeds), every stage's training curve, and the comparison as
+a chart.
+
+The ``report`` section of a pipeline config::
+
+    report:
+      title: LLM2Rec on MovieLens-100k
+      compare:                     # seqrec stages, in the order of the table
+        - {label: SASRec (ID only), stage: sasrec_id}
+        - {label: SASRec on LLM2Rec embeddings, stage: sasrec_llm2rec}
+      metrics: [recall@10, ndcg@10, recall@20, ndcg@20]   # the default
+      protocol: full               # or sampled (when the stages evaluate it)
+
+Written into the pipeline directory: ``results.json``, ``results.md``,
+``training_curves.png`` and ``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+from jaxrec import runs
+from jaxrec.config import build
+from jaxrec.errors import ConfigError
+from jaxrec.io import write_bytes_atomic, write_json_atomic
+
+
+@dataclasses.dataclass
+class Compared:
+    label: str
+    stage: str
+
+
+@dataclasses.dataclass
+class ReportSpec:
+    title: str = "results"
+    compare: list[Compared] = dataclasses.field(default_factory=list)
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["recall@10", "ndcg@10", "recall@20", "ndcg@20"])
+    protocol: str = "full"
+
+
+def report_spec(pipeline) -> ReportSpec:
+    try:
+        spec = build(ReportSpec, pipeline.report, prefix="report.")
+    except ConfigError as err:
+        raise ConfigError(f"{pipeline.path}: {err}") from None
+    for entry in spec.compare:
+        if entry.stage not in pipeline.stages:
+            raise ConfigError(f"{pipeline.path}: report.compare: no stage {entry.stage!r}")
+        if pipeline.stages[entry.stage].task != "seqrec":
+            raise ConfigError(f"{pipeline.path}: report.compare: stage {entry.stage} is a "
+                              f"{pipeline.stages[entry.stage].task} stage; compare seqrec stages")
+    return spec
+
+
+def _cell(value: dict | None, seeds: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value['mean']:.4f}" + (f" ± {value['std']:.4f}" if seeds > 1 else "")
+
+
+def results(pipeline, spec: ReportSpec) -> dict:
+    rows = []
+    for entry in spec.compare:
+        run_dir = pipeline.stages[entry.stage].run_dir
+        summary = runs.summary(run_dir)
+        over = summary["over_seeds"].get(spec.protocol)
+        if over is None:
+            raise ConfigError(f"report.protocol {spec.protocol}: stage {entry.stage} did not evaluate it "
+                              f"(it has {', '.join(summary['over_seeds'])})")
+        rows.append({"label": entry.label, "stage": entry.stage, "run_dir": str(run_dir), "seeds": summary["seeds"],
+                     "metrics": {m: over.get(m) for m in spec.metrics},
+                     "per_seed": [{"seed": r["seed"], **{m: r["test"][spec.protocol].get(m) for m in spec.metrics}}
+                                  for r in summary["per_seed"]]})
+    return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows}
+
+
+def markdown(table: dict, stages: list[dict]) -> str:
+    metrics = table["metrics"]
+    seeds = max((len(r["seeds"]) for r in table["rows"]), default=1)
+    protocol = "full ranking over every item" if table["protocol"] == "full" else f"{table['protocol']} ranking"
+    lines = [f"# {table['title']}", "",
+             f"Test split, {protocol}" + (f"; mean ± std over {seeds} seeds" if seeds > 1 else "") + ".", "",
+             "| | " + " | ".join(m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for row in table["rows"]:
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(row["metrics"][m], len(row["seeds"])) for m in metrics)
+                     + " |")
+    lines += ["", "Stages:", "", "| stage | task | this launch | seconds | run directory |", "|---|---|---|---|---|"]
+    for stage in stages:
+        lines.append(f"| {stage['name']} | {stage['task']} | {stage['status']} | {stage.get('seconds', '')} | "
+                     f"`{stage['run_dir']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def training_curves_png(curves: dict[str, dict[str, list[dict]]]) -> bytes | None:
+    """One panel per stage that trained: training loss by step, and the
+    validation monitor when the stage validated."""
+    from matplotlib.figure import Figure
+
+    stages = {name: c for name, c in curves.items() if any(r.get("split") == "train" for rows in c.values() for r in rows)}
+    if not stages:
+        return None
+    columns = min(3, len(stages))
+    rows_n = math.ceil(len(stages) / columns)
+    figure = Figure(figsize=(4.6 * columns, 3.2 * rows_n), layout="constrained")
+    axes = figure.subplots(rows_n, columns, squeeze=False).ravel()
+    for ax, (name, by_seed) in zip(axes, stages.items()):
+        validation_axis = None
+        for seed, rows in by_seed.items():
+            train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
+            if train:
+                ax.plot(*zip(*train), lw=1.2, label=f"train loss {seed}".strip())
+            valid = [r for r in rows if r.get("split") == "validation"]
+            key = next((k for k in ("recall@20", "recall@10", "loss") if valid and k in valid[0]), None)
+            if key:
+                validation_axis = validation_axis or ax.twinx()
+                validation_axis.plot([r["step"] for r in valid], [r[key] for r in valid], "--", lw=1.2,
+                                     color="tab:red", alpha=0.7)
+                validation_axis.set_ylabel(f"validation {key}", color="tab:red")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+    for ax in axes[len(stages):]:
+        ax.set_visible(False)
+    return _png(figure)
+
+
+def metrics_png(table: dict) -> bytes:
+    """Grouped bars: one group per metric, one bar per compared model, ± std."""
+    from matplotlib.figure import Figure
+
+    metrics, rows = table["metrics"], table["rows"]
+    figure = Figure(figsize=(1.6 + 1.9 * len(metrics), 3.8), layout="constrained")
+    ax = figure.subplots()
+    width = 0.8 / max(len(rows), 1)
+    for i, row in enumerate(rows):
+        xs = [m + (i - (len(rows) - 1) / 2) * width for m in range(len(metrics))]
+        means = [(row["metrics"][m] or {}).get("mean", 0.0) for m in metrics]
+        stds = [(row["metrics"][m] or {}).get("std", 0.0) for m in metrics]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=row["label"])
+    ax.set_xticks(range(len(metrics)), [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics])
+    ax.set_ylabel(f"test ({table['protocol']} ranking)")
+    ax.set_title(table["title"])
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(figure)
+
+
+def write_report(pipeline, record: list[dict], log=print) -> dict | None:
+    """Write the report if every compared stage has finished; returns the results.
+    ``record``: each stage's name, task, status this launch, seconds and run directory."""
+    import jax
+
+    spec = report_spec(pipeline)
+    unfinished = [e.stage for e in spec.compare if runs.fingerprint(pipeline.stages[e.stage].run_dir) is None]
+    if unfinished:
+        log(f"report not written: {', '.join(unfinished)} not finished")
+        return None
+    table = results(pipeline, spec)
+    text = markdown(table, record)
+    log("\n" + text)
+    if jax.process_index() == 0:
+        out = pipeline.run_dir
+        write_json_atomic(out / "results.json", {**table, "stages": record})
+        write_bytes_atomic(out / "results.md", text.encode())
+        curves = {s["name"]: runs.training_curves(s["run_dir"]) for s in record}
+        figure = training_curves_png(curves)
+        if figure is not None:
+            write_bytes_atomic(out / "training_curves.png", figure)
+        write_bytes_atomic(out / "metrics.png", metrics_png(table))
+        log(f"report: {out / 'results.md'}, results.json, metrics.png" + (", training_curves.png" if figure else ""))
+    return table
+
