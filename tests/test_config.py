@@ -125,5 +125,8 @@ def test_layering_model_core_and_library_modules():
     library = ["models", "data", "objectives", "train", "seqrec", "llmsrec", "eval"]
     for package in library:
         for path in (root / package).glob("*.py"):
-            bad = [m for m in imports(path) if m == "jaxrec.config" or m.startswith("jaxrec.tasks")]
+            bad = [m for m in imports(path) if m == "jaxrec.config" or m.startswith(("jaxrec.tasks", "jaxrec.pipelines"))]
             assert not bad, f"{package}/{path.name} imports {bad}"
+    for path in (root / "tasks").glob("*.py"):  # tasks know nothing of the pipelines built from them
+        bad = [m for m in imports(path) if m.startswith("jaxrec.pipelines")]
+        assert not bad, f"tasks/{path.name} imports {bad}"
