@@ -64,11 +64,27 @@ def test_missing_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_shipped_configs_are_valid(path, tmp_path):
+    """Every shipped config, task or pipeline, validates; a pipeline's every
+    stage and its report too (planned against an empty directory)."""
+    from jaxrec.config import read_tree
+    from jaxrec.pipelines.config import is_pipeline, load_pipeline
+    from jaxrec.pipelines.plan import ACTIONS, make_plan
+    from jaxrec.pipelines.report import report_spec
     from jaxrec.tasks import TASKS
 
-    assert load_config(path).task in TASKS
+    if not is_pipeline(read_tree(path)):
+        assert load_config(path).task in TASKS
+        return
+    pipeline = load_pipeline(path, [f"run_dir={tmp_path}"])
+    plan = make_plan(pipeline)
+    assert {step.task for step in plan} <= set(TASKS) and all(step.action in ACTIONS for step in plan)
+    if pipeline.report:
+        assert report_spec(pipeline).compare
 
 
 def test_exponent_floats_without_a_dot_are_numbers_but_quoted_strings_are_not():
