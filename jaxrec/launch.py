@@ -159,64 +159,56 @@ def _start_runtime(args, cpu_devices) -> None:
         init_distributed()
 
 
-def _main_pipeline(args) -> int:
-    from jaxrec.pipelines.config import load_pipeline
-    from jaxrec.pipelines.runner import run_pipeline
-
+def _exit_code(work) -> int:
+    """Run ``work()``: a config error exits 2, an input or runtime error 1, each as one line on stderr."""
     try:
-        pipeline = load_pipeline(args.config, args.overrides)
-        if args.print_config:
-            from jaxrec.pipelines.config import stage_config
-
-            for name in pipeline.stages:
-                print(f"# stage {name}\n{to_yaml(stage_config(pipeline, name))}---")
-            return 0
-        _start_runtime(args, pipeline.cpu_devices())
-        run_pipeline(pipeline, args.stages, args.dry_run,
-                     stage_log=lambda name: _logger(_prefix(name, args.distributed)),
-                     log=_logger(_prefix("pipeline", args.distributed)))
+        return work() or 0
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from jaxrec.pipelines.config import is_pipeline
+def _main_pipeline(args) -> int | None:
+    from jaxrec.pipelines.config import load_pipeline, stage_config
+    from jaxrec.pipelines.runner import run_pipeline
+
+    pipeline = load_pipeline(args.config, args.overrides)
+    if args.print_config:
+        for name in pipeline.stages:
+            print(f"# stage {name}\n{to_yaml(stage_config(pipeline, name))}---")
+        return 0
+    _start_runtime(args, pipeline.cpu_devices())
+    run_pipeline(pipeline, args.stages, args.dry_run,
+                 stage_log=lambda name: _logger(_prefix(name, args.distributed)),
+                 log=_logger(_prefix("pipeline", args.distributed)))
+
+
+def _main_task(args) -> int | None:
     from jaxrec.tasks import load_config
 
-    try:
-        if args.config is not None and is_pipeline(read_tree(args.config)):
-            return _main_pipeline(args)
-        if args.stages:
-            raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "
-                              f"{args.config or 'the default config'} is a single task")
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    if args.stages:
+        raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "
+                          f"{args.config or 'the default config'} is a single task")
+    config = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
     if args.dry_run:
         print(f"task {config.task} would run in {config.run_dir or default_run_dir(config)}\n{to_yaml(config)}", end="")
         return 0
-
     _start_runtime(args, getattr(getattr(config, "mesh", None), "cpu_devices", None))
-    log = _logger(_prefix(config.task, args.distributed))
-    try:
-        run_task(config, log=log)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    run_task(config, log=_logger(_prefix(config.task, args.distributed)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from jaxrec.pipelines.config import is_pipeline
+
+    pipeline = lambda: args.config is not None and is_pipeline(read_tree(args.config))
+    return _exit_code(lambda: (_main_pipeline if pipeline() else _main_task)(args))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_training_task_runs_and_resumes(tiny_run, task):
 
 def test_contrastive_dropout_views_need_dropout(tiny_run, capsys):
     args = _training_setup(tiny_run, "contrastive")
-    assert launch.main(args + ["--set", "model.attention_dropout=0.0", "--set", "loop.steps=1"]) == 1
+    assert launch.main(args + ["--set", "model.attention_dropout=0.0", "--set", "loop.steps=1"]) == 2
     assert "model.attention_dropout" in capsys.readouterr().err
 
 
@@ -147,5 +147,5 @@ def test_packed_title_batches_train(tiny_run, task):
 
 def test_packing_is_refused_where_it_does_not_apply(tiny_run, capsys):
     args = _training_setup(tiny_run, "csft")
-    assert launch.main(args + ["--set", "batch.pack=true", "--set", "loop.steps=1"]) == 1
+    assert launch.main(args + ["--set", "batch.pack=true", "--set", "loop.steps=1"]) == 2
     assert "batch.pack works for the mntp and contrastive tasks" in capsys.readouterr().err

@@ -115,10 +115,13 @@ def test_init_from_what_is_not_a_finished_run_is_a_clear_error(tiny_checkpoints,
     (tmp / "plain").mkdir()
     assert _launch("task=mntp", f"model.init_from={tmp / 'plain'}", f"run_dir={tmp / 'a'}", *common) == 1
     assert f"model.init_from {tmp / 'plain'} is not a jaxrec run: it has no manifest.json" in capsys.readouterr().err
-    assert _launch("task=mntp", f"model.init_from={tmp / 'nowhere'}", f"run_dir={tmp / 'b'}", *common) == 1
-    assert "does not exist or is not a directory" in capsys.readouterr().err
+    assert _launch("task=mntp", f"model.init_from={tmp / 'nowhere'}", f"run_dir={tmp / 'b'}", *common) == 2
+    assert f"model.init_from: {tmp / 'nowhere'} does not exist; expected a finished run directory" in \
+        capsys.readouterr().err
+    assert not (tmp / "b").exists()  # checked before the run directory is made
 
     # a run that failed (bad data) is marked so, and cannot be built on
+    (tmp / "no-data").mkdir()
     assert _launch("task=csft", f"model.name={model_dir}", f"run_dir={tmp / 'broken'}", *STAGE,
                    f"data.name={tmp / 'no-data'}") == 1
     manifest = _manifest(tmp / "broken")
@@ -145,7 +148,7 @@ def test_relaunch_on_a_changed_init_from_run_is_refused_and_leaves_the_run_as_it
     assert _launch("task=csft", f"model.name={other_dir}", f"run_dir={tmp / 'csft-other'}", *common) == 0
     # model.name beside init_from must be the chain's base model
     assert _launch("task=mntp", f"model.name={other_dir}", f"model.init_from={tmp / 'csft'}",
-                   f"run_dir={tmp / 'mismatch'}", *common) == 1
+                   f"run_dir={tmp / 'mismatch'}", *common) == 2
     assert "is not the base model of model.init_from's run" in capsys.readouterr().err
     assert _launch("task=mntp", f"model.name={model_dir}", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'mntp'}",
                    *common) == 0
