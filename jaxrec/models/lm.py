@@ -135,7 +135,7 @@ class LM:
         max_length: int | None = 512,
         progress: bool | None = None,
         packed: bool = True,
-        tokens_per_batch: int = 2048,
+        tokens_per_batch: int = 512,
     ) -> np.ndarray:
         """Pooled last-layer states, numpy float32 [len(texts), hidden].
 
@@ -143,6 +143,8 @@ class LM:
         the longest text's bucket), each its own segment (positions restart,
         attention stays inside it), ``tokens_per_batch`` tokens per call, so
         compute follows the real tokens; one compiled shape per catalogue.
+        Small calls keep the activations in cache: on a 2-core CPU 256-1024
+        tokens per call encoded ml-100k in 11-12 s, 2048 in 13 s, 8192 in 22 s.
         Otherwise texts are sorted by length and padded to a few bucket lengths
         (see :mod:`jaxrec.shapes`), ``batch_size`` rows per call. Both give the
         same vectors.

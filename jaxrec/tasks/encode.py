@@ -26,7 +26,7 @@ class EncodeSpec:
     max_length: int = 128
     packed: bool = True
     """Pack several titles into each row (attention stays within a title): compute follows the real tokens."""
-    tokens_per_batch: int = 2048
+    tokens_per_batch: int = 512
     """Tokens per call when packed."""
 
     def __post_init__(self):
