@@ -85,10 +85,11 @@ def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run:
     todo = [s for s in plan if s.selected and s.action != "skip"]
     timings: dict[str, dict] = {}
     started = time.perf_counter()
+    eta = ""
     with shared_display() as shown, progress_bar("pipeline", total=len(todo), enabled=shown) as advance:
         for index, step in enumerate(todo, 1):
             header = f"stage {index}/{len(todo)}: {step.name} ({step.task}, {step.action})"
-            advance(0, status=header)
+            advance(0, status=header + eta)
             log(f"{header} - {step.reason}")
             if step.action == "rerun" and step.run_dir.exists():
                 log(f"previous run moved to {_move_aside(step.run_dir)}")
@@ -104,9 +105,10 @@ def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run:
             seconds = time.perf_counter() - stage_start
             timings[step.name] = {"status": "finished", "seconds": round(seconds, 1)}
             elapsed = time.perf_counter() - started
-            eta = elapsed / index * (len(todo) - index)
+            left = elapsed / index * (len(todo) - index)
+            eta = f"; about {_hms(left)} left by the mean stage so far"
             log(f"stage {index}/{len(todo)} {step.name} finished in {_hms(seconds)}; pipeline {_hms(elapsed)} "
-                f"elapsed" + (f", about {_hms(eta)} to go (by the mean stage so far)" if index < len(todo) else ""))
+                f"elapsed" + (f", about {_hms(left)} to go (by the mean stage so far)" if index < len(todo) else ""))
             advance(1)
             _write_record(pipeline, plan, timings)
     for step in plan:
