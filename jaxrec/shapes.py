@@ -61,46 +61,6 @@ def pad_sequences(
     return values, mask
 
 
-def pack_sequences(
-    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, row_multiple: int = 2
-) -> dict[str, np.ndarray]:
-    """Several short sequences per row instead of one padded row each.
-
-    Longest first, each sequence goes into the first row with room for it
-    (and fewer than ``max_segments`` sequences). Returns ``input_ids`` and
-    ``attention_mask`` [rows, width], the mask holding each token's segment id
-    within its row (1, 2, ...; 0 for padding; see ``positions_from_mask``), and
-    for every sequence its ``item_row`` and ``item_segment`` (0-based, for
-    pooling). Rows are rounded up to ``row_multiple``, so batches of about the
-    same number of tokens share a shape.
-    """
-    if any(len(s) > width for s in sequences):
-        raise ValueError(f"a sequence of {max(map(len, sequences))} tokens does not fit packed rows of width {width}")
-    rows: list[list[int]] = []  # sequence indices of each row
-    used: list[int] = []
-    for index in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):
-        size = len(sequences[index])
-        row = next((r for r in range(len(rows)) if used[r] + size <= width and len(rows[r]) < max_segments), None)
-        if row is None:
-            rows.append([]), used.append(0)
-            row = len(rows) - 1
-        rows[row].append(index)
-        used[row] += size
-    count = -(-len(rows) // row_multiple) * row_multiple
-    ids = np.full((count, width), pad_id, np.int32)
-    segments = np.zeros((count, width), np.int32)
-    item_row = np.zeros(len(sequences), np.int32)
-    item_segment = np.zeros(len(sequences), np.int32)
-    for r, members in enumerate(rows):
-        start = 0
-        for k, index in enumerate(members):
-            seq = sequences[index]
-            ids[r, start : start + len(seq)], segments[r, start : start + len(seq)] = seq, k + 1
-            item_row[index], item_segment[index] = r, k
-            start += len(seq)
-    return {"input_ids": ids, "attention_mask": segments, "item_row": item_row, "item_segment": item_segment}
-
-
 @dataclasses.dataclass(frozen=True)
 class PackedLayout:
     """Where each sequence sits in packed rows of ``width`` tokens: its
@@ -112,38 +72,67 @@ class PackedLayout:
     rows: int
     width: int
     max_segments: int
+    """The most sequences any row holds."""
+    by_row: np.ndarray
+    """Sequence indices in the order they were placed (their rows ascending)."""
+    row_starts: np.ndarray
+    """[rows + 1]: where each row's sequences begin in ``by_row``."""
+
+    def members(self, first: int, stop: int) -> np.ndarray:
+        """Indices of the sequences in rows ``first`` .. ``stop - 1``."""
+        return self.by_row[self.row_starts[min(first, self.rows)] : self.row_starts[min(stop, self.rows)]]
 
 
-def pack_layout(lengths: Sequence[int], width: int) -> PackedLayout:
+def pack_layout(lengths: Sequence[int], width: int, max_segments: int | None = None) -> PackedLayout:
     """Next-fit over the sequences, longest first: each goes into the current
-    row if it fits, else starts a new one. Linear in the number of sequences;
-    with short sequences sorted by length a row wastes less than its last
-    sequence's length."""
+    row if it fits (and the row holds fewer than ``max_segments``), else
+    starts a new one. Linear in the number of sequences; with sequences sorted
+    by length a row wastes less than its last sequence's length."""
     lengths = np.asarray(lengths, np.int64)
     if len(lengths) and lengths.max() > width:
-        raise ValueError(f"a sequence of {lengths.max()} tokens does not fit rows of width {width}")
+        raise ValueError(f"a sequence of {lengths.max()} tokens does not fit packed rows of width {width}")
+    limit = max_segments or width
     row, segment, offset = (np.zeros(len(lengths), np.int64) for _ in range(3))
     current, used, count = 0, 0, 0
-    for index in np.argsort(-lengths, kind="stable"):
+    order = np.argsort(-lengths, kind="stable")
+    for index in order:
         size = int(lengths[index])
-        if used + size > width:
+        if used + size > width or count == limit:
             current, used, count = current + 1, 0, 0
         row[index], segment[index], offset[index] = current, count, used
         used, count = used + size, count + 1
-    max_segments = int(np.bincount(row).max()) if len(lengths) else 0
-    return PackedLayout(row, segment, offset, current + 1 if len(lengths) else 0, width, max_segments)
+    rows = current + 1 if len(lengths) else 0
+    most = int(np.bincount(row).max()) if len(lengths) else 0
+    starts = np.searchsorted(row[order], np.arange(rows + 1))
+    return PackedLayout(row, segment, offset, rows, width, most, order, starts)
 
 
-def fill_packed_rows(sequences: Sequence[Sequence[int]], layout: PackedLayout, rows: np.ndarray, pad_id: int,
-                     count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``input_ids`` and the segment-id mask [count, width] for the packed rows
-    ``rows`` (in that order; rows beyond them are padding)."""
+def fill_packed_rows(sequences: Sequence[Sequence[int]], layout: PackedLayout, first: int, count: int,
+                     pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and the segment-id mask [count, width] holding packed rows
+    ``first`` .. ``first + count - 1`` (rows past the layout are padding)."""
     ids = np.full((count, layout.width), pad_id, np.int32)
     segments = np.zeros((count, layout.width), np.int32)
-    where = {int(r): i for i, r in enumerate(rows)}
-    for index in np.flatnonzero(np.isin(layout.row, rows)):
-        r, start = where[int(layout.row[index])], int(layout.offset[index])
-        seq = sequences[index]
+    for index in layout.members(first, first + count):
+        r, start, seq = int(layout.row[index]) - first, int(layout.offset[index]), sequences[index]
         ids[r, start : start + len(seq)] = seq
         segments[r, start : start + len(seq)] = layout.segment[index] + 1
     return ids, segments
+
+
+def pack_sequences(
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, row_multiple: int = 2
+) -> dict[str, np.ndarray]:
+    """Several short sequences per row instead of one padded row each (see
+    :func:`pack_layout`). Returns ``input_ids`` and ``attention_mask`` [rows,
+    width], the mask holding each token's segment id within its row (1, 2,
+    ...; 0 for padding; see ``positions_from_mask``), and for every sequence
+    its ``item_row`` and ``item_segment`` (0-based, for pooling). Rows are
+    rounded up to ``row_multiple``, so batches of about the same number of
+    tokens share a shape.
+    """
+    layout = pack_layout([len(s) for s in sequences], width, max_segments)
+    count = -(-layout.rows // row_multiple) * row_multiple
+    ids, segments = fill_packed_rows(sequences, layout, 0, count, pad_id)
+    return {"input_ids": ids, "attention_mask": segments, "item_row": layout.row.astype(np.int32),
+            "item_segment": layout.segment.astype(np.int32)}

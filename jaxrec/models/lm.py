@@ -186,11 +186,10 @@ class LM:
         rows_per_call = min(max(1, tokens_per_batch // width), layout.rows)
 
         def start(first: int):
-            rows = np.arange(first, min(first + rows_per_call, layout.rows))
-            ids, segments = fill_packed_rows(sequences, layout, rows, pad_id, rows_per_call)
+            ids, segments = fill_packed_rows(sequences, layout, first, rows_per_call, pad_id)
             values = _segment_pooled(self.model, self.params, ids, segments, mask=mask, pooling=pooling,
                                      count=layout.max_segments)
-            members = np.flatnonzero((layout.row >= rows[0]) & (layout.row <= rows[-1]))
+            members = layout.members(first, first + rows_per_call)
             return members, values, lambda v: v[layout.row[members] - first, layout.segment[members]]
 
         return [functools.partial(start, first) for first in range(0, layout.rows, rows_per_call)]
