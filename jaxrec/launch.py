@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-from jaxrec.config import read_tree, to_dict, to_yaml
+from jaxrec.config import read_tree, to_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.runtime import reuse_host_buffers, split_cpu
 
@@ -107,40 +106,6 @@ def init_distributed() -> None:
     )
 
 
-def default_run_dir(config) -> Path:
-    return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def run_task(config, log=print, inputs: dict | None = None) -> dict:
-    """Run ``config``'s task in its run directory: the manifest says running,
-    then finished with the outputs, or failed with the error. A relaunch that
-    is refused (its checkpoints belong to another model or chain) leaves the
-    directory as it was. ``inputs``: fingerprints of the runs a pipeline
-    stage reads, recorded in its manifest."""
-    import jax
-
-    from jaxrec.runs import Run
-    from jaxrec.tasks import TASKS
-    from jaxrec.tasks.specs import check_inputs
-    from jaxrec.train.checkpoint import ResumeError
-
-    check_inputs(config)
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0,
-              inputs=inputs).open()
-    log(f"run directory: {run_dir}")
-    try:
-        summary = TASKS[config.task].run(config, run, log=log)
-    except ResumeError:
-        run.restore_previous()
-        raise
-    except BaseException as err:
-        run.fail(err if not isinstance(err, KeyboardInterrupt) else "interrupted")
-        raise
-    run.finish(summary)
-    return summary
-
-
 def _logger(prefix: str):
     return lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
 
@@ -180,14 +145,15 @@ def _main_pipeline(args) -> int | None:
         for name in pipeline.stages:
             print(f"# stage {name}\n{to_yaml(stage_config(pipeline, name))}---")
         return 0
-    _start_runtime(args, pipeline.cpu_devices())
+    if not args.dry_run:  # planning needs no JAX runtime (and must not join a distributed job)
+        _start_runtime(args, pipeline.cpu_devices())
     run_pipeline(pipeline, args.stages, args.dry_run,
                  stage_log=lambda name: _logger(_prefix(name, args.distributed)),
                  log=_logger(_prefix("pipeline", args.distributed)))
 
 
 def _main_task(args) -> int | None:
-    from jaxrec.tasks import load_config
+    from jaxrec.tasks import default_run_dir, load_config, run_task
 
     if args.stages:
         raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 from jaxrec import launch
+from jaxrec.pipelines import runner
 from jaxrec.data.batches import GrainBatches
 
 
 def main(stage: str, kill_at: int, launch_args: list[str]) -> int:
     current = {"stage": None}
-    run_task, next_batch = launch.run_task, GrainBatches.__next__
+    run_task, next_batch = runner.run_task, GrainBatches.__next__
 
     def tracking_run_task(config, *args, **kwargs):
         current["stage"] = Path(config.run_dir).name
@@ -28,7 +29,7 @@ def main(stage: str, kill_at: int, launch_args: list[str]) -> int:
             os.kill(os.getpid(), signal.SIGKILL)
         return next_batch(self)
 
-    launch.run_task = tracking_run_task
+    runner.run_task = tracking_run_task
     GrainBatches.__next__ = killing_next
     return launch.main(launch_args)
 

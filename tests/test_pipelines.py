@@ -173,6 +173,9 @@ def test_pipeline_config_errors_name_the_stage_and_the_fix(tmp_path):
     pipeline = load_pipeline(wrong_key)
     with pytest.raises(ConfigError, match=r"stages.embed: unknown key 'encode.batch_sise'"):
         make_plan(pipeline)
+    top_task = _write(tmp_path / "top_task.yaml", "task: encode\nstages:\n  embed: {task: encode}\n")
+    with pytest.raises(ConfigError, match="a pipeline has no top-level task"):
+        load_pipeline(top_task)
     with pytest.raises(ConfigError, match="--stages: no stage nope"):
         make_plan(load_pipeline(QUICKSTART), ["nope"])
 

@@ -75,7 +75,7 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
             log(json.dumps(runs[-1]))
         result["recbole"] = _side(runs)
     if "jaxrec" in sides:
-        from jaxrec.launch import run_task
+        from jaxrec.tasks import run_task
         from jaxrec.runtime import split_cpu
         from jaxrec.tasks import load_config
 

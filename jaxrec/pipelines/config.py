@@ -31,11 +31,9 @@ from pathlib import Path
 
 from jaxrec.config import apply_override, read_tree
 from jaxrec.errors import ConfigError
+from jaxrec.tasks.specs import RUN_FIELDS
 
-PIPELINE_KEYS = ("run_dir", "include", "stages", "report", "description")
-REFERENCE_FIELDS = (("model", "init_from"), ("model", "name"), ("recommender", "embeddings"),
-                    ("recommender", "align_to"), ("distill", "teacher"))
-"""Config fields that name a run directory, and so may name a stage instead."""
+PIPELINE_KEYS = ("run_dir", "include", "stages", "report")
 
 
 def is_pipeline(tree: dict) -> bool:
@@ -75,7 +73,6 @@ class Pipeline:
     run_dir: Path
     stages: dict[str, Stage]
     report: dict
-    description: str = ""
 
     def cpu_devices(self) -> int | None:
         """The one ``mesh.cpu_devices`` of the stages (a process splits its CPU once, before JAX starts)."""
@@ -89,14 +86,6 @@ class Pipeline:
 
     def upstream(self, name: str) -> list[str]:
         return list(dict.fromkeys(self.stages[name].needs.values()))
-
-    def downstream(self, name: str) -> list[str]:
-        """Every stage that reads ``name``'s outputs, directly or not."""
-        found: list[str] = []
-        for other in self.stages:
-            if any(up == name or up in found for up in self.upstream(other)):
-                found.append(other)
-        return found
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -123,10 +112,15 @@ def _stage_name(value, names) -> str | None:
     return head if head in names and (value == head or value[len(head) + 1:].startswith("seed-")) else None
 
 
+def _section(assignment: str) -> str:
+    """The top-level key an override ``a.b=c`` sets."""
+    return assignment.split("=", 1)[0].split(".")[0]
+
+
 def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
-          inherited: list[str] = ()) -> tuple[dict[str, Stage], dict, str, Path]:
+          inherited: list[str] = ()) -> tuple[dict[str, Stage], dict, Path]:
     tree = read_tree(path)
-    overrides = [*(o for o in inherited if o.split("=", 1)[0].split(".")[0] in tree), *overrides]
+    overrides = [*(o for o in inherited if _section(o) in tree), *overrides]
     for assignment in overrides:
         try:
             apply_override(tree, assignment)
@@ -136,10 +130,12 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
     if not isinstance(tree.get("stages"), dict) or not tree["stages"]:
         raise ConfigError(f"{origin}: stages: expected a mapping of stage names to task configs")
     run_dir = Path(tree.get("run_dir") or Path("runs") / path.stem)
+    if "task" in tree:
+        raise ConfigError(f"{origin}: a pipeline has no top-level task; each stage names its own (stages.<name>.task)")
     shared = {k: v for k, v in tree.items() if k not in PIPELINE_KEYS}
 
     stages: dict[str, Stage] = {}
-    passed_down = [o for o in overrides if o.split("=", 1)[0].split(".")[0] not in PIPELINE_KEYS]
+    passed_down = [o for o in overrides if _section(o) not in PIPELINE_KEYS]
     includes = tree.get("include") or []
     for entry in [includes] if isinstance(includes, (str, dict)) else includes:
         file, wanted = (entry, None) if isinstance(entry, str) else (entry.get("file"), entry.get("stages"))
@@ -181,15 +177,15 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
         if key not in known:
             raise ConfigError(f"{origin}: unknown top-level key '{key}'; a pipeline has {', '.join(PIPELINE_KEYS)} "
                               f"and shared sections ({', '.join(sorted(known))})")
-        if key not in used and key not in ("task",):
+        if key not in used:
             raise ConfigError(f"{origin}: shared section '{key}' is used by none of this file's stages")
-    return stages, tree.get("report") or {}, str(tree.get("description") or ""), run_dir
+    return stages, tree.get("report") or {}, run_dir
 
 
 def _references(stage: Stage, names) -> dict[str, str]:
     """config field -> the stage it names, for the fields that name run directories."""
     found = {}
-    for section, key in REFERENCE_FIELDS:
+    for section, key in RUN_FIELDS:
         target = _stage_name((stage.tree.get(section) or {}).get(key), names)
         if target is not None:
             found[f"{section}.{key}"] = target
@@ -214,7 +210,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read a pipeline config: includes, shared sections merged, stage
     references found and checked (a stage may only read stages before it)."""
     path = Path(path)
-    stages, report, description, run_dir = _read(path, list(overrides), (path.resolve(),))
+    stages, report, run_dir = _read(path, list(overrides), (path.resolve(),))
     names = list(stages)
     for position, stage in enumerate(stages.values()):
         for field, target in _references(stage, names).items():
@@ -223,7 +219,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
                                   + ("is this stage" if target == stage.name else "comes later; list it before")
                                   + f" '{stage.name}'")
             stage.needs[field] = target
-    return Pipeline(path, run_dir, stages, report, description)
+    return Pipeline(path, run_dir, stages, report)
 
 
 def stage_config(pipeline: Pipeline, name: str):

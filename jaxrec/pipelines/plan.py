@@ -22,7 +22,8 @@ from pathlib import Path
 from jaxrec import runs
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
-from jaxrec.pipelines.config import REFERENCE_FIELDS, Pipeline, stage_config
+from jaxrec.pipelines.config import Pipeline, stage_config
+from jaxrec.tasks.specs import RUN_FIELDS
 
 ACTIONS = ("run", "resume", "rerun", "skip")
 
@@ -43,7 +44,7 @@ class StagePlan:
 def input_paths(config) -> dict[str, str]:
     """The run directories (or files) a task config reads, by config field."""
     found = {}
-    for section, key in REFERENCE_FIELDS:
+    for section, key in RUN_FIELDS:
         value = getattr(getattr(config, section, None), key, None)
         if not isinstance(value, str):
             continue

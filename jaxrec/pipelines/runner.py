@@ -19,6 +19,7 @@ from jaxrec.io import write_bytes_atomic, write_json_atomic
 from jaxrec.pipelines.config import Pipeline
 from jaxrec.pipelines.plan import StagePlan, describe, fingerprints, make_plan
 from jaxrec.progress import progress_bar, shared_display
+from jaxrec.tasks import run_task
 from jaxrec.tasks.specs import check_inputs
 
 
@@ -69,7 +70,6 @@ def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run:
                  stage_log=lambda name: print, log=print) -> list[StagePlan]:
     """Run (or, with ``dry_run``, only plan) the pipeline; returns the plan.
     ``stage_log(name)`` gives the log function of one stage."""
-    from jaxrec.launch import run_task
     from jaxrec.pipelines.report import report_spec, write_report
 
     if pipeline.report:

@@ -9,12 +9,13 @@ list of tasks (the config loader, the launcher's help, tests) reads it from
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
-from jaxrec.config import apply_override, build, read_tree
+from jaxrec.config import apply_override, build, read_tree, to_dict, to_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.tasks import encode, llmsrec, lm_training, seqrec
-from jaxrec.tasks.specs import Task, TaskConfig
+from jaxrec.tasks.specs import Task, TaskConfig, check_inputs
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (encode.TASK, *lm_training.TASKS, seqrec.TASK, llmsrec.TASK)}
@@ -77,3 +78,35 @@ def _culprit(path, overrides) -> str:
         except ConfigError:
             return f"--set {assignment}"
     return "--set " + " --set ".join(overrides)
+
+
+def default_run_dir(config: TaskConfig) -> Path:
+    return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_task(config: TaskConfig, log=print, inputs: dict | None = None) -> dict:
+    """Run ``config``'s task in its run directory: its inputs are checked
+    first, then the manifest says running, then finished with the outputs, or
+    failed with the error. A relaunch that is refused (its checkpoints belong
+    to another model or chain) leaves the directory as it was. ``inputs``:
+    fingerprints of the runs a pipeline stage reads, recorded in its manifest."""
+    import jax
+
+    from jaxrec.runs import Run
+    from jaxrec.train.checkpoint import ResumeError
+
+    check_inputs(config)
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0,
+              inputs=inputs).open()
+    log(f"run directory: {run_dir}")
+    try:
+        summary = TASKS[config.task].run(config, run, log=log)
+    except ResumeError:
+        run.restore_previous()
+        raise
+    except BaseException as err:
+        run.fail(err if not isinstance(err, KeyboardInterrupt) else "interrupted")
+        raise
+    run.finish(summary)
+    return summary

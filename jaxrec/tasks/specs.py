@@ -137,6 +137,10 @@ class BatchSpec:
         require_rate("attribute_drop", self.attribute_drop)
 
 
+RUN_FIELDS = (("model", "init_from"), ("model", "name"), ("recommender", "embeddings"),
+              ("recommender", "align_to"), ("distill", "teacher"))
+"""Config fields that may name a run directory (a pipeline may name a stage there instead)."""
+
 INPUT_FIELDS = {
     ("model", "name"): "a named model asset, an HF model directory, a .gguf file or a run directory",
     ("model", "init_from"): "a finished run directory",
