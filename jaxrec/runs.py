@@ -296,10 +296,13 @@ def item_embeddings(location: str | Path, item_ids: list[str]) -> np.ndarray:
     return load_item_embeddings(matrix, ids, item_ids)
 
 
-def item_table(location: str | Path, item_ids: list[str]) -> np.ndarray:
-    """The trained item vectors of a seqrec run (or one seed directory of it)."""
+def item_table(location: str | Path, item_ids: list[str], seed: int | None = None) -> np.ndarray:
+    """The trained item vectors of a seqrec run (or one seed directory of
+    it); of a run that trained several seeds, those of ``seed``."""
     try:
         run = open_run(location, "recommender.align_to")
+        if not run.prefix and f"seed-{seed}/item_table" in run.manifest["outputs"]:
+            run = dataclasses.replace(run, prefix=f"seed-{seed}/")
         run.output("item_table")
     except RunError as err:
         raise DataError(f"{err}. recommender.align_to must be the run directory of a finished seqrec run with ID "

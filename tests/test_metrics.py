@@ -10,7 +10,6 @@ from jaxrec.eval.ranking import (
     full_ranking_ranks,
     metrics_from_ranks,
     rank_of_target,
-    sample_negatives,
     sampled_ranks,
     summarize,
 )
@@ -44,18 +43,40 @@ def test_k_beyond_the_catalogue():
     assert ranks.tolist() == [2] and m["recall@20"] == 1.0
 
 
-def test_sampled_negatives_avoid_history_and_target():
-    rng = np.random.default_rng(0)
-    histories = [np.array([1, 2, 3]), np.array([5])]
-    negatives = sample_negatives(rng, 10, histories, np.array([4, 6]), 5)
-    for row, seen, target in zip(negatives, histories, [4, 6]):
-        assert len(set(row)) == 5 and target not in row
-        assert not set(row) & set(seen) and 0 not in row
-    again = sample_negatives(np.random.default_rng(0), 10, histories, np.array([4, 6]), 5)
+def test_sampled_negatives_avoid_the_whole_sequence():
+    from jaxrec.eval.negatives import UserItems
+
+    sequences = [np.array([1, 2, 3, 9, 4]), np.array([5, 6]), np.array([7])]
+    user_items = UserItems(sequences, 10)
+    negatives = user_items.sample(np.random.default_rng(0), np.arange(3), 5)
+    for row, seen in zip(negatives, sequences):
+        assert len(set(row)) == 5 and not set(row) & set(seen) and 0 not in row
+    again = user_items.sample(np.random.default_rng(0), np.arange(3), 5)
     np.testing.assert_array_equal(negatives, again)
-    assert sample_negatives(rng, 10, histories, np.array([4, 6]), 6).shape == (2, 6)  # user 0 has exactly 6 left
-    with pytest.raises(ValueError, match="only 6 items left"):
-        sample_negatives(rng, 10, histories, np.array([4, 6]), 7)
+    exact = user_items.sample(np.random.default_rng(1), np.array([0]), 5)  # user 0 has exactly 5 left
+    assert sorted(exact[0]) == [5, 6, 7, 8, 10]
+    with pytest.raises(ValueError, match="user 0: only 5 items left"):
+        user_items.sample(np.random.default_rng(0), np.arange(3), 6)
+    # many draws at once: none is ever the row's user's item
+    users = np.random.default_rng(2).integers(0, 3, 5000)
+    draws = user_items.sample(np.random.default_rng(3), users, 3, distinct=False)
+    assert not user_items.contains(users[:, None], draws).any() and draws.min() >= 1 and draws.max() <= 10
+    np.testing.assert_array_equal(user_items.contains(np.array([0, 0, 1]), np.array([9, 5, 5])), [True, False, True])
+
+
+def test_sampled_negatives_exclude_items_beyond_the_history_window():
+    """Real data, a history window of 3: the negatives of every user avoid all
+    of its items, also those older than the window the model reads."""
+    from jaxrec.eval.negatives import UserItems
+    from jaxrec.seqrec.histories import evaluation_examples
+    from tests.test_seqrec import _toy_data
+
+    data = _toy_data()
+    history, targets, _ = evaluation_examples(data, "valid", 3)
+    negatives = UserItems((data.offsets, data.items), data.num_items).sample(np.random.default_rng(0), np.arange(data.num_users), 3)
+    for u in range(data.num_users):
+        assert not set(negatives[u]) & set(data.sequence(u).tolist())
+        assert targets[u] not in negatives[u]
 
 
 def test_sampled_ranks_with_a_tie():
@@ -75,15 +96,21 @@ def test_popularity_and_history_groups():
     assert "cold" not in groups
     cold = popularity_groups(popularity, EvalSpec(popular_share=0.3, cold_share=0.3))["cold"]
     assert np.flatnonzero(cold).tolist() == [2, 5, 7]  # the three least popular
+    absolute = popularity_groups(popularity, EvalSpec(tail_threshold=4, popularity_edges=[2, 9]))
+    assert np.flatnonzero(absolute["tail"]).tolist() == [2, 4, 5, 7, 9]  # at most 4 interactions
+    assert np.flatnonzero(absolute["popular"]).tolist() == [1, 3, 6, 8, 10]
+    assert {k: np.flatnonzero(v).tolist() for k, v in absolute.items() if "interactions" in k} == {
+        "≤2 interactions": [2, 5, 7], "3-9 interactions": [3, 4, 8, 9], ">9 interactions": [1, 6, 10]}
     bins = [name for name in groups if name.startswith("bin")]
     assert bins == ["bin1 (0-4 interactions)", "bin2 (7-50 interactions)"]
     assert np.flatnonzero(groups[bins[0]]).tolist() == [2, 4, 5, 7, 9]  # the five least popular
     lengths = np.array([1, 5, 6, 10, 11, 400])
     by_length = history_groups(lengths, [5, 10])
-    assert {k: np.flatnonzero(v).tolist() for k, v in by_length.items()} == {"1-5": [0, 1], "6-10": [2, 3], ">10": [4, 5]}
+    assert {k: np.flatnonzero(v).tolist() for k, v in by_length.items()} == {"≤5": [0, 1], "6-10": [2, 3], ">10": [4, 5]}
 
 
 def test_evaluate_full_sampled_and_shuffle_diagnostics():
+    from jaxrec.eval.negatives import UserItems
     from jaxrec.seqrec.evaluate import evaluate
     from jaxrec.seqrec.spec import EvalSpec
 
@@ -97,14 +124,24 @@ def test_evaluate_full_sampled_and_shuffle_diagnostics():
         return items[np.minimum(last + 1, 5)] + 0.1 * items[1]
 
     spec = EvalSpec(ks=[1, 3], sampled_negatives=1, batch_size=2, popularity_bins=1)
-    result = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), spec, seed=0)
+    user_items = UserItems([np.r_[row[row > 0], t] for row, t in zip(history, targets)], 5)
+    result = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), user_items,
+                      spec, seed=0)
     # ranks: user 0 points at 3 = its target (0); user 1 at 5, target 1 scores 0.1 (1);
     # user 2 at 3, target 4 scores 0 and ties with 2 and 5, counted against it (4)
     assert result["full"]["recall@1"] == pytest.approx(1 / 3)
     assert result["full"]["recall@3"] == pytest.approx(2 / 3)
-    assert 0 <= result["sampled"]["recall@1"] <= 1
-    assert result["shuffled"]["cosine_to_original"] < 1.0
+    # one negative, never the user's: user 0 draws 4 or 5 (0 against its target's 1.0), user 1 can
+    # only draw 2 (0 against 0.1), user 2 draws 1, 3 or 5 (0.1, 1.0, or a tie at 0 counted against it)
+    assert result["sampled"]["recall@1"] == pytest.approx(2 / 3)
+    groups = result["by_history_length"]
+    assert groups["≤5"]["users"] == 3 and groups["≤5"]["sampled"] == pytest.approx(result["sampled"])
+    popular = result["by_popularity"]["popular"]  # item 1 (all tie at one interaction): user 1's target
+    assert popular["users"] == 1 and popular["full"]["recall@1"] == 0.0 and popular["sampled"]["recall@1"] == 1.0
+    assert result["shuffled"]["cosine_to_original"] < 1.0 and set(result["shuffled"]) >= {"full", "sampled"}
     order_free = lambda rows: items[rows].sum(axis=1)
-    result = evaluate(order_free, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), spec, seed=0)
+    result = evaluate(order_free, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), user_items,
+                      spec, seed=0)
     assert result["shuffled"]["cosine_to_original"] == pytest.approx(1.0)
     assert result["shuffled"]["full"] == pytest.approx(result["full"])
+    assert result["shuffled"]["sampled"] == pytest.approx(result["sampled"])

@@ -78,19 +78,32 @@ def test_info_nce_matches_numpy(symmetric):
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
-def test_soft_clip_loss_matches_numpy():
-    x, y = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))
-    tau = 3.0
-    xn, yn = _normalize(x), _normalize(y)
-    logits = xn @ yn.T / tau
-    sim = (xn @ xn.T + yn @ yn.T) / 2 * tau
-    targets = np.exp(_log_softmax(sim, axis=1))
+def _soft_clip_numpy(x, y, tau):
+    """LLMEmb's loss as the authors write it: logits X Y^T / tau against soft
+    targets softmax((X X^T + Y Y^T) / 2 * tau), both directions averaged."""
+    logits = x @ y.T / tau
+    targets = np.exp(_log_softmax((x @ x.T + y @ y.T) / 2 * tau, axis=1))
     forward = -(targets * _log_softmax(logits, axis=1)).sum(1)
     backward = -(targets.T * _log_softmax(logits.T, axis=1)).sum(1)
-    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(tau))
-    np.testing.assert_allclose(float(got), np.mean((forward + backward) / 2), rtol=1e-5)
-    grad = jax.grad(lambda t: scft.soft_clip_loss(jnp.asarray(x), jnp.asarray(y), t))(jnp.float32(3.0))
+    return np.mean((forward + backward) / 2)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_soft_clip_loss_matches_numpy(normalize):
+    x, y = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))  # raw: norms about 2, dots up to ~4
+    expected = _soft_clip_numpy(_normalize(x), _normalize(y), 3.0) if normalize else _soft_clip_numpy(x, y, 3.0)
+    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(3.0), normalize)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    grad = jax.grad(lambda t: scft.soft_clip_loss(jnp.asarray(x), jnp.asarray(y), t, normalize))(jnp.float32(3.0))
     assert np.isfinite(grad) and grad != 0.0, "tau must be learnable"
+
+
+def test_soft_clip_loss_leaves_out_invalid_rows():
+    x, y = RNG.normal(size=(6, 4)), RNG.normal(size=(6, 4))
+    valid = np.array([True, False, True, True, False, True])
+    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(2.0),
+                              valid=jnp.asarray(valid))
+    np.testing.assert_allclose(float(got), _soft_clip_numpy(x[valid], y[valid], 2.0), rtol=1e-5)
 
 
 def test_sequence_distillation_parts_match_numpy():

@@ -95,7 +95,7 @@ def test_worker_processes_give_the_same_batches_and_state():
 def test_index_batches_cover_each_epoch_split_over_processes_and_resume():
     from jaxrec.data.batches import IndexBatches
 
-    collate = lambda rows: {"rows": rows}
+    collate = lambda rows, rng: {"rows": rows}
     single = IndexBatches(10, 4, collate, seed=3)
     assert single.steps_per_epoch == 2
     stream = np.concatenate([next(single)["rows"] for _ in range(5)])  # 20 positions = two epochs

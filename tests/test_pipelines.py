@@ -27,24 +27,22 @@ GAMES = ROOT.parent / "shared" / "data" / "amazon2018_video_games"
 STAGES = ["csft", "mntp", "contrastive", "embed_untrained", "embed", "sasrec_id", "sasrec_untrained", "sasrec_llm2rec"]
 
 
-@pytest.fixture(scope="module")
-def games_slice(tmp_path_factory):
-    """The first 40 users of Amazon Video Games with their items and titles,
-    and a tiny random LLaMA whose word-level vocabulary covers those titles."""
-    if not GAMES.exists():
-        pytest.skip(f"{GAMES} is not present (the shared datasets live beside the repository)")
-    root = tmp_path_factory.mktemp("games")
-    lines = (GAMES / "interactions.tsv").read_text().splitlines()
-    users, rows = [], []
+def real_slice(dataset: Path, root: Path, users: int) -> tuple[Path, Path]:
+    """The first ``users`` users of a shared dataset with their items and
+    titles, and a tiny random LLaMA whose word-level vocabulary covers those titles."""
+    if not dataset.exists():
+        pytest.skip(f"{dataset} is not present (the shared datasets live beside the repository)")
+    lines = (dataset / "interactions.tsv").read_text().splitlines()
+    kept, rows = [], []
     for line in lines[1:]:
         user = line.split("\t")[0]
-        if user not in users:
-            if len(users) == 40:
+        if user not in kept:
+            if len(kept) == users:
                 break
-            users.append(user)
+            kept.append(user)
         rows.append(line)
     items = {row.split("\t")[1] for row in rows}
-    titles = [line for line in (GAMES / "items.tsv").read_text().splitlines()[1:] if line.split("\t")[0] in items]
+    titles = [line for line in (dataset / "items.tsv").read_text().splitlines()[1:] if line.split("\t")[0] in items]
     data = root / "data"
     data.mkdir()
     (data / "interactions.tsv").write_text("\n".join([lines[0], *rows]) + "\n")
@@ -56,6 +54,12 @@ def games_slice(tmp_path_factory):
     build_torch_model("llama-tied-gqa", vocab_size=3 + len(vocab)).save_pretrained(str(model_dir))
     save_tokenizer(model_dir, vocab)
     return data, model_dir
+
+
+@pytest.fixture(scope="module")
+def games_slice(tmp_path_factory):
+    """The first 40 users of Amazon Video Games and a tiny LLaMA for their titles."""
+    return real_slice(GAMES, tmp_path_factory.mktemp("games"), 40)
 
 
 def _quickstart_args(run_dir: Path, data: Path, model_dir: Path) -> list[str]:

@@ -168,6 +168,8 @@ def test_training_and_evaluation_examples():
     held_out = {5, 6, 8, 9, 12, 13}
     for examples in (prefixes, sequences, windows, chunks):
         assert not held_out & (set(examples.history.ravel()) | set(examples.targets.ravel()))
+        for user, row in zip(examples.users, examples.history):  # each example knows its user
+            assert set(row[row > 0].tolist()) <= set(data.sequence(user).tolist())
     history, targets, lengths = evaluation_examples(data, "valid", 3)
     np.testing.assert_array_equal(history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])
     np.testing.assert_array_equal(targets, [5, 8, 12])
@@ -182,7 +184,7 @@ def test_bert4rec_masking_rates_and_targets():
     from jaxrec.seqrec.models import mask_items
 
     history = jnp.asarray(np.tile([[5, 3, 8, 2, 9, 4, 0, 0]], (4000, 1)))
-    masked, targets = mask_items(jax.random.key(0), history, 0.2, 99)
+    masked, targets = mask_items(jax.random.key(0), history, 0.2, 99, 50)
     masked, targets = np.asarray(masked), np.asarray(targets)
     chosen = masked == 99
     assert abs(chosen[:, :6].mean() - 0.2) < 0.01
@@ -190,6 +192,28 @@ def test_bert4rec_masking_rates_and_targets():
     np.testing.assert_array_equal(targets[chosen], np.asarray(history)[chosen])
     assert (targets[~chosen] == 0).all()
     np.testing.assert_array_equal(masked[~chosen], np.asarray(history)[~chosen])
+
+
+def test_bert4rec_masking_as_llmemb_80_10_10_and_last_item_rows():
+    from jaxrec.seqrec.models import mask_items
+
+    history = np.tile([[5, 3, 8, 2, 9, 4, 0, 0]], (6000, 1))
+    only_last = np.arange(6000) % 2 == 1
+    masked, targets = mask_items(jax.random.key(1), jnp.asarray(history), 0.6, 99, 50, 0.1, 0.1, jnp.asarray(only_last))
+    masked, targets = np.asarray(masked), np.asarray(targets)
+    cloze, last = ~only_last, only_last
+    predicted = targets[cloze] > 0
+    assert abs(predicted[:, :6].mean() - 0.6) < 0.01 and not predicted[:, 6:].any()
+    np.testing.assert_array_equal(targets[cloze][predicted], history[cloze][predicted])
+    shown = masked[cloze][predicted]
+    assert abs(np.mean(shown == 99) - 0.8) < 0.015
+    kept = shown == history[cloze][predicted]
+    assert abs(np.mean(kept) - 0.1 - 0.1 / 50) < 0.015  # kept, or replaced by the same item by chance
+    assert ((shown >= 1) & (shown <= 50) | (shown == 99)).all()
+    # the last-item rows: exactly the last real item is masked and predicted
+    np.testing.assert_array_equal(masked[last][:, 5], 99)
+    np.testing.assert_array_equal(targets[last], np.tile([[0, 0, 0, 0, 0, 4, 0, 0]], (3000, 1)))
+    np.testing.assert_array_equal(masked[last][:, :5], history[last][:, :5])
 
 
 def test_bert4rec_is_bidirectional_and_predicts_at_an_appended_mask():

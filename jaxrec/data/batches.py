@@ -89,9 +89,11 @@ class GrainBatches(_Batches):
 
 class IndexBatches(_Batches):
     """Batches built from whole index arrays, for examples that are rows of
-    precomputed arrays (recommender histories): ``collate(indices)`` gets this
-    process's int64 indices of one global batch and gathers them vectorised, so
-    there is no per-example Python work. Each epoch is a fresh seeded
+    precomputed arrays (recommender histories): ``collate(indices, rng)`` gets
+    this process's int64 indices of one global batch and gathers them
+    vectorised, so there is no per-example Python work; ``rng`` is seeded by
+    (seed, step, process), for random parts of a batch (sampled negatives)
+    that a resumed run draws again identically. Each epoch is a fresh seeded
     permutation; batches run on across epoch boundaries, and the row layout
     over processes is the same as ``GrainBatches``'."""
 
@@ -99,7 +101,7 @@ class IndexBatches(_Batches):
         self,
         num_examples: int,
         global_batch_size: int,
-        collate: Callable[[np.ndarray], dict[str, np.ndarray]],
+        collate: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]],
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
@@ -111,7 +113,7 @@ class IndexBatches(_Batches):
 
         def batch(step: int) -> dict[str, np.ndarray]:
             positions = step * global_batch_size + process_index * local + np.arange(local)
-            return collate(order(positions))
+            return collate(order(positions), np.random.default_rng([seed, step, process_index]))
 
         # an iterator over the steps of ~forever (2**62 steps), indexed lazily
         self._iterator = _iterate(grain.MapDataset.range(1 << 62).map(batch), workers)

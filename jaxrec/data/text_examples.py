@@ -18,6 +18,11 @@ def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int, side: st
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def item_attributes(titles: list[str], attributes: list[dict]) -> list[dict]:
+    """Each item's attributes for its prompt, the title first."""
+    return [{"title": title, **extra} for title, extra in zip(titles, attributes)]
+
+
 def attribute_text(attributes: dict, domain: str, value_chars: int = 100) -> str:
     """LLMEmb's item prompt: an instruction line, then "key is value; ..."."""
     parts = []

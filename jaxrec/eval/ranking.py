@@ -11,7 +11,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 KS = (5, 10, 20)
 
@@ -49,23 +48,6 @@ def full_ranking_ranks(user_vectors, item_vectors, targets, history, exclude_his
         seen = seen.at[:, 0].set(False) & (jnp.arange(num)[None, :] != targets[:, None])
         valid &= ~seen
     return rank_of_target(scores, targets, valid)
-
-
-def sample_negatives(rng: np.random.Generator, num_items: int, histories: list[np.ndarray], targets: np.ndarray, n: int) -> np.ndarray:
-    """[U, n] item ids in 1..num_items, never the target or a history item of
-    that user, without repeats within a row."""
-    out = np.empty((len(targets), n), np.int64)
-    for u, (seen, target) in enumerate(zip(histories, targets)):
-        excluded = np.union1d(seen, [target, 0])
-        if num_items - (len(excluded) - 1) < n:
-            raise ValueError(f"user {u}: only {num_items - len(excluded) + 1} items left to sample {n} negatives from")
-        picked = np.empty(0, np.int64)
-        while len(picked) < n:
-            draw = rng.integers(1, num_items + 1, size=2 * n)
-            draw = draw[~np.isin(draw, excluded)]
-            picked = np.unique(np.concatenate([picked, draw]))
-        out[u] = rng.permutation(picked)[:n]
-    return out
 
 
 @jax.jit

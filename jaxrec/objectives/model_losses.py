@@ -46,6 +46,17 @@ class ContrastiveSpec:
     symmetric: bool = False
 
 
+@dataclasses.dataclass
+class ScftSpec:
+    mask: Literal["causal", "bidirectional"] = "causal"
+    """Attention while embedding the prompts (the authors' model calls the LLaMA body unchanged: causal)."""
+    normalize: bool = False
+    """L2-normalise the two views' embeddings before the loss (the authors' code uses them raw)."""
+    views: Literal["fixed", "per_epoch"] = "fixed"
+    """fixed: each item's two views are drawn once (seeded by the item), as the authors' code does;
+    per_epoch: drawn afresh every time the item is batched."""
+
+
 def _apply(model: Decoder, variables, ids, mask, kind: str, output: str, rng):
     return model.apply(
         variables, ids, mask, mask=kind, output=output, deterministic=False, rngs={"dropout": rng}
@@ -115,17 +126,17 @@ def make_contrastive(
     return _no_params, loss
 
 
-def make_scft(model: Decoder, normalize: bool = True):
+def make_scft(model: Decoder, spec: ScftSpec):
     def init_params(rng):
         return {"tau": jnp.asarray(scft.TAU_INIT, jnp.float32)}
 
     def embed(variables, batch, view, rng):
         ids, mask = batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"]
-        return mean_pool(_apply(model, variables, ids, mask, "bidirectional", "hidden", rng), mask)
+        return mean_pool(_apply(model, variables, ids, mask, spec.mask, "hidden", rng), mask)
 
     def loss(variables, params, batch, rng):
         rng_a, rng_b = jax.random.split(rng)
         x, y = embed(variables, batch, "view_a", rng_a), embed(variables, batch, "view_b", rng_b)
-        return scft.soft_clip_loss(x, y, params["tau"], normalize), {"tau": params["tau"]}
+        return scft.soft_clip_loss(x, y, params["tau"], spec.normalize), {"tau": params["tau"]}
 
     return init_params, loss

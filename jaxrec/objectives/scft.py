@@ -4,7 +4,9 @@ temperature.
 With X, Y the two augmented views' embeddings [batch, dim]:
 logits = X Y^T / tau, targets = softmax((X X^T + Y Y^T) / 2 * tau), and the
 loss averages the cross-entropy of logits against targets row-wise and of
-logits^T against targets^T. tau is trained (initialised at 3).
+logits^T against targets^T. tau is trained (initialised at 3). The authors'
+code applies it to the raw embeddings; ``normalize`` L2-normalises them first.
+The same form (fixed tau) aligns RAT's adapter outputs to ID item vectors.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from jaxrec.objectives.contrastive import l2_normalize
 TAU_INIT = 3.0
 
 
-def soft_clip_loss(x: jax.Array, y: jax.Array, tau: jax.Array, normalize: bool = True) -> jax.Array:
+def soft_clip_loss(x: jax.Array, y: jax.Array, tau: jax.Array, normalize: bool = False,
+                   valid: jax.Array | None = None) -> jax.Array:
+    """``valid`` [batch]: rows that take part (the others are neither anchors
+    nor candidates), for batches of a static size that are not all real."""
     if normalize:
         x, y = l2_normalize(x), l2_normalize(y)
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    logits = x @ y.T / tau
-    targets = jax.nn.softmax((x @ x.T + y @ y.T) / 2 * tau, axis=-1)
+    valid = jnp.ones(len(x), bool) if valid is None else valid
+    pairs = valid[:, None] & valid[None, :]
+    excluded = jnp.finfo(jnp.float32).min / 4  # a candidate with zero weight and zero target
+    logits = jnp.where(pairs, x @ y.T / tau, excluded)
+    # zero rows for invalid anchors too, so that no column of targets^T puts weight on them
+    targets = jnp.where(pairs, jax.nn.softmax(jnp.where(pairs, (x @ x.T + y @ y.T) / 2 * tau, excluded), axis=-1), 0.0)
     forward = optax.softmax_cross_entropy(logits, targets)
     backward = optax.softmax_cross_entropy(logits.T, targets.T)
-    return jnp.mean((forward + backward) / 2)
+    weights = valid.astype(jnp.float32)
+    return jnp.sum((forward + backward) / 2 * weights) / jnp.maximum(jnp.sum(weights), 1.0)

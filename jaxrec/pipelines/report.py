@@ -11,9 +11,12 @@ The ``report`` section of a pipeline config::
         - {label: SASRec on LLM2Rec embeddings, stage: sasrec_llm2rec}
       metrics: [recall@10, ndcg@10, recall@20, ndcg@20]   # the default
       protocol: full               # or sampled (when the stages evaluate it)
+      groups: [by_popularity, by_history_length]   # optional: per-group tables and chart
+      hit_ratio: false             # true: call Recall@K HR@K (the same number with one target)
 
 Written into the pipeline directory: ``results.json``, ``results.md``,
-``training_curves.png`` and ``metrics.png``.
+``training_curves.png``, ``metrics.png`` and, with ``groups``, ``groups.png``
+(the first metric per group, each compared model side by side).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+
+import numpy as np
 
 from jaxrec import runs
 from jaxrec.config import build
@@ -40,6 +45,21 @@ class ReportSpec:
     compare: list[Compared] = dataclasses.field(default_factory=list)
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["recall@10", "ndcg@10", "recall@20", "ndcg@20"])
     protocol: str = "full"
+    groups: list[str] = dataclasses.field(default_factory=list)
+    """Test-metric groups to tabulate: by_popularity (target item), by_history_length (user)."""
+    hit_ratio: bool = False
+    """Name Recall@K "HR@K" (with one target they are the same number)."""
+
+    def __post_init__(self):
+        unknown = set(self.groups) - set(GROUP_KINDS)
+        if unknown:
+            raise ValueError(f"groups: unknown {sorted(unknown)}; choose from {list(GROUP_KINDS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+
+GROUP_KINDS = {"by_popularity": "target item's training interactions", "by_history_length": "user's earlier interactions"}
+PROTOCOLS = ("full", "sampled")
 
 
 def report_spec(pipeline) -> ReportSpec:
@@ -62,6 +82,28 @@ def _cell(value: dict | None, seeds: int) -> str:
     return f"{value['mean']:.4f}" + (f" ± {value['std']:.4f}" if seeds > 1 else "")
 
 
+def _over_seeds(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def _group_results(summary: dict, spec: ReportSpec) -> dict:
+    """kind -> group -> {"users", protocol -> metric -> mean/std over seeds}, for
+    the groups present in every seed (popularity groups can differ by seed only
+    in which are empty)."""
+    out = {}
+    for kind in spec.groups:
+        per_seed = [r["test"].get(kind, {}) for r in summary["per_seed"]]
+        names = [g for g in per_seed[0] if all(g in seed for seed in per_seed)]
+        out[kind] = {}
+        for name in names:
+            entry = {"users": per_seed[0][name]["users"]}
+            for protocol in PROTOCOLS:
+                if protocol in per_seed[0][name]:
+                    entry[protocol] = {m: _over_seeds([s[name][protocol][m] for s in per_seed]) for m in spec.metrics}
+            out[kind][name] = entry
+    return out
+
+
 def results(pipeline, spec: ReportSpec) -> dict:
     rows = []
     for entry in spec.compare:
@@ -74,21 +116,54 @@ def results(pipeline, spec: ReportSpec) -> dict:
         rows.append({"label": entry.label, "stage": entry.stage, "run_dir": str(run_dir), "seeds": summary["seeds"],
                      "metrics": {m: over.get(m) for m in spec.metrics},
                      "per_seed": [{"seed": r["seed"], **{m: r["test"][spec.protocol].get(m) for m in spec.metrics}}
-                                  for r in summary["per_seed"]]})
-    return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows}
+                                  for r in summary["per_seed"]],
+                     "groups": _group_results(summary, spec)})
+    return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows,
+            "groups": spec.groups, "hit_ratio": spec.hit_ratio}
+
+
+def metric_name(metric: str, hit_ratio: bool = False) -> str:
+    return metric.replace("recall", "HR" if hit_ratio else "Recall").replace("ndcg", "NDCG")
+
+
+def _protocol_text(protocol: str) -> str:
+    return "full ranking over every item" if protocol == "full" else "the target against sampled negatives never among the user's items"
+
+
+def _group_tables(table: dict) -> list[str]:
+    """Per group kind and protocol: one row per group, the compared models' metrics side by side."""
+    lines, rows, metrics = [], table["rows"], table["metrics"]
+    name = lambda m: metric_name(m, table.get("hit_ratio", False))
+    for kind in table.get("groups", []):
+        groups = list(rows[0]["groups"][kind]) if rows else []
+        protocols = [table["protocol"]] + [p for p in PROTOCOLS if p != table["protocol"]]
+        for protocol in protocols:
+            if not all(protocol in rows[0]["groups"][kind][g] for g in groups):
+                continue
+            lines += ["", f"### {kind.replace('_', ' ')} ({GROUP_KINDS[kind]}), {_protocol_text(protocol)}", "",
+                      "| group | users | " + " | ".join(f"{r['label']}: {name(m)}" for r in rows for m in metrics) + " |",
+                      "|---|---|" + "---|" * (len(rows) * len(metrics))]
+            for group in groups:
+                cells = []
+                for r in rows:
+                    entry = r["groups"][kind].get(group, {}).get(protocol, {})
+                    cells += [_cell(entry.get(m), len(r["seeds"])) for m in metrics]
+                lines.append(f"| {group} | {rows[0]['groups'][kind][group]['users']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(table: dict, stages: list[dict]) -> str:
     metrics = table["metrics"]
     seeds = max((len(r["seeds"]) for r in table["rows"]), default=1)
-    protocol = "full ranking over every item" if table["protocol"] == "full" else f"{table['protocol']} ranking"
     lines = [f"# {table['title']}", "",
-             f"Test split, {protocol}" + (f"; mean ± std over {seeds} seeds" if seeds > 1 else "") + ".", "",
-             "| | " + " | ".join(m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics) + " |",
+             f"Test split, {_protocol_text(table['protocol'])}"
+             + (f"; mean ± std over {seeds} seeds" if seeds > 1 else "") + ".", "",
+             "| | " + " | ".join(metric_name(m, table.get("hit_ratio", False)) for m in metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for row in table["rows"]:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row["metrics"][m], len(row["seeds"])) for m in metrics)
                      + " |")
+    lines += _group_tables(table)
     lines += ["", "Stages:", "", "| stage | task | this launch | seconds | run directory |", "|---|---|---|---|---|"]
     for stage in stages:
         lines.append(f"| {stage['name']} | {stage['task']} | {stage['status']} | {stage.get('seconds', '')} | "
@@ -148,10 +223,37 @@ def metrics_png(table: dict) -> bytes:
         means = [(row["metrics"][m] or {}).get("mean", 0.0) for m in metrics]
         stds = [(row["metrics"][m] or {}).get("std", 0.0) for m in metrics]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=row["label"])
-    ax.set_xticks(range(len(metrics)), [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics])
+    ax.set_xticks(range(len(metrics)), [metric_name(m, table.get("hit_ratio", False)) for m in metrics])
     ax.set_ylabel(f"test ({table['protocol']} ranking)")
     ax.set_title(table["title"])
     ax.legend(fontsize=8, loc="upper left")
+    return _png(figure)
+
+
+def groups_png(table: dict) -> bytes | None:
+    """One panel per group kind: the first metric of each group (report protocol), one bar per model, ± std."""
+    from matplotlib.figure import Figure
+
+    kinds, rows = table.get("groups", []), table["rows"]
+    if not kinds or not rows:
+        return None
+    metric, protocol = table["metrics"][0], table["protocol"]
+    figure = Figure(figsize=(6.5 * len(kinds), 3.9), layout="constrained")
+    axes = figure.subplots(1, len(kinds), squeeze=False).ravel()
+    width = 0.8 / len(rows)
+    for ax, kind in zip(axes, kinds):
+        groups = list(rows[0]["groups"][kind])
+        for i, row in enumerate(rows):
+            values = [row["groups"][kind].get(g, {}).get(protocol, {}).get(metric) or {} for g in groups]
+            xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
+            ax.bar(xs, [v.get("mean", 0.0) for v in values], width, yerr=[v.get("std", 0.0) for v in values],
+                   capsize=3, label=row["label"])
+        users = [rows[0]["groups"][kind][g]["users"] for g in groups]
+        ax.set_xticks(range(len(groups)), [f"{g}\n({u} users)" for g, u in zip(groups, users)], fontsize=7)
+        ax.set_xlabel(GROUP_KINDS[kind])
+        ax.set_ylabel(f"test {metric_name(metric, table.get('hit_ratio', False))} ({protocol})")
+        ax.legend(fontsize=8)
+    figure.suptitle(table["title"])
     return _png(figure)
 
 
@@ -177,6 +279,10 @@ def write_report(pipeline, record: list[dict], log=print) -> dict | None:
         if figure is not None:
             write_bytes_atomic(out / "training_curves.png", figure)
         write_bytes_atomic(out / "metrics.png", metrics_png(table))
-        log(f"report: {out / 'results.md'}, results.json, metrics.png" + (", training_curves.png" if figure else ""))
+        grouped = groups_png(table)
+        if grouped is not None:
+            write_bytes_atomic(out / "groups.png", grouped)
+        log(f"report: {out / 'results.md'}, results.json, metrics.png" + (", training_curves.png" if figure else "")
+            + (", groups.png" if grouped else ""))
     return table
 

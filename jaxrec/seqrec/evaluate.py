@@ -1,6 +1,8 @@
 """Evaluation of a trained recommender on the validation or test split:
 full-ranking (and optionally sampled) Recall@K / NDCG@K, grouped by the target
-item's popularity and by the user's history length, and shuffle diagnostics.
+item's popularity and by the user's history length, and shuffle diagnostics,
+each under every protocol evaluated. Sampled negatives are never among the
+user's items (its whole sequence, not only the history window the model reads).
 
 Users are scored in fixed-size batches (the last one padded), so each jitted
 function compiles once per run.
@@ -13,7 +15,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxrec.eval.ranking import full_ranking_ranks, metrics_from_ranks, sample_negatives, sampled_ranks
+from jaxrec.eval.negatives import UserItems
+from jaxrec.eval.ranking import full_ranking_ranks, metrics_from_ranks, sampled_ranks
 from jaxrec.progress import progress_bar
 from jaxrec.seqrec.histories import shuffle_histories
 from jaxrec.seqrec.spec import EvalSpec
@@ -48,16 +51,25 @@ def full_ranking(user_vectors, item_vectors, targets, history, spec: EvalSpec) -
 
 
 def popularity_groups(popularity: np.ndarray, spec: EvalSpec) -> dict[str, np.ndarray]:
-    """Item id -> group masks: 'popular' / 'tail' by ``popular_share``, 'cold'
-    by ``cold_share`` if set, and ``popularity_bins`` groups of equally many
-    items from least to most popular."""
+    """Item id -> group masks: 'popular' / 'tail' (by ``tail_threshold``
+    interactions if set, else by ``popular_share``), 'cold' by ``cold_share``
+    if set, and groups by interaction count (split at ``popularity_edges`` if
+    set, else ``popularity_bins`` groups of equally many items, least popular first)."""
+    real = np.arange(len(popularity)) > 0
     order = np.argsort(-popularity[1:], kind="stable") + 1  # most popular first
-    popular = np.zeros(len(popularity), bool)
-    popular[order[: int(np.ceil(spec.popular_share * len(order)))]] = True
-    groups = {"popular": popular, "tail": ~popular & (np.arange(len(popularity)) > 0)}
+    if spec.tail_threshold is not None:
+        popular = real & (popularity > spec.tail_threshold)
+    else:
+        popular = np.zeros(len(popularity), bool)
+        popular[order[: int(np.ceil(spec.popular_share * len(order)))]] = True
+    groups = {"popular": popular, "tail": ~popular & real}
     if spec.cold_share is not None:
         groups["cold"] = np.zeros(len(popularity), bool)
         groups["cold"][order[len(order) - int(np.ceil(spec.cold_share * len(order))) :]] = True
+    if spec.popularity_edges is not None:
+        for name, members in _count_groups(popularity, spec.popularity_edges).items():
+            groups[f"{name} interactions"] = members & real
+        return groups
     for b, members in enumerate(np.array_split(order[::-1], spec.popularity_bins)):
         counts = popularity[members]
         mask = np.zeros(len(popularity), bool)
@@ -66,18 +78,25 @@ def popularity_groups(popularity: np.ndarray, spec: EvalSpec) -> dict[str, np.nd
     return groups
 
 
-def history_groups(lengths: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
-    """User masks by number of earlier interactions, split at ``edges``."""
-    bounds = [0, *edges, None]
+def _count_groups(counts: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
+    """Masks of ``counts`` in [0, e1], (e1, e2], ..., (e_last, inf), named "≤5", "6-10", ..., ">40"."""
+    bounds = [-1, *edges, None]
     groups = {}
     for low, high in zip(bounds[:-1], bounds[1:]):
-        name = f"{low + 1}-{high}" if high is not None else f">{low}"
-        groups[name] = (lengths > low) & (lengths <= high if high is not None else True)
+        name = f"≤{high}" if low < 0 else f"{low + 1}-{high}" if high is not None else f">{low}"
+        groups[name] = (counts > low) & (counts <= high if high is not None else True)
     return groups
 
 
-def _grouped(per_user: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> dict[str, dict]:
-    return {name: {"users": int(rows.sum()), **_mean(per_user, rows)} for name, rows in groups.items() if rows.any()}
+def history_groups(lengths: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
+    """User masks by number of earlier interactions, split at ``edges``."""
+    return _count_groups(lengths, edges)
+
+
+def _grouped(per_user: dict[str, dict[str, np.ndarray]], groups: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Each non-empty group's user count and mean metrics under every protocol."""
+    return {name: {"users": int(rows.sum()), **{protocol: _mean(metrics, rows) for protocol, metrics in per_user.items()}}
+            for name, rows in groups.items() if rows.any()}
 
 
 def evaluate(
@@ -87,24 +106,25 @@ def evaluate(
     targets: np.ndarray,
     history_lengths: np.ndarray,
     popularity: np.ndarray,
+    user_items: UserItems,
     spec: EvalSpec,
     seed: int,
     diagnostics: bool = True,
 ) -> dict:
-    """``user_vectors(histories) -> [U, H]``. With ``diagnostics``: sampled
-    metrics, groups and the shuffle test as well as the overall full ranking."""
+    """``user_vectors(histories) -> [U, H]``; row u of the split is user u of
+    ``user_items``. With ``diagnostics``: sampled metrics, groups and the
+    shuffle test as well as the overall full ranking."""
     users = user_vectors(history)
-    per_user = full_ranking(users, item_vectors, targets, history, spec)
-    result = {"users": len(targets), "full": _mean(per_user)}
+    per_user = {"full": full_ranking(users, item_vectors, targets, history, spec)}
+    result = {"users": len(targets), "full": _mean(per_user["full"])}
     if not diagnostics:
         return result
     rng = np.random.default_rng([seed, 2])
+    negatives = None
     if spec.sampled_negatives:
-        seen = [row[row > 0] for row in history]
-        negatives = sample_negatives(rng, len(item_vectors) - 1, seen, targets, spec.sampled_negatives)
-        rank = lambda u, target, negative: sampled_ranks(u, item_vectors, target, negative)
-        ranks = batched(rank, users, targets, negatives, batch_size=spec.batch_size)
-        result["sampled"] = _mean(_per_user(ranks, spec))
+        negatives = user_items.sample(rng, np.arange(len(targets)), spec.sampled_negatives)
+        per_user["sampled"] = sampled(users, item_vectors, targets, negatives, spec)
+        result["sampled"] = _mean(per_user["sampled"])
     by_item = {name: mask[targets] for name, mask in popularity_groups(popularity, spec).items()}
     result["by_popularity"] = _grouped(per_user, by_item)
     result["by_history_length"] = _grouped(per_user, history_groups(history_lengths, spec.history_bins))
@@ -118,4 +138,12 @@ def evaluate(
             "full": _mean(full_ranking(shuffled_users, item_vectors, targets, shuffled, spec)),
             "cosine_to_original": float(np.mean(cosine)),
         }
+        if negatives is not None:  # the same negatives as the original histories
+            result["shuffled"]["sampled"] = _mean(sampled(shuffled_users, item_vectors, targets, negatives, spec))
     return result
+
+
+def sampled(user_vectors, item_vectors, targets, negatives, spec: EvalSpec) -> dict[str, np.ndarray]:
+    """Per-user metrics of each target ranked against its row of ``negatives``."""
+    rank = lambda u, target, negative: sampled_ranks(u, item_vectors, target, negative)
+    return _per_user(batched(rank, user_vectors, targets, negatives, batch_size=spec.batch_size), spec)

@@ -19,6 +19,7 @@ from jaxrec.data.prep import SeqData
 class Examples:
     history: np.ndarray  # [n, length] int32, right-padded
     targets: np.ndarray  # [n, length] int32; 0 where a position has no target
+    users: np.ndarray  # [n] the user each example comes from
 
     def __len__(self) -> int:
         return len(self.history)
@@ -37,13 +38,14 @@ def _train_lengths(data: SeqData) -> np.ndarray:
     return np.maximum(np.diff(data.offsets) - 2, 0)
 
 
-def _train_positions(data: SeqData) -> tuple[np.ndarray, np.ndarray]:
-    """Global positions of every training item and their index within the user's sequence."""
+def _train_positions(data: SeqData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Global positions of every training item, their index within the user's
+    sequence, and their user."""
     lengths = _train_lengths(data)
     first_of_user = np.repeat(np.cumsum(lengths) - lengths, lengths)
     within = np.arange(lengths.sum()) - first_of_user
     starts = np.repeat(data.offsets[:-1], lengths)
-    return starts + within, within
+    return starts + within, within, np.repeat(np.arange(data.num_users), lengths)
 
 
 def _chunks(data: SeqData, length: int) -> Examples:
@@ -56,7 +58,7 @@ def _chunks(data: SeqData, length: int) -> Examples:
     index = np.arange(chunks.sum()) - np.repeat(np.cumsum(chunks) - chunks, chunks)
     counts = np.minimum(predicted[user] - index * length, length)
     ends = data.offsets[user] + index * length + counts  # one past each chunk's last history item
-    return Examples(_windows(data.items, ends, counts, length), _windows(data.items, ends + 1, counts, length))
+    return Examples(_windows(data.items, ends, counts, length), _windows(data.items, ends + 1, counts, length), user)
 
 
 def training_examples(data: SeqData, length: int,
@@ -71,24 +73,24 @@ def training_examples(data: SeqData, length: int,
     items, each its own target (BERT4Rec masks some and predicts them)."""
     if mode == "chunks":
         return _chunks(data, length)
-    positions, within = _train_positions(data)
+    positions, within, of_user = _train_positions(data)
     if mode == "prefixes":
         keep = within >= 1
         positions, counts = positions[keep], np.minimum(within[keep], length)
         history = _windows(data.items, positions, counts, length)
         targets = np.zeros_like(history)
         targets[np.arange(len(history)), counts - 1] = data.items[positions]
-        return Examples(history, targets)
+        return Examples(history, targets, of_user[keep])
     train_lengths = _train_lengths(data)
     if mode == "windows":
         users = np.flatnonzero(train_lengths >= 1)
         ends = data.offsets[users] + train_lengths[users]
         history = _windows(data.items, ends, np.minimum(train_lengths[users], length), length)
-        return Examples(history, history.copy())
+        return Examples(history, history.copy(), users)
     users = np.flatnonzero(train_lengths >= 2)
     last = data.offsets[users] + train_lengths[users] - 1  # global position of each user's last training item
     counts = np.minimum(train_lengths[users] - 1, length)
-    return Examples(_windows(data.items, last, counts, length), _windows(data.items, last + 1, counts, length))
+    return Examples(_windows(data.items, last, counts, length), _windows(data.items, last + 1, counts, length), users)
 
 
 HELD_OUT = {"train": 3, "valid": 2, "test": 1}
@@ -107,7 +109,7 @@ def evaluation_examples(data: SeqData, part: Literal["train", "valid", "test"], 
 
 def item_popularity(data: SeqData) -> np.ndarray:
     """[num_items + 1] interactions of each item in the training part."""
-    positions, _ = _train_positions(data)
+    positions, _, _ = _train_positions(data)
     return np.bincount(data.items[positions], minlength=data.num_items + 1)
 
 

@@ -35,6 +35,9 @@ class SeqRecConfig:
     (the SASRec paper's); False keeps only the latter (RecBole's SASRec)."""
     norm_first: bool = False
     """Pre-LN blocks; False is SASRec's original post-LN."""
+    query_residual: bool = False
+    """Pre-LN with the attention residual taken from the normalised input (the public
+    PyTorch SASRec's form)."""
     input_norm: bool = False
     """LayerNorm on the summed item and position embeddings (RecBole's SASRec)."""
     scale_embeddings: bool = True
@@ -144,7 +147,7 @@ class _Block(nn.Module):
 
         if c.norm_first:
             h = nn.LayerNorm()(x)
-            x = _at(x, at) + drop(attend(h))
+            x = _at(h if c.query_residual else x, at) + drop(attend(h))
             return x + drop(feed_forward(nn.LayerNorm()(x)))
         x = nn.LayerNorm()(_at(x, at) + drop(attend(x)))
         return nn.LayerNorm()(x + drop(feed_forward(x)))
@@ -206,12 +209,27 @@ class BERT4Rec(nn.Module):
         return _AttentionEncoder(self.config, causal=False, name="encoder")(history, item_table, deterministic, last_only)
 
 
-def mask_items(rng: jax.Array, history: jax.Array, rate: float, mask_id: int) -> tuple[jax.Array, jax.Array]:
-    """BERT4Rec's cloze task: each real item is replaced by ``mask_id`` with
-    probability ``rate``. Returns (masked history, targets: the original item
-    where masked, else 0)."""
-    chosen = jax.random.bernoulli(rng, rate, history.shape) & (history > 0)
-    return jnp.where(chosen, mask_id, history), jnp.where(chosen, history, 0)
+def mask_items(rng: jax.Array, history: jax.Array, rate: float, mask_id: int, num_items: int,
+               random_share: float = 0.0, keep_share: float = 0.0,
+               only_last: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """BERT4Rec's cloze task: each real item is chosen with probability
+    ``rate``; a chosen item becomes a random item with probability
+    ``random_share``, stays with ``keep_share``, and is otherwise replaced by
+    ``mask_id``. Rows where ``only_last`` [batch] is true have just their last
+    real item chosen, and masked. Returns (input history, targets: the
+    original item where chosen, else 0)."""
+    choose_rng, kind_rng, item_rng = jax.random.split(rng, 3)
+    real = history > 0
+    chosen = jax.random.bernoulli(choose_rng, rate, history.shape) & real
+    kind = jax.random.uniform(kind_rng, history.shape)
+    random_items = jax.random.randint(item_rng, history.shape, 1, num_items + 1)
+    replacement = jnp.where(kind < random_share, random_items,
+                            jnp.where(kind < random_share + keep_share, history, mask_id))
+    if only_last is not None:
+        last = (jnp.arange(history.shape[1])[None] == last_position(history)[:, None]) & real
+        chosen = jnp.where(only_last[:, None], last, chosen)
+        replacement = jnp.where(only_last[:, None], mask_id, replacement)
+    return jnp.where(chosen, replacement, history), jnp.where(chosen, history, 0)
 
 
 class GRU4Rec(nn.Module):

@@ -97,23 +97,31 @@ class Recommender(nn.Module):
             history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
         return self.backbone(history, self.input_table(items), last_only=True)[:, 0]
 
-    def alignment_loss(self, rng: jax.Array) -> jax.Array:
-        """RAT: soft-CLIP between adapted LLM vectors and the ID model's of a random set of items."""
-        chosen = jax.random.randint(rng, (self.spec.align_items,), 1, self.num_items + 1)
+    def alignment_loss(self, targets: jax.Array, rng: jax.Array) -> jax.Array:
+        """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
+        the items at the batch's target positions (at most ``align_items`` of
+        them, at randomly chosen positions; padding takes no part)."""
+        flat = targets.reshape(-1)
+        order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
+        chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
-        return soft_clip_loss(self.adapted_llm_items()[chosen], self.align_table.value[chosen], tau)
+        return soft_clip_loss(self.adapted_llm_items()[chosen], self.align_table.value[chosen], tau,
+                              self.spec.align_normalize, valid=chosen > 0)
 
 
 def make_objective(model: Recommender):
     """(init, loss) for the training engine. Batches: ``history`` [B, L] and
-    ``targets`` [B, L] int32 (0 = no target at that position)."""
+    ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
+    loss ``negatives`` [B, L, negatives] (drawn on the host, never the user's
+    items); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item)."""
     spec = model.spec
 
     def loss(variables, _objective_params, batch, rng):
-        dropout_rng, mask_rng, negative_rng, align_rng = jax.random.split(rng, 4)
+        dropout_rng, mask_rng, align_rng = jax.random.split(rng, 3)
         history, targets = batch["history"], batch["targets"]
         if spec.model == "bert4rec":
-            history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id)
+            history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id, model.num_items,
+                                          spec.mask_random, spec.mask_keep, batch.get("mask_last"))
         # prefixes: one target per row, at its last real position
         last_only = spec.examples == "prefixes"
         states, items = model.apply(variables, history, deterministic=False, last_only=last_only,
@@ -123,12 +131,12 @@ def make_objective(model: Recommender):
         if spec.loss == "softmax":
             next_item = full_softmax_loss(states, items, targets)
         else:
-            negatives = jax.random.randint(negative_rng, (*targets.shape, spec.negatives), 1, model.num_items + 1)
-            next_item = sampled_bce_loss(states, items, targets, negatives)
+            # prefixes keep one position per row; any of the row's negatives will do for it
+            next_item = sampled_bce_loss(states, items, targets, batch["negatives"][:, : targets.shape[1]])
         metrics = {"next_item_loss": next_item}
         total = next_item
         if model.align_dim:
-            align = model.apply(variables, align_rng, method=Recommender.alignment_loss)
+            align = model.apply(variables, targets, align_rng, method=Recommender.alignment_loss)
             metrics["align_loss"] = align
             total = total + spec.align_weight * align
         return total, metrics

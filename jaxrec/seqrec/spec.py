@@ -21,6 +21,9 @@ class RecommenderSpec:
     """Dropout after the feed-forward activation too (the SASRec paper's); false: only after its output (RecBole's)."""
     norm_first: bool = False
     """Pre-LN attention blocks; False is SASRec's post-LN."""
+    query_residual: bool = False
+    """With norm_first: the attention sublayer adds its output to its normalised input, as the
+    public PyTorch SASRec (and LLMEmb's and LLM-SRec's code built on it) does."""
     input_norm: bool = False
     """LayerNorm on item + position embeddings before the first block (RecBole's SASRec)."""
     scale_embeddings: bool = True
@@ -43,7 +46,9 @@ class RecommenderSpec:
     align_weight: float = 0.01
     align_tau: float = 2.0
     align_items: int = 256
-    """Items drawn per step for the alignment loss."""
+    """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch."""
+    align_normalize: bool = False
+    """L2-normalise both sides of the alignment loss (the authors' code aligns raw vectors)."""
 
     examples: Literal["prefixes", "sequences", "chunks"] = "prefixes"
     """prefixes: every training position is an example predicting its item from the ones before (RecBole);
@@ -53,9 +58,15 @@ class RecommenderSpec:
     loss: Literal["softmax", "bce"] = "softmax"
     """Full-softmax cross-entropy over the catalogue, or BCE against sampled negatives."""
     negatives: int = 1
-    """Sampled negatives per position for the BCE loss."""
-    mask_rate: float = 0.2
-    """BERT4Rec: share of history items masked for prediction."""
+    """Sampled negatives per position for the BCE loss, never among the user's items."""
+    mask_rate: float = 0.6
+    """BERT4Rec: share of history items chosen for prediction (LLMEmb's code: 0.6)."""
+    mask_random: float = 0.1
+    """BERT4Rec: share of the chosen items replaced by a random item instead of the mask."""
+    mask_keep: float = 0.1
+    """BERT4Rec: share of the chosen items left unchanged (still predicted)."""
+    mask_last_examples: bool = True
+    """BERT4Rec: also train on each window with only its last item masked (as it is read at test time)."""
 
     def __post_init__(self):
         for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
@@ -65,6 +76,10 @@ class RecommenderSpec:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if min(self.mask_random, self.mask_keep) < 0 or self.mask_random + self.mask_keep > 1:
+            raise ValueError(f"mask_random + mask_keep must be a share in [0, 1], got {self.mask_random} + {self.mask_keep}")
+        if self.query_residual and not self.norm_first:
+            raise ValueError("query_residual is a pre-LN variant: set norm_first: true")
         if self.items != "id" and self.embeddings is None:
             raise ValueError(f"items={self.items!r} needs embeddings: an encode run directory or .npy file")
         if self.align_to is not None and self.items == "id":
@@ -79,7 +94,8 @@ class EvalSpec:
     exclude_history: bool = False
     """Remove each user's earlier items from the full-ranking candidates (RecBole 1.2.1 does for general recommenders, not for sequential ones; LLM2Rec does not)."""
     sampled_negatives: int = 0
-    """Also rank the target against this many sampled negatives (LLMEmb: 100; 0: full ranking only)."""
+    """Also rank the target against this many sampled negatives, distinct and never among the
+    user's items (LLMEmb: 100, LLM-SRec: 99; 0: full ranking only)."""
     batch_size: int = 512
     """Users scored per batch."""
     popular_share: float = 0.2
@@ -87,7 +103,13 @@ class EvalSpec:
     cold_share: float | None = None
     """Also a 'cold' group: items in the bottom this share by training interactions
     (LLM-SRec's warm / cold split is popular_share 0.35 and cold_share 0.35)."""
+    tail_threshold: int | None = None
+    """Items with at most this many training interactions are 'tail', the others 'popular'
+    (LLMEmb's absolute threshold per dataset: Beauty 4, Fashion 4, Yelp 13); null: by popular_share."""
     popularity_bins: int = 5
+    """Item groups of equally many items, least popular first (when popularity_edges is null)."""
+    popularity_edges: list[int] | None = None
+    """Item groups by training interactions split at these counts (LLMEmb: [5, 10, 20, 40])."""
     history_bins: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
     """Upper edges of the user groups by number of earlier interactions."""
     shuffle: bool = True
@@ -105,3 +127,9 @@ class EvalSpec:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.batch_size < 1 or self.popularity_bins < 1 or self.sampled_negatives < 0:
             raise ValueError("batch_size and popularity_bins must be >= 1, sampled_negatives >= 0")
+        if self.tail_threshold is not None and self.tail_threshold < 0:
+            raise ValueError(f"tail_threshold must be >= 0, got {self.tail_threshold}")
+        for name in ("popularity_edges", "history_bins"):
+            edges = getattr(self, name)
+            if edges is not None and (not edges or min(edges) < 1 or sorted(set(edges)) != list(edges)):
+                raise ValueError(f"{name} must be increasing positive counts, got {edges}")

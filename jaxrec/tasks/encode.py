@@ -1,5 +1,6 @@
-"""Task ``encode``: embed every item title of a dataset with an LM (a base
-model, or the trained LM of a run through ``model.init_from``).
+"""Task ``encode``: embed every item of a dataset with an LM (a base model, or
+the trained LM of a run through ``model.init_from``), from its title or from
+LLMEmb's attribute prompt.
 
 Outputs: ``item_embeddings`` (float32 [items, hidden]; row i is the item
 ``item_ids[i]``), ``item_ids`` and ``summary``.
@@ -12,6 +13,7 @@ import time
 from typing import Literal
 
 from jaxrec.data.item_tables import read_items
+from jaxrec.data.text_examples import attribute_text, item_attributes
 from jaxrec.errors import DataError
 from jaxrec.runs import Run
 from jaxrec.tasks.specs import DataSpec, ModelSpec, Task, TaskConfig, require_positive
@@ -19,6 +21,11 @@ from jaxrec.tasks.specs import DataSpec, ModelSpec, Task, TaskConfig, require_po
 
 @dataclasses.dataclass
 class EncodeSpec:
+    text: Literal["title", "attributes"] = "title"
+    """What is embedded: the plain title (LLM2Rec), or the attribute prompt with every
+    attribute, the title first (LLMEmb: "The <domain> item has the following attributes: ...")."""
+    domain: str = "item"
+    """The <domain> of the attribute prompt."""
     pooling: Literal["mean", "last"] = "mean"
     mask: Literal["bidirectional", "causal"] = "bidirectional"
     batch_size: int = 64
@@ -55,10 +62,13 @@ def run(config: EncodeConfig, run: Run, log=print) -> dict:
     log(f"model: {lm} (loaded in {load_seconds:.1f} s)")
 
     spec = config.encode
-    log(f"encoding {len(items)} titles ({spec.mask}, {spec.pooling} pooling, "
-        + ("packed rows)" if spec.packed else f"batches of {spec.batch_size})"))
+    texts = items.titles
+    if spec.text == "attributes":
+        texts = [attribute_text(a, spec.domain) for a in item_attributes(items.titles, items.attributes)]
+    log(f"encoding {len(items)} {'titles' if spec.text == 'title' else 'attribute prompts'} ({spec.mask}, "
+        f"{spec.pooling} pooling, " + ("packed rows)" if spec.packed else f"batches of {spec.batch_size})"))
     start = time.perf_counter()
-    embeddings = lm.encode(items.titles, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size,
+    embeddings = lm.encode(texts, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size,
                            max_length=spec.max_length, packed=spec.packed, tokens_per_batch=spec.tokens_per_batch)
     encode_seconds = time.perf_counter() - start
 
@@ -74,9 +84,9 @@ def run(config: EncodeConfig, run: Run, log=print) -> dict:
         "load_seconds": round(load_seconds, 2),
         "encode_seconds": round(encode_seconds, 2),
     }
-    log(f"encoded {len(items)} titles in {encode_seconds:.1f} s -> {run.path / 'item_embeddings.npy'}")
+    log(f"encoded {len(items)} items in {encode_seconds:.1f} s -> {run.path / 'item_embeddings.npy'}")
     return summary
 
 
-TASK = Task("encode", EncodeConfig, run, "embed every item title with an LM (a base model, or a run's trained LM "
+TASK = Task("encode", EncodeConfig, run, "embed every item (title or attribute prompt) with an LM (a base model, or a run's trained LM "
             "through model.init_from); outputs item_embeddings.npy and item_ids.json")

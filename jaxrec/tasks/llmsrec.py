@@ -32,6 +32,7 @@ from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
 from jaxrec.runs import Run
+from jaxrec.eval.negatives import UserItems
 from jaxrec.seqrec.evaluate import batched, evaluate
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity
 from jaxrec.seqrec.spec import EvalSpec
@@ -69,6 +70,7 @@ class _Evaluator:
         self.prompts, self.config, self.num_items = prompts, config, data.num_items
         self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
+        self.user_items = UserItems((data.offsets, data.items), data.num_items)
         self.user_fn = jax.jit(model.user_vectors)
         self.item_fn = jax.jit(model.item_vectors)
 
@@ -80,7 +82,8 @@ class _Evaluator:
         history, targets, lengths = self.splits[part]
         users = lambda rows: batched(lambda h: self.user_fn(variables, self.prompts.users(h)), rows,
                                      batch_size=spec.batch_size, progress=f"{part}: user vectors")
-        return evaluate(users, items, history, targets, lengths, self.popularity, spec, self.config.seed, diagnostics)
+        return evaluate(users, items, history, targets, lengths, self.popularity, self.user_items, spec,
+                        self.config.seed, diagnostics)
 
 
 def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
@@ -113,7 +116,7 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
     batches = IndexBatches(
         len(users), config.batch.size,
-        lambda rows: {**prompts.users(history[rows]), "target": target[rows], "teacher": teacher_users[rows]},
+        lambda rows, _rng: {**prompts.users(history[rows]), "target": target[rows], "teacher": teacher_users[rows]},
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
     engine = session.engine(model, variables, make_objective(model, spec, data.num_items), TRAINABLE,

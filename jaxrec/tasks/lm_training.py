@@ -18,13 +18,14 @@ import numpy as np
 
 from jaxrec import runs
 from jaxrec.data.prep import SeqData
-from jaxrec.data.text_examples import attribute_text, attribute_view, csft_example, csft_targets, pad_batch
+from jaxrec.data.text_examples import (attribute_text, attribute_view, csft_example, csft_targets, item_attributes,
+                                      pad_batch)
 from jaxrec.data.batches import GrainBatches
 from jaxrec.errors import ConfigError
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.lm import LM
 from jaxrec.objectives import model_losses
-from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec
+from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec, ScftSpec
 from jaxrec.runs import Run
 from jaxrec.shapes import pack_sequences, pad_sequences
 from jaxrec.tasks.specs import LMTrainingConfig, Task
@@ -53,6 +54,7 @@ class ContrastiveConfig(LMTrainingConfig):
 @dataclasses.dataclass
 class ScftConfig(LMTrainingConfig):
     task: str = "scft"
+    scft: ScftSpec = dataclasses.field(default_factory=ScftSpec)
 
 
 def pad_id(lm: LM) -> int:
@@ -152,14 +154,17 @@ class Contrastive(_TitleObjective):
 
 
 class Scft(Objective):
-    """Two attribute-prompt views of each item, attributes dropped independently."""
+    """Two attribute-prompt views of each item, attributes shuffled and dropped
+    independently; drawn once per item (seeded by it) unless scft.views=per_epoch."""
 
     def __init__(self, config, lm, data, row_multiple=1):
         super().__init__(config, lm, data, row_multiple)
-        self.items = [{"title": t, **a} for t, a in zip(data.titles[1:], data.attributes[1:])]
+        self.items = item_attributes(data.titles[1:], data.attributes[1:])
         self.count = len(self.items)
 
     def example(self, index, rng):
+        if self.config.scft.views == "fixed":
+            rng = np.random.default_rng([self.config.seed, 3, index])
         return tuple(attribute_text(attribute_view(self.items[index], rng, self.spec.attribute_drop), self.spec.domain)
                      for _ in range(2))
 
@@ -172,7 +177,7 @@ class Scft(Objective):
         return batch
 
     def loss(self, model):
-        return model_losses.make_scft(model)
+        return model_losses.make_scft(model, self.config.scft)
 
 
 class Csft(Objective):

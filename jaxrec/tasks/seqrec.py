@@ -23,6 +23,7 @@ from jaxrec import runs
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
 from jaxrec.errors import ConfigError
+from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
@@ -50,11 +51,12 @@ def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     return table
 
 
-def _align_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
+def _align_items(config: SeqrecConfig, item_ids: list[str], seed: int) -> np.ndarray | None:
+    """The ID model's item vectors RAT aligns to: of the same seed when that run trained several."""
     location = config.recommender.align_to
     if location is None:
         return None
-    table = runs.item_table(location, item_ids)
+    table = runs.item_table(location, item_ids, seed)
     width = adapter_output_width(config.recommender)
     if table.shape[1] != width:
         raise ConfigError(f"recommender.align_to: its item vectors are {table.shape[1]}-wide but the adapter "
@@ -70,13 +72,17 @@ class _Setup:
         spec = self.spec = config.recommender
         self.config, self.data = config, data
         self.item_ids = [str(i) for i in data.item_ids]
-        self.llm_items, self.align_items = _llm_items(config, self.item_ids), _align_items(config, self.item_ids)
+        self.llm_items = _llm_items(config, self.item_ids)
         self.model = Recommender(
             spec, data.num_items, 0 if self.llm_items is None else self.llm_items.shape[1],
-            0 if self.align_items is None else self.align_items.shape[1],
+            0 if spec.align_to is None else adapter_output_width(spec),
         )
         bert = spec.model == "bert4rec"
         self.examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
+        # BERT4Rec: every window twice when half the examples mask only the last item
+        self.mask_last = (np.repeat([False, True], len(self.examples))
+                          if bert and spec.mask_last_examples else np.zeros(len(self.examples), bool))
+        self.user_items = UserItems((data.offsets, data.items), data.num_items)
         eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
         self.splits = {part: evaluation_examples(data, part, eval_length) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
@@ -88,7 +94,21 @@ class _Setup:
         history, targets, lengths = self.splits[part]
         eval_spec = self.config.evaluation
         users = lambda rows: batched(lambda h: self.user_fn(variables, h, items), rows, batch_size=eval_spec.batch_size)
-        return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, eval_spec, seed, diagnostics)
+        return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, self.user_items,
+                        eval_spec, seed, diagnostics)
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Training rows ``indices`` (of ``len(mask_last)``: the examples, twice for BERT4Rec's last-item copies)."""
+        rows = indices % len(self.examples)
+        batch = {"history": self.examples.history[rows], "targets": self.examples.targets[rows]}
+        if self.spec.model == "bert4rec":
+            batch["mask_last"] = self.mask_last[indices]
+        if self.spec.loss == "bce":
+            shape = batch["history"].shape
+            users = np.repeat(self.examples.users[rows], shape[1] * self.spec.negatives)
+            negatives = self.user_items.sample(rng, users, 1, distinct=False)
+            batch["negatives"] = negatives.reshape(*shape, self.spec.negatives).astype(np.int32)
+        return batch
 
 
 def _identity(config: SeqrecConfig, seed: int) -> dict:
@@ -98,18 +118,18 @@ def _identity(config: SeqrecConfig, seed: int) -> dict:
 
 def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=print) -> dict:
     """Train and test one seed in ``run.path / subdir``; its outputs are named ``subdir/<name>``."""
-    config, examples = setup.config, setup.examples
+    config = setup.config
     run_dir = run.path / subdir if subdir else run.path
     session = TrainingSession(config.mesh, config.optimizer, config.loop, seed)
-    variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, setup.align_items))
+    align_items = _align_items(config, setup.item_ids, seed)
+    variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, align_items))
     batches = IndexBatches(
-        len(examples), config.batch.size, lambda rows: {"history": examples.history[rows], "targets": examples.targets[rows]},
-        seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        len(setup.mask_last), config.batch.size, setup.batch, seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
     )
     engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)
     mesh = session.mesh
-    log(f"seed {seed}: {len(examples)} training examples ({batches.steps_per_epoch} steps per epoch), "
+    log(f"seed {seed}: {len(setup.mask_last)} training examples ({batches.steps_per_epoch} steps per epoch), "
         f"{trainable:,} trainable parameters, batches split over {mesh.size} {mesh.devices.flat[0].platform} device(s)")
 
     identity = _identity(config, seed)
