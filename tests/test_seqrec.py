@@ -24,7 +24,11 @@ def _init(model, history):
     return model.init(jax.random.key(0), history, TABLE)
 
 
-@pytest.mark.parametrize("model", [SASRec(CONFIG), SASRec(dataclasses.replace(CONFIG, norm_first=True)), GRU4Rec(CONFIG)])
+QUERY_RESIDUAL = dataclasses.replace(CONFIG, norm_first=True, query_residual=True)
+
+
+@pytest.mark.parametrize("model", [SASRec(CONFIG), SASRec(dataclasses.replace(CONFIG, norm_first=True)),
+                                   SASRec(QUERY_RESIDUAL), GRU4Rec(CONFIG)])
 def test_output_at_t_ignores_items_after_t(model):
     history = jnp.asarray([[3, 7, 1, 9, 4, 2, 0, 0]])
     params = _init(model, history)
@@ -38,7 +42,7 @@ def test_output_at_t_ignores_items_after_t(model):
 
 @pytest.mark.parametrize("model", [
     SASRec(CONFIG), SASRec(dataclasses.replace(CONFIG, norm_first=True)), BERT4Rec(CONFIG),
-    SASRec(dataclasses.replace(CONFIG, layers=1)), GRU4Rec(CONFIG),
+    SASRec(dataclasses.replace(CONFIG, layers=1)), SASRec(QUERY_RESIDUAL), BERT4Rec(QUERY_RESIDUAL), GRU4Rec(CONFIG),
 ])
 def test_last_only_equals_the_full_states_at_the_last_item(model):
     history = jnp.asarray([[3, 7, 1, 9, 4, 2, 0, 0], [5, 0, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])
@@ -255,3 +259,34 @@ def test_gelu_is_the_exact_erf_gelu():
     np.testing.assert_allclose(np.asarray(_gelu(x)), np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)
     np.testing.assert_allclose(np.asarray(jax.grad(lambda v: _gelu(v).sum())(x)),
                                np.asarray(jax.grad(lambda v: jax.nn.gelu(v, approximate=False).sum())(x)), atol=1e-5)
+
+
+def test_query_residual_block_matches_the_public_pytorch_sasrec():
+    """The pre-LN block of the public PyTorch SASRec (which LLMEmb's and
+    LLM-SRec's code build on), written out in torch, on a full-length history
+    (that code also lets real items attend to left padding; jaxrec never does)."""
+    torch = pytest.importorskip("torch")
+    config = SeqRecConfig(hidden=16, layers=2, heads=2, ffn=16, dropout=0.0, max_history=6, norm_first=True,
+                          query_residual=True, activation="relu", scale_embeddings=False)
+    model, history = SASRec(config), jnp.asarray([[4, 9, 1, 17, 3, 12]])
+    params = model.init(jax.random.key(3), history, TABLE)
+    p = jax.tree_util.tree_map(lambda a: torch.tensor(np.asarray(a), dtype=torch.float64), params)["params"]["encoder"]
+    norm = lambda x, q: torch.nn.functional.layer_norm(x, (16,), q["scale"], q["bias"], eps=1e-6)
+    dense = lambda x, q: x @ q["kernel"] + q["bias"]
+
+    seqs = torch.tensor(np.asarray(TABLE), dtype=torch.float64)[torch.tensor(np.asarray(history))] + p["positions"]["embedding"]
+    future = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
+    for i in range(2):
+        b = p[f"block_{i}"]
+        attention = torch.nn.MultiheadAttention(16, 2, batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            attention.in_proj_weight.copy_(b["_SelfAttention_0"]["qkv"]["kernel"].T)
+            attention.in_proj_bias.copy_(b["_SelfAttention_0"]["qkv"]["bias"])
+            attention.out_proj.weight.copy_(b["_SelfAttention_0"]["out"]["kernel"].T)
+            attention.out_proj.bias.copy_(b["_SelfAttention_0"]["out"]["bias"])
+        q = norm(seqs, b["LayerNorm_0"])                    # Q = attention_layernorm(seqs)
+        seqs = q + attention(q, seqs, seqs, attn_mask=future, need_weights=False)[0]  # Q + mha(Q, seqs, seqs)
+        seqs = norm(seqs, b["LayerNorm_1"])                 # forward_layernorm
+        seqs = seqs + dense(torch.relu(dense(seqs, b["Dense_0"])), b["Dense_1"])  # feed-forward, += inputs
+    expected = norm(seqs, p["final_norm"]).detach().numpy()
+    np.testing.assert_allclose(np.asarray(model.apply(params, history, TABLE)), expected, atol=1e-4)

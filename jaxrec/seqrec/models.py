@@ -36,8 +36,8 @@ class SeqRecConfig:
     norm_first: bool = False
     """Pre-LN blocks; False is SASRec's original post-LN."""
     query_residual: bool = False
-    """Pre-LN with the attention residual taken from the normalised input (the public
-    PyTorch SASRec's form)."""
+    """With norm_first, the public PyTorch SASRec's block: the attention's query and both
+    residuals come from the normalised states, keys and values from the raw ones."""
     input_norm: bool = False
     """LayerNorm on the summed item and position embeddings (RecBole's SASRec)."""
     scale_embeddings: bool = True
@@ -95,21 +95,23 @@ class _SelfAttention(nn.Module):
     dropout: float
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
+    def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None, kv: jax.Array | None = None):
         """``at`` [batch]: attend from that position of each row only (output
-        [batch, 1, hidden]); keys and values still cover every position."""
+        [batch, 1, hidden]); keys and values still cover every position.
+        ``kv``: keys and values from these states instead of ``x``."""
         batch, _, hidden = x.shape
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
         projection = _Projection(3 * hidden, name="qkv")
-        if at is None:
+        if at is None and kv is None:
             q, k, v = jnp.split(projection(x), 3, axis=-1)
         else:
             # keys and values at every position, the query only where it is read
             q = projection(_at(x, at), columns=(0, hidden))
-            k, v = jnp.split(projection(x, columns=(hidden, 3 * hidden)), 2, axis=-1)
-            mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
+            k, v = jnp.split(projection(x if kv is None else kv, columns=(hidden, 3 * hidden)), 2, axis=-1)
+            if at is not None:
+                mask = jnp.take_along_axis(mask, at[:, None, None, None], axis=2)
         q, k, v = (t.reshape(batch, -1, self.heads, head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
         scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(float(head_dim))
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
@@ -137,7 +139,7 @@ class _Block(nn.Module):
         """``at`` [batch]: compute the output at that position of each row only."""
         c = self.config
         attention = _SelfAttention(c.heads, c.dropout)
-        attend = lambda h: attention(h, mask, deterministic, at)
+        attend = lambda h, kv=None: attention(h, mask, deterministic, at, kv)
         act = _gelu if c.activation == "gelu" else nn.relu
         drop = lambda h: Dropout(c.dropout, deterministic)(h)
 
@@ -145,9 +147,15 @@ class _Block(nn.Module):
             h = act(_Dense(c.ffn or c.hidden)(h))
             return _Dense(c.hidden)(drop(h) if c.activation_dropout else h)
 
+        if c.norm_first and c.query_residual:
+            # the public PyTorch SASRec: queries and both residuals from the
+            # normalised states, keys and values from the raw ones
+            h = nn.LayerNorm()(x)
+            h = nn.LayerNorm()(_at(h, at) + drop(attend(h, kv=x)))
+            return h + drop(feed_forward(h))
         if c.norm_first:
             h = nn.LayerNorm()(x)
-            x = _at(h if c.query_residual else x, at) + drop(attend(h))
+            x = _at(x, at) + drop(attend(h))
             return x + drop(feed_forward(nn.LayerNorm()(x)))
         x = nn.LayerNorm()(_at(x, at) + drop(attend(x)))
         return nn.LayerNorm()(x + drop(feed_forward(x)))

@@ -22,8 +22,9 @@ class RecommenderSpec:
     norm_first: bool = False
     """Pre-LN attention blocks; False is SASRec's post-LN."""
     query_residual: bool = False
-    """With norm_first: the attention sublayer adds its output to its normalised input, as the
-    public PyTorch SASRec (and LLMEmb's and LLM-SRec's code built on it) does."""
+    """With norm_first, the block of the public PyTorch SASRec (which LLMEmb's and LLM-SRec's code
+    build on): the attention's query and both residuals come from the normalised states, its keys
+    and values from the raw ones."""
     input_norm: bool = False
     """LayerNorm on item + position embeddings before the first block (RecBole's SASRec)."""
     scale_embeddings: bool = True
