@@ -73,7 +73,7 @@ def test_bce_negatives_are_never_the_users_items():
     config.recommender.examples = "chunks"
     setup = _Setup(config, data)
     for step in range(30):
-        indices = np.arange(len(setup.mask_last))
+        indices = np.arange(setup.count)
         batch = setup.batch(indices, np.random.default_rng(step))
         assert batch["negatives"].shape == (*batch["history"].shape, 3)
         for user, negatives in zip(setup.examples.users[indices], batch["negatives"]):
@@ -88,7 +88,8 @@ def test_bert4rec_examples_come_twice_with_the_last_item_copies():
     config.recommender.model, config.recommender.examples, config.recommender.max_history = "bert4rec", "sequences", 4
     setup = _Setup(config, _toy_data())
     n = len(setup.examples)
-    assert len(setup.mask_last) == 2 * n and setup.mask_last[n:].all() and not setup.mask_last[:n].any()
+    mask_last = setup.batch(np.arange(setup.count), np.random.default_rng(0))["mask_last"]
+    assert len(mask_last) == 2 * n and mask_last[n:].all() and not mask_last[:n].any()
     batch = setup.batch(np.array([0, n]), np.random.default_rng(0))
     np.testing.assert_array_equal(batch["history"][0], batch["history"][1])
     assert batch["mask_last"].tolist() == [False, True]

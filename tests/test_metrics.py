@@ -47,7 +47,7 @@ def test_sampled_negatives_avoid_the_whole_sequence():
     from jaxrec.eval.negatives import UserItems
 
     sequences = [np.array([1, 2, 3, 9, 4]), np.array([5, 6]), np.array([7])]
-    user_items = UserItems(sequences, 10)
+    user_items = UserItems(np.cumsum([0, *map(len, sequences)]), np.concatenate(sequences), 10)
     negatives = user_items.sample(np.random.default_rng(0), np.arange(3), 5)
     for row, seen in zip(negatives, sequences):
         assert len(set(row)) == 5 and not set(row) & set(seen) and 0 not in row
@@ -73,7 +73,7 @@ def test_sampled_negatives_exclude_items_beyond_the_history_window():
 
     data = _toy_data()
     history, targets, _ = evaluation_examples(data, "valid", 3)
-    negatives = UserItems((data.offsets, data.items), data.num_items).sample(np.random.default_rng(0), np.arange(data.num_users), 3)
+    negatives = UserItems(data.offsets, data.items, data.num_items).sample(np.random.default_rng(0), np.arange(data.num_users), 3)
     for u in range(data.num_users):
         assert not set(negatives[u]) & set(data.sequence(u).tolist())
         assert targets[u] not in negatives[u]
@@ -124,7 +124,8 @@ def test_evaluate_full_sampled_and_shuffle_diagnostics():
         return items[np.minimum(last + 1, 5)] + 0.1 * items[1]
 
     spec = EvalSpec(ks=[1, 3], sampled_negatives=1, batch_size=2, popularity_bins=1)
-    user_items = UserItems([np.r_[row[row > 0], t] for row, t in zip(history, targets)], 5)
+    sequences = [np.r_[row[row > 0], t] for row, t in zip(history, targets)]
+    user_items = UserItems(np.cumsum([0, *map(len, sequences)]), np.concatenate(sequences), 5)
     result = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), user_items,
                       spec, seed=0)
     # ranks: user 0 points at 3 = its target (0); user 1 at 5, target 1 scores 0.1 (1);

@@ -21,14 +21,8 @@ class UserItems:
     """Each user's set of items, for membership tests and negative sampling.
     Item ids run 1..num_items (0 is padding and never drawn)."""
 
-    def __init__(self, sequences: list[np.ndarray] | tuple[np.ndarray, np.ndarray], num_items: int):
-        """``sequences``: one item array per user, or (offsets [users + 1],
-        items) as in ``SeqData``."""
-        if isinstance(sequences, tuple):
-            offsets, items = sequences
-        else:
-            offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
-            items = np.concatenate([np.asarray(s, np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
+    def __init__(self, offsets: np.ndarray, items: np.ndarray, num_items: int):
+        """User u's items are ``items[offsets[u]:offsets[u + 1]]`` (as in ``SeqData``)."""
         self.num_items, self.stride = num_items, num_items + 1
         users = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
         keys = np.unique(users * self.stride + np.asarray(items, np.int64))

@@ -121,7 +121,7 @@ def make_objective(model: Recommender):
         history, targets = batch["history"], batch["targets"]
         if spec.model == "bert4rec":
             history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id, model.num_items,
-                                          spec.mask_random, spec.mask_keep, batch.get("mask_last"))
+                                          spec.mask_random, spec.mask_keep, batch["mask_last"])
         # prefixes: one target per row, at its last real position
         last_only = spec.examples == "prefixes"
         states, items = model.apply(variables, history, deterministic=False, last_only=last_only,

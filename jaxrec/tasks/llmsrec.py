@@ -70,7 +70,7 @@ class _Evaluator:
         self.prompts, self.config, self.num_items = prompts, config, data.num_items
         self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
-        self.user_items = UserItems((data.offsets, data.items), data.num_items)
+        self.user_items = UserItems(data.offsets, data.items, data.num_items)
         self.user_fn = jax.jit(model.user_vectors)
         self.item_fn = jax.jit(model.item_vectors)
 

@@ -79,10 +79,9 @@ class _Setup:
         )
         bert = spec.model == "bert4rec"
         self.examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
-        # BERT4Rec: every window twice when half the examples mask only the last item
-        self.mask_last = (np.repeat([False, True], len(self.examples))
-                          if bert and spec.mask_last_examples else np.zeros(len(self.examples), bool))
-        self.user_items = UserItems((data.offsets, data.items), data.num_items)
+        # BERT4Rec: every window a second time, masking only its last item
+        self.count = len(self.examples) * (2 if bert and spec.mask_last_examples else 1)
+        self.user_items = UserItems(data.offsets, data.items, data.num_items)
         eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
         self.splits = {part: evaluation_examples(data, part, eval_length) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
@@ -98,15 +97,15 @@ class _Setup:
                         eval_spec, seed, diagnostics)
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Training rows ``indices`` (of ``len(mask_last)``: the examples, twice for BERT4Rec's last-item copies)."""
+        """Training rows ``indices`` of ``count`` (indices past the examples are BERT4Rec's last-item copies)."""
         rows = indices % len(self.examples)
         batch = {"history": self.examples.history[rows], "targets": self.examples.targets[rows]}
         if self.spec.model == "bert4rec":
-            batch["mask_last"] = self.mask_last[indices]
+            batch["mask_last"] = indices >= len(self.examples)
         if self.spec.loss == "bce":
             shape = batch["history"].shape
-            users = np.repeat(self.examples.users[rows], shape[1] * self.spec.negatives)
-            negatives = self.user_items.sample(rng, users, 1, distinct=False)
+            users = np.repeat(self.examples.users[rows], shape[1])  # one row of negatives per position
+            negatives = self.user_items.sample(rng, users, self.spec.negatives, distinct=False)
             batch["negatives"] = negatives.reshape(*shape, self.spec.negatives).astype(np.int32)
         return batch
 
@@ -124,12 +123,13 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     align_items = _align_items(config, setup.item_ids, seed)
     variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, align_items))
     batches = IndexBatches(
-        len(setup.mask_last), config.batch.size, setup.batch, seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        setup.count, config.batch.size, setup.batch, seed=seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
     )
     engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)
     mesh = session.mesh
-    log(f"seed {seed}: {len(setup.mask_last)} training examples ({batches.steps_per_epoch} steps per epoch), "
+    log(f"seed {seed}: {setup.count} training examples ({batches.steps_per_epoch} steps per epoch), "
         f"{trainable:,} trainable parameters, batches split over {mesh.size} {mesh.devices.flat[0].platform} device(s)")
 
     identity = _identity(config, seed)
