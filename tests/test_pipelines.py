@@ -124,6 +124,25 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     assert launch.main(args) == 0
     assert set(_actions(first).values()) == {"skip"} and _started(first) == started
 
+    # 2b. a run written before an option existed (now at its default), its input read from where the
+    # project was cloned before: both still current
+    csft = runs.read_manifest(first / "csft")
+    del csft["config"]["data"]["sample_items"]
+    csft["config_hash"] = runs.config_hash(csft["config"])
+    mntp = runs.read_manifest(first / "mntp")
+    mntp["inputs"]["model.init_from"]["run"] = "/elsewhere/csft"
+    for stage, manifest in (("csft", csft), ("mntp", mntp)):
+        (first / stage / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert launch.main(args + ["--dry-run"]) == 0
+    assert re.search(r"csft\s+csft\s+skip", (plan := capsys.readouterr().err)) and re.search(r"mntp\s+mntp\s+skip", plan)
+    csft["config"]["data"]["sample_items"] = 5  # a value the run did not have is a change
+    (first / "csft" / "manifest.json").write_text(json.dumps(csft))
+    assert launch.main(args + ["--dry-run"]) == 0
+    assert re.search(r"csft\s+csft\s+rerun\s+config changed: data.sample_items", capsys.readouterr().err)
+    del csft["config"]["data"]["sample_items"]
+    (first / "csft" / "manifest.json").write_text(json.dumps(csft))
+
     # 3. killed inside a stage, relaunched: that stage resumes, the results equal the uninterrupted run's
     second = tmp_path / "second"
     killed = subprocess.run([sys.executable, "-m", "tests.pipeline_kill_script", "mntp", "2", "--",

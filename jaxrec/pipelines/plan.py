@@ -76,6 +76,33 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _stored_config_as_now(stored: dict) -> dict | None:
+    """A run's stored config read by today's config classes: options added since
+    it ran take their defaults. None when it no longer reads (a key was removed)."""
+    from jaxrec.tasks import build_config
+
+    try:
+        return to_dict(build_config(stored))
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def _same_config(config_dict: dict, manifest: dict) -> bool:
+    if manifest.get("config_hash") == runs.config_hash(config_dict):
+        return True
+    # a run from before an option existed is still current when the option is at its default
+    stored = _stored_config_as_now(manifest.get("config") or {})
+    return stored is not None and runs.config_hash(stored) == runs.config_hash(config_dict)
+
+
+def _same_input(a: dict | None, b: dict | None) -> bool:
+    """Fingerprints name the same results: where the run directory lives (a moved
+    or cloned project) does not matter, its config and outputs do."""
+    if a is None or b is None:
+        return a is b
+    return {k: v for k, v in a.items() if k != "run"} == {k: v for k, v in b.items() if k != "run"}
+
+
 def _decide(config, run_dir: Path, upstream_moving: list[str]) -> tuple[str, str]:
     manifest = runs.read_manifest(run_dir)
     if upstream_moving:
@@ -83,14 +110,13 @@ def _decide(config, run_dir: Path, upstream_moving: list[str]) -> tuple[str, str
     if manifest is None:
         return "run", "no run yet"
     config_dict = to_dict(config)
-    if manifest.get("config_hash") != runs.config_hash(config_dict):
+    if not _same_config(config_dict, manifest):
         changed = _changed_keys(manifest.get("config") or {}, config_dict)
         return "rerun", "config changed: " + (", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
                                                if changed else "(hash differs)")
-    current = fingerprints(config)
-    if manifest.get("inputs", {}) != current:
-        changed = [f for f in sorted(set(current) | set(manifest.get("inputs", {})))
-                   if current.get(f) != manifest.get("inputs", {}).get(f)]
+    current, stored = fingerprints(config), manifest.get("inputs", {})
+    changed = [f for f in sorted(set(current) | set(stored)) if not _same_input(current.get(f), stored.get(f))]
+    if changed:
         return "rerun", "inputs changed: " + ", ".join(changed)
     if manifest.get("status") == "finished":
         missing = runs.missing_outputs(run_dir)
