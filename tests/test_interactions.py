@@ -164,6 +164,26 @@ def test_user_sampling_is_seeded_and_history_windows_cut_old_items(tmp_path):
     assert target == a.sequence(0)[-1]
 
 
+def test_item_sampling_keeps_each_kept_items_interactions_and_drops_users_left_too_short(tmp_path):
+    # user u<k> has the first k + 2 of the items a..h
+    rows = "".join(f"u{k}\t{i}\t{t}\n" for k in range(1, 7) for t, i in enumerate("abcdefgh"[:k + 2]))
+    directory = _write(tmp_path, rows, "".join(f"{i}\t{i.upper()}\n" for i in "abcdefgh"))
+    full = load_dataset(directory, PrepSpec(k_core=0), cache=False)
+    sampled = load_dataset(directory, PrepSpec(k_core=0, sample_items=4, seed=3), cache=False)
+    again = load_dataset(directory, PrepSpec(k_core=0, sample_items=4, seed=3), cache=False)
+    assert sampled.num_items <= 4 and list(sampled.item_ids) == list(again.item_ids)
+    kept = set(sampled.item_ids[1:])
+    for u, user in enumerate(full.user_ids):
+        own = [i for i in full.item_ids[full.sequence(u)] if i in kept]
+        if len(own) >= 3:  # a user with enough kept items stays, with exactly those, in order
+            row = list(sampled.user_ids).index(user)
+            assert list(sampled.item_ids[sampled.sequence(row)]) == own
+        else:
+            assert user not in sampled.user_ids
+    assert sampled.report["items_not_sampled"] == 4
+    assert sampled.report["users_too_short_after_item_sampling"] == full.num_users - sampled.num_users
+
+
 def test_duplicate_rows_are_dropped_and_missing_items_reported_as_missing(tmp_path):
     rows = "u1\ta\t1\nu1\tb\t2\nu1\ta\t1\nu1\tc\t3\nu1\tz\t4\nu1\ty\t5\nu1\tz\t6\n"
     items = "a\tA\nb\tB\nc\tC\nd\t\n"

@@ -43,6 +43,18 @@ def test_encode_task_writes_embeddings_and_id_map(tiny_run, capsys):
     assert "batch_size: 3" in (out / "config.yaml").read_text()
 
 
+def test_encode_only_the_items_left_after_data_filtering(tiny_run):
+    model_dir, data, config, out = tiny_run
+    # items 10 and 12 have the only interactions, so only they survive k_core: 1 with 3-item users
+    (data / "interactions.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(
+        f"u{u}\t{i}\t{t}\n" for u in range(2) for t, i in enumerate(["10", "12", "10"])))
+    assert launch.main(["--config", str(config), "--set", f"run_dir={out}", "--set", "encode.items=dataset",
+                        "--set", "data.k_core=1"]) == 0
+    assert json.loads((out / "item_ids.json").read_text()) == ["10", "12"]
+    expected = jaxrec.load_lm(model_dir).encode(["toy story", "space quest"], batch_size=3)
+    np.testing.assert_allclose(np.load(out / "item_embeddings.npy"), expected, atol=1e-6)
+
+
 def test_recbole_item_file_is_read(tiny_run):
     _, data, config, out = tiny_run
     (data / "items.tsv").unlink()

@@ -140,6 +140,7 @@ def test_llmemb_pipeline_end_to_end_with_its_long_tail_report(beauty_slice, tmp_
     for stage in ("sasrec_id", "llmemb"):
         settings += [f"stages.{stage}.loop.epochs=2", f"stages.{stage}.batch.size=16",
                      f"stages.{stage}.recommender.hidden=32", f"stages.{stage}.recommender.max_history=20",
+                     f"stages.{stage}.evaluation.seeds=[0, 1]",
                      # 60 users: few items have many interactions
                      f"stages.{stage}.evaluation.tail_threshold=0", f"stages.{stage}.evaluation.popularity_edges=[1, 2]"]
     assert launch.main(["--config", str(QUICK)] + [a for s in settings for a in ("--set", s)]) == 0

@@ -44,6 +44,10 @@ class PrepSpec:
     """Keep only users and items with at least this many interactions, repeatedly (0: off)."""
     sample_users: int | None = None
     """Keep a seeded random subset of this many users (after filtering)."""
+    sample_items: int | None = None
+    """Keep a seeded random subset of this many items with all their interactions (after filtering, before
+    sampling users); users left with too short a sequence are dropped. Unlike sampling users, this shrinks the
+    catalogue while each kept item keeps (almost) its popularity."""
     seed: int = 0
 
 
@@ -174,11 +178,13 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
     log = log.take(np.flatnonzero(k_core(log.users, log.items, spec.k_core)))
     report["interactions_removed_by_k_core"] = before - len(log)
 
-    users, counts = np.unique(log.users, return_counts=True)
-    short = users[counts < MIN_SEQUENCE]
-    report["users_with_under_3_interactions"] = int(len(short))
-    if len(short):
-        log = log.take(np.flatnonzero(~np.isin(log.users, short)))
+    log, report["users_with_under_3_interactions"] = _drop_short_users(log)
+    if spec.sample_items is not None and spec.sample_items < len(np.unique(log.items)):
+        items = np.unique(log.items)
+        chosen = np.random.default_rng(spec.seed).choice(items, spec.sample_items, replace=False)
+        report["items_not_sampled"] = len(items) - spec.sample_items
+        log = log.take(np.flatnonzero(np.isin(log.items, chosen)))
+        log, report["users_too_short_after_item_sampling"] = _drop_short_users(log)
     if spec.sample_users is not None and spec.sample_users < len(np.unique(log.users)):
         chosen = np.random.default_rng(spec.seed).choice(np.unique(log.users), spec.sample_users, replace=False)
         log = log.take(np.flatnonzero(np.isin(log.users, chosen)))
@@ -203,6 +209,15 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
         stats=_statistics(np.diff(offsets), items, len(item_ids)),
         report=report,
     )
+
+
+def _drop_short_users(log):
+    """The log without users who have fewer than MIN_SEQUENCE interactions, and how many were dropped."""
+    users, counts = np.unique(log.users, return_counts=True)
+    short = users[counts < MIN_SEQUENCE]
+    if len(short):
+        log = log.take(np.flatnonzero(~np.isin(log.users, short)))
+    return log, int(len(short))
 
 
 def _cache_key(files: tuple[Path, ...], spec: PrepSpec) -> str:

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from typing import Literal
 
-from jaxrec.data.item_tables import read_items
+from jaxrec.data.item_tables import ItemTable, read_items
 from jaxrec.data.text_examples import attribute_text, item_attributes
 from jaxrec.errors import DataError
 from jaxrec.runs import Run
@@ -35,9 +35,14 @@ class EncodeSpec:
     """Pack several titles into each row (attention stays within a title): compute follows the real tokens."""
     tokens_per_batch: int = 512
     """Tokens per call when packed."""
+    items: Literal["all", "dataset"] = "all"
+    """all: every item of the item file (the embeddings serve any filtering of the data); dataset: only the items
+    left after the data section's filtering and sampling (fewer to embed when data.sample_items is set)."""
 
     def __post_init__(self):
         require_positive(self, "batch_size", "max_length", "tokens_per_batch")
+        if self.items not in ("all", "dataset"):
+            raise ValueError(f"items must be 'all' or 'dataset', got {self.items!r}")
 
 
 @dataclasses.dataclass
@@ -48,8 +53,16 @@ class EncodeConfig(TaskConfig):
     encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
 
 
+def _items(config: EncodeConfig, log) -> ItemTable:
+    if config.encode.items == "all":
+        return read_items(config.data.name)
+    data = config.data.load(config.seed, log)
+    return ItemTable([str(i) for i in data.item_ids[1:]], data.titles[1:], data.attributes[1:],
+                     f"{config.data.name} (the {data.num_items} items left after filtering)")
+
+
 def run(config: EncodeConfig, run: Run, log=print) -> dict:
-    items = read_items(config.data.name)
+    items = _items(config, log)
     untitled = [item_id for item_id, title in zip(items.ids, items.titles) if not title]
     if untitled:
         raise DataError(f"{items.source}: {len(untitled)} item(s) have no title, e.g. ids {untitled[:5]}")

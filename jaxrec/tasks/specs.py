@@ -90,17 +90,23 @@ class DataSpec:
     k_core: int = 5
     """Keep the k-core of users and items (1: no filtering)."""
     sample_users: int | None = None
+    """Keep a seeded random subset of this many users (null: all)."""
+    sample_items: int | None = None
+    """Keep a seeded random subset of this many items, each with all its interactions (null: all); a smaller
+    catalogue whose items keep their popularity, for quick runs."""
 
     def __post_init__(self):
         if self.k_core < 1:
             raise ValueError(f"k_core must be >= 1 (1 keeps every user and item), got {self.k_core}")
-        if self.sample_users is not None and self.sample_users < 1:
-            raise ValueError(f"sample_users must be >= 1 or null, got {self.sample_users}")
+        for name in ("sample_users", "sample_items"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
 
     def prep(self, seed: int):
         from jaxrec.data.prep import PrepSpec
 
-        return PrepSpec(self.min_rating, self.k_core, self.sample_users, seed)
+        return PrepSpec(self.min_rating, self.k_core, self.sample_users, self.sample_items, seed=seed)
 
     def load(self, seed: int, log=print):
         """The preprocessed dataset; what was dropped and why is logged."""
