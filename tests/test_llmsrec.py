@@ -4,14 +4,15 @@ random decoder distilling a SASRec trained on the synthetic successor data."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from jaxrec import launch
-from jaxrec.llmsrec.model import sample_negatives
-from jaxrec.llmsrec.prompts import Prompts
+from jaxrec.data.prep import SeqData
+from jaxrec.llmsrec.prompts import InteractionDays, Prompts, date_text
 from jaxrec.llmsrec.teacher import _latest
 from jaxrec.train.checkpoint import Checkpointer
 from tests.test_seqrec_task import NUM_ITEMS, write_successor_dataset
@@ -44,14 +45,50 @@ def test_prompts_mark_each_history_item_and_end_with_the_output_token():
     assert len(prompts.titles[3]) == 8  # '"' + 7 characters: truncated to title_tokens
 
 
-def test_negatives_are_uniform_over_the_other_items():
-    target = np.array([1, 5, 9, 5] * 500, np.int32)
-    drawn = np.asarray(sample_negatives(jax.random.key(0), target, 6, 9))
-    assert drawn.min() >= 1 and drawn.max() <= 9
-    assert not np.any(drawn == target[:, None])
-    counts = np.bincount(drawn[target == 5].ravel(), minlength=10)[1:]
-    assert counts[4] == 0 and counts.sum() == 6000
-    np.testing.assert_allclose(np.delete(counts, 4) / 6000, 1 / 8, atol=0.02)
+def _toy_data(sequences: list[list[int]], days: list[list[int]], num_items: int) -> SeqData:
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    return SeqData(item_ids=np.array([""] + [f"i{i}" for i in range(1, num_items + 1)]),
+                   titles=[""] + [f"T{i}" for i in range(1, num_items + 1)], attributes=[{}] * (num_items + 1),
+                   user_ids=np.array([f"u{u}" for u in range(len(sequences))]), offsets=offsets,
+                   items=np.concatenate(sequences).astype(np.int32),
+                   timestamps=np.concatenate(days).astype(np.float64) * 86400 + 3600, stats={}, report={})
+
+
+def test_user_prompts_show_each_items_date_which_follows_the_item_when_shuffled():
+    data = _toy_data([[1, 2, 3, 2], [3, 1, 4]], [[100, 200, 300, 400], [5, 6, 7]], num_items=4)
+    days = InteractionDays(data)
+    history = np.array([[1, 2, 3], [3, 1, 0]])
+    np.testing.assert_array_equal(days(np.array([0, 1]), history), [[100, 400, 300], [5, 6, -1]])  # item 2: latest
+    np.testing.assert_array_equal(days(np.array([0]), history[:1, ::-1]), [[300, 400, 100]])
+    assert date_text(100) == "1970-04-11"
+    prompts = Prompts(_CharTokenizer(), data.titles, vocab_size=100, max_history=2, title_tokens=8,
+                      days=days.all_days())
+    ids, _ = prompts.user(history[0], days(np.array([0]), history[:1])[0])
+    chars = lambda text: _CharTokenizer()([text], add_special_tokens=False)["input_ids"][0]
+    expected = (chars('Item No.1, Time: 1971-02-05, "T2"') + [prompts.history_id]  # the latest two items
+                + chars(',Item No.2, Time: 1970-10-28, "T3"') + [prompts.history_id])
+    assert any(ids[i : i + len(expected)] == expected for i in range(len(ids)))
+    assert len(ids) <= prompts.user_length
+    with pytest.raises(ValueError, match="pass each history item's day"):
+        prompts.user(history[0])
+    with pytest.raises(ValueError, match="not one of its user's items"):
+        days(np.array([1]), np.array([[2]]))
+
+
+def test_training_negatives_are_distinct_and_never_among_the_users_training_items():
+    from jaxrec.tasks.llmsrec import _training_user_items
+
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.choice(np.arange(1, 13), size=n, replace=False)) for n in (10, 5, 3, 8)]
+    data = _toy_data(sequences, [list(range(len(s))) for s in sequences], num_items=12)
+    own = _training_user_items(data)
+    users = np.repeat(np.arange(4), 200)
+    drawn = own.sample(rng, users, 3)
+    for row, user in zip(drawn, users):
+        assert len(set(row.tolist())) == 3 and not set(row.tolist()) & set(sequences[user][:-2])
+    # the validation and test items are not training items: they may be drawn
+    held_out = {int(i) for i in sequences[0][-2:]}
+    assert held_out & set(drawn[users == 0].ravel().tolist())
 
 
 def test_latest_keeps_the_last_real_items():
@@ -84,7 +121,8 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
             "evaluation.batch_size=32"]
     assert launch.main([x for a in args for x in ("--set", a)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    test = summary["test"]
+    assert summary["seeds"] == [0] and summary["over_seeds"]["sampled"]["ndcg@10"]["mean"] >= 0
+    test = summary["per_seed"][0]["test"]
     assert test["users"] == 90 and {"full", "sampled", "shuffled", "by_popularity"} <= set(test)
     # the decoder's weights are random and titles carry no signal: only the
     # injected teacher vectors do, so it ranks far above chance (5/30)
@@ -98,6 +136,32 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
     assert set(trainable["model"]["params"]) == {"heads", "llm"}
     assert set(trainable["model"]["params"]["llm"]) == {"extra_embedding"}
     assert extra["identity"]["task"] == "llmsrec"
+
+
+def test_training_leaves_the_decoder_bitwise_unchanged_and_moves_only_the_added_rows(teacher_and_data, tiny_checkpoints):
+    from jaxrec.tasks import build_config
+    from jaxrec.tasks.llmsrec import build_training
+
+    teacher, data_dir, _ = teacher_and_data
+    directory, _ = tiny_checkpoints("llama-tied-gqa")
+    config = build_config({"task": "llmsrec", "model": {"name": str(directory)},
+                           "data": {"name": str(data_dir), "k_core": 1}, "batch": {"size": 16},
+                           "distill": {"teacher": str(teacher), "max_history": 6, "head_hidden": 16, "out_dim": 8},
+                           "optimizer": {"learning_rate": 0.01}})
+    quiet = lambda *_: None
+    training = build_training(config, config.data.load(config.seed, quiet), config.model.load(), quiet)
+    before = jax.tree.map(np.array, training.engine.variables()["params"])
+    for _, batch in zip(range(3), training.batches):
+        assert np.isfinite(float(training.engine.train_step(batch)["loss"]))
+    after = jax.tree.map(np.array, training.engine.variables()["params"])
+    frozen = lambda tree: {k: v for k, v in tree["llm"].items() if k != "extra_embedding"}
+    for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(frozen(before)), jax.tree.leaves(frozen(after))):
+        assert np.array_equal(old, new), f"decoder weight {jax.tree_util.keystr(path)} changed"
+    added_old, added_new = before["llm"]["extra_embedding"], after["llm"]["extra_embedding"]
+    assert added_old.shape[0] == 3  # [HistoryEmb], [UserOut], [ItemOut]: the only rows added to the vocabulary
+    # [UserOut] and [ItemOut] train; [HistoryEmb]'s row is always replaced by f_I of the item, so it gets no gradient
+    assert not np.allclose(added_old[1:], added_new[1:]) and np.array_equal(added_old[0], added_new[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["heads"]), jax.tree.leaves(after["heads"])))
 
 
 def test_a_teacher_that_is_not_a_finished_seqrec_run_is_refused(teacher_and_data, tmp_path):
@@ -144,3 +208,41 @@ def test_a_later_stage_gets_the_added_token_rows_of_an_llmsrec_run(teacher_and_d
     np.testing.assert_allclose(np.load(embed / "item_embeddings.npy"), by_hand.encode(titles, batch_size=8), atol=1e-5)
     manifest = json.loads((embed / "manifest.json").read_text())
     assert [r["task"] for r in manifest["chain"]] == ["llmsrec"]
+
+
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "llmsrec" / "quick_ml100k.yaml"
+
+
+def test_llmsrec_pipeline_with_both_ablations_and_the_diagnostics_report(tmp_path_factory, monkeypatch):
+    from tests.test_pipelines import GAMES, real_slice
+
+    monkeypatch.setenv("JAXREC_PROGRESS", "0")
+    data, model_dir = real_slice(GAMES, tmp_path_factory.mktemp("games-llmsrec"), 40)
+    run_dir = tmp_path_factory.mktemp("llmsrec-pipeline") / "run"
+    settings = [f"run_dir={run_dir}", f"model.name={model_dir}", f"data.name={data}", "data.sample_items=null",
+                "data.sample_users=null", "evaluation.sampled_negatives=20", "evaluation.batch_size=16",
+                "stages.teacher.loop.epochs=10", "stages.teacher.recommender.max_history=20"]
+    for stage in ("llmsrec", "without_distillation_and_uniformity", "without_uniformity"):
+        settings += [f"stages.{stage}.distill.head_hidden=32", f"stages.{stage}.distill.out_dim=16",
+                     f"stages.{stage}.batch.size=8", f"stages.{stage}.loop.epochs=2"]
+    assert launch.main(["--config", str(QUICK)] + [a for s in settings for a in ("--set", s)]) == 0
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["protocol"] == "sampled" and results["shuffle"]
+    assert [r["stage"] for r in results["rows"]] == ["teacher", "llmsrec", "without_distillation_and_uniformity",
+                                                      "without_uniformity"]
+    for row in results["rows"]:
+        assert set(row["metrics"]) == {"ndcg@10", "recall@10", "ndcg@20", "recall@20"}
+        assert all(0 <= row["shuffled"]["metrics"][m]["mean"] <= 1 for m in row["metrics"])
+        assert -1 <= row["shuffled"]["cosine"]["mean"] <= 1
+        assert {"popular", "cold"} <= set(row["groups"]["by_popularity"])  # warm / cold items
+    # the ablations train what they say: no distillation or uniformity term moves them
+    weights = {"llmsrec": (1.0, 1.0), "without_distillation_and_uniformity": (0.0, 0.0), "without_uniformity": (1.0, 0.0)}
+    for stage, (distillation, uniformity) in weights.items():
+        config = json.loads((run_dir / stage / "manifest.json").read_text())["config"]["distill"]
+        assert (config["distillation_weight"], config["uniformity_weight"]) == (distillation, uniformity)
+        assert config["teacher"] == str(run_dir / "teacher")
+    report = (run_dir / "results.md").read_text()
+    assert "### Shuffled test histories" in report and "| LLM-SRec | " in report and "cosine" in report
+    for png in ("metrics.png", "shuffle.png", "groups.png", "training_curves.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

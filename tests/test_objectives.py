@@ -106,18 +106,27 @@ def test_soft_clip_loss_leaves_out_invalid_rows():
     np.testing.assert_allclose(float(got), _soft_clip_numpy(x[valid], y[valid], 2.0), rtol=1e-5)
 
 
-def test_sequence_distillation_parts_match_numpy():
+def _kernel_mean(z):
+    """The authors' uniformity: the mean over ordered pairs of distinct rows of exp(-2 ||z_a - z_b||^2), no log."""
+    z = _normalize(z)
+    return np.mean([np.exp(-2 * np.sum((z[a] - z[b]) ** 2)) for a in range(len(z)) for b in range(len(z)) if a != b])
+
+
+@pytest.mark.parametrize("reduction, log_uniformity", [("mean", False), ("sum", True)])
+def test_sequence_distillation_parts_match_numpy(reduction, log_uniformity):
     user, teacher = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
     items = RNG.normal(size=(4, 5, 3))
     scores = np.einsum("bd,bnd->bn", user, items)
     retrieval = -np.mean(_log_softmax(scores, axis=1)[:, 0])
-    distillation = np.mean(np.sum((_normalize(user) - _normalize(teacher)) ** 2, axis=1))
-    z = _normalize(user)
-    pairs = [np.exp(-2 * np.sum((z[a] - z[b]) ** 2)) for a in range(4) for b in range(4) if a != b]
-    uniformity = np.log(np.mean(pairs))
-    total, parts = distill.sequence_distillation_loss(
-        jnp.asarray(user), jnp.asarray(items), jnp.asarray(teacher), distillation_weight=0.5, uniformity_weight=2.0
-    )
+    squared = (_normalize(user) - _normalize(teacher)) ** 2
+    # the authors' MSELoss: the mean over every element; "sum": per user over the dimensions
+    distillation = squared.mean() if reduction == "mean" else squared.sum(axis=1).mean()
+    kernel = (np.log if log_uniformity else (lambda x: x))
+    uniformity = kernel(_kernel_mean(user)) + kernel(_kernel_mean(teacher))  # user side and teacher side
+    weights = distill.DistillWeights(distillation=0.5, uniformity=2.0, reduction=reduction,
+                                     log_uniformity=log_uniformity)
+    total, parts = distill.sequence_distillation_loss(jnp.asarray(user), jnp.asarray(items), jnp.asarray(teacher),
+                                                      weights)
     np.testing.assert_allclose(float(parts["retrieval"]), retrieval, rtol=1e-5)
     np.testing.assert_allclose(float(parts["distillation"]), distillation, rtol=1e-5)
     np.testing.assert_allclose(float(parts["uniformity"]), uniformity, rtol=1e-5)

@@ -25,27 +25,33 @@ from jaxrec.objectives.distill import sequence_distillation_loss
 TRAINABLE = ("^params/heads/", "^params/llm/extra_embedding$")
 
 
+_ACTIVATIONS = {"leaky_relu": nn.leaky_relu, "gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu}
+
+
 class _MLP(nn.Module):
-    """Dense -> LayerNorm -> GELU -> Dense."""
+    """Dense -> LayerNorm -> activation -> Dense."""
 
     hidden: int
     out: int
+    activation: str
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.out)(nn.gelu(nn.LayerNorm()(nn.Dense(self.hidden)(x)), approximate=False))
+        return nn.Dense(self.out)(_ACTIVATIONS[self.activation](nn.LayerNorm()(nn.Dense(self.hidden)(x))))
 
 
 class DistillHeads(nn.Module):
     llm_dim: int
     head_hidden: int
     out_dim: int
+    activation: str = "leaky_relu"
+    teacher_activation: str = "gelu"
 
     def setup(self):
-        self.history = _MLP(self.llm_dim, self.llm_dim)
-        self.user = _MLP(self.head_hidden, self.out_dim)
-        self.item = _MLP(self.head_hidden, self.out_dim)
-        self.teacher = _MLP(self.out_dim, self.out_dim)
+        self.history = _MLP(self.llm_dim, self.llm_dim, self.activation)
+        self.user = _MLP(self.head_hidden, self.out_dim, self.activation)
+        self.item = _MLP(self.head_hidden, self.out_dim, self.activation)
+        self.teacher = _MLP(self.out_dim, self.out_dim, self.teacher_activation)
 
     def __call__(self, teacher_items, llm_states, teacher_users):
         """Every head once (for initialisation)."""
@@ -90,28 +96,18 @@ class Distiller:
         return self.head(variables, "item", self.states(variables, prompts))
 
 
-def sample_negatives(rng: jax.Array, target: jax.Array, count: int, num_items: int) -> jax.Array:
-    """[B, count] item ids drawn uniformly from 1..num_items without each row's target:
-    draw from 1..num_items - 1 and step over the target."""
-    drawn = jax.random.randint(rng, (len(target), count), 1, num_items)
-    return jnp.where(drawn >= target[:, None], drawn + 1, drawn)
-
-
-def make_objective(model: Distiller, spec: DistillSpec, num_items: int):
+def make_objective(model: Distiller, spec: DistillSpec):
     """(init, loss) for the training engine. Batches: the user prompt
     (``input_ids``, ``attention_mask``, ``history_items`` [B, L]), ``target``
-    [B] and ``teacher`` [B, teacher_dim], the frozen SASRec's user vector."""
+    [B], ``negatives`` [B, spec.negatives] (drawn on the host, never the
+    user's items) and ``teacher`` [B, teacher_dim], the frozen SASRec's user vector."""
+    weights = spec.weights()
 
-    def loss(variables, _objective_params, batch, rng):
-        target = batch["target"]
-        negatives = sample_negatives(rng, target, spec.negatives, num_items)
-        candidates = jnp.concatenate([target[:, None], negatives], axis=1)
+    def loss(variables, _objective_params, batch, _rng):
+        candidates = jnp.concatenate([batch["target"][:, None], batch["negatives"]], axis=1)
         user = model.user_vectors(variables, batch)
         items = model.item_vectors(variables, candidates.reshape(-1)).reshape(*candidates.shape, -1)
         teacher = model.head(variables, "teacher", batch["teacher"])
-        return sequence_distillation_loss(
-            user, items, teacher, retrieval_weight=spec.retrieval_weight,
-            distillation_weight=spec.distillation_weight, uniformity_weight=spec.uniformity_weight,
-        )
+        return sequence_distillation_loss(user, items, teacher, weights)
 
     return (lambda rng: {}), loss

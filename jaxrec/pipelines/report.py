@@ -13,10 +13,14 @@ The ``report`` section of a pipeline config::
       protocol: full               # or sampled (when the stages evaluate it)
       groups: [by_popularity, by_history_length]   # optional: per-group tables and chart
       hit_ratio: false             # true: call Recall@K HR@K (the same number with one target)
+      shuffle: false               # true: the shuffle diagnostics (stages tested with evaluation.shuffle)
 
-Written into the pipeline directory: ``results.json``, ``results.md``,
-``training_curves.png``, ``metrics.png`` and, with ``groups``, ``groups.png``
-(the first metric per group, each compared model side by side).
+Compared stages are seqrec or llmsrec stages. Written into the pipeline
+directory: ``results.json``, ``results.md``, ``training_curves.png``,
+``metrics.png``, with ``groups`` ``groups.png`` (the first metric per group,
+each compared model side by side) and with ``shuffle`` ``shuffle.png`` (the
+cosine between each user's vector from the original and from the shuffled
+history, and the relative drop of the first metric, per model).
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class ReportSpec:
     """Test-metric groups to tabulate: by_popularity (target item), by_history_length (user)."""
     hit_ratio: bool = False
     """Name Recall@K "HR@K" (with one target they are the same number)."""
+    shuffle: bool = False
+    """Tabulate the shuffle test: the metrics on randomly permuted test histories, their drop, and the cosine
+    between user vectors from the original and the shuffled histories."""
 
     def __post_init__(self):
         unknown = set(self.groups) - set(GROUP_KINDS)
@@ -60,6 +67,7 @@ class ReportSpec:
 
 GROUP_KINDS = {"by_popularity": "target item's training interactions", "by_history_length": "user's earlier interactions"}
 PROTOCOLS = ("full", "sampled")
+COMPARABLE_TASKS = ("seqrec", "llmsrec")
 
 
 def report_spec(pipeline) -> ReportSpec:
@@ -70,9 +78,9 @@ def report_spec(pipeline) -> ReportSpec:
     for entry in spec.compare:
         if entry.stage not in pipeline.stages:
             raise ConfigError(f"{pipeline.path}: report.compare: no stage {entry.stage!r}")
-        if pipeline.stages[entry.stage].task != "seqrec":
+        if pipeline.stages[entry.stage].task not in COMPARABLE_TASKS:
             raise ConfigError(f"{pipeline.path}: report.compare: stage {entry.stage} is a "
-                              f"{pipeline.stages[entry.stage].task} stage; compare seqrec stages")
+                              f"{pipeline.stages[entry.stage].task} stage; compare {' or '.join(COMPARABLE_TASKS)} stages")
     return spec
 
 
@@ -104,6 +112,16 @@ def _group_results(summary: dict, spec: ReportSpec) -> dict:
     return out
 
 
+def _shuffle_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
+    """The shuffled-history metrics (report protocol) and the original-vs-shuffled cosine, over seeds."""
+    tests = [r["test"] for r in summary["per_seed"]]
+    if not all(spec.protocol in t.get("shuffled", {}) for t in tests):
+        raise ConfigError(f"report.shuffle: stage {stage} was not tested on shuffled histories under the "
+                          f"{spec.protocol} protocol; set its evaluation.shuffle: true")
+    return {"metrics": {m: _over_seeds([t["shuffled"][spec.protocol][m] for t in tests]) for m in spec.metrics},
+            "cosine": _over_seeds([t["shuffled"]["cosine_to_original"] for t in tests])}
+
+
 def results(pipeline, spec: ReportSpec) -> dict:
     rows = []
     for entry in spec.compare:
@@ -118,8 +136,10 @@ def results(pipeline, spec: ReportSpec) -> dict:
                      "per_seed": [{"seed": r["seed"], **{m: r["test"][spec.protocol].get(m) for m in spec.metrics}}
                                   for r in summary["per_seed"]],
                      "groups": _group_results(summary, spec)})
+        if spec.shuffle:
+            rows[-1]["shuffled"] = _shuffle_results(summary, spec, entry.stage)
     return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows,
-            "groups": spec.groups, "hit_ratio": spec.hit_ratio}
+            "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle}
 
 
 def metric_name(metric: str, hit_ratio: bool = False) -> str:
@@ -152,6 +172,32 @@ def _group_tables(table: dict) -> list[str]:
     return lines
 
 
+def _drop(original: dict | None, shuffled: dict | None) -> float | None:
+    """Relative change (%) from the original to the shuffled histories' mean."""
+    if not original or not shuffled or not original["mean"]:
+        return None
+    return 100.0 * (shuffled["mean"] - original["mean"]) / original["mean"]
+
+
+def _shuffle_table(table: dict) -> list[str]:
+    if not table.get("shuffle"):
+        return []
+    rows, metrics = table["rows"], table["metrics"]
+    name = lambda m: metric_name(m, table.get("hit_ratio", False))
+    lines = ["", f"### Shuffled test histories ({_protocol_text(table['protocol'])})", "",
+             "Each test history randomly permuted (the same negatives); change is relative to the original "
+             "order; cosine: between a user's vector from the original and from the shuffled history.", "",
+             "| | " + " | ".join(f"{name(m)} shuffled | change" for m in metrics) + " | cosine |",
+             "|---|" + "---|---|" * len(metrics) + "---|"]
+    for row in rows:
+        cells = []
+        for m in metrics:
+            drop = _drop(row["metrics"][m], row["shuffled"]["metrics"][m])
+            cells += [_cell(row["shuffled"]["metrics"][m], len(row["seeds"])), "-" if drop is None else f"{drop:+.1f}%"]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {_cell(row['shuffled']['cosine'], len(row['seeds']))} |")
+    return lines
+
+
 def markdown(table: dict, stages: list[dict]) -> str:
     metrics = table["metrics"]
     seeds = max((len(r["seeds"]) for r in table["rows"]), default=1)
@@ -163,6 +209,7 @@ def markdown(table: dict, stages: list[dict]) -> str:
     for row in table["rows"]:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row["metrics"][m], len(row["seeds"])) for m in metrics)
                      + " |")
+    lines += _shuffle_table(table)
     lines += _group_tables(table)
     lines += ["", "Stages:", "", "| stage | task | this launch | seconds | run directory |", "|---|---|---|---|---|"]
     for stage in stages:
@@ -257,6 +304,32 @@ def groups_png(table: dict) -> bytes | None:
     return _png(figure)
 
 
+def shuffle_png(table: dict) -> bytes | None:
+    """Two panels, one bar per model: the original-vs-shuffled cosine of user
+    vectors, and the relative change of the first metric on shuffled histories."""
+    from matplotlib.figure import Figure
+
+    rows = table["rows"]
+    if not table.get("shuffle") or not rows:
+        return None
+    metric = table["metrics"][0]
+    figure = Figure(figsize=(4 + 1.2 * len(rows), 3.9), layout="constrained")
+    cosine_ax, drop_ax = figure.subplots(1, 2).ravel()
+    labels = [r["label"] for r in rows]
+    cosine = [r["shuffled"]["cosine"] for r in rows]
+    cosine_ax.bar(range(len(rows)), [c["mean"] for c in cosine], yerr=[c["std"] for c in cosine], capsize=3,
+                  color="tab:blue")
+    cosine_ax.set_ylabel("cosine, original vs shuffled history")
+    drops = [_drop(r["metrics"][metric], r["shuffled"]["metrics"][metric]) or 0.0 for r in rows]
+    drop_ax.bar(range(len(rows)), drops, color="tab:red")
+    drop_ax.axhline(0.0, color="black", lw=0.8)
+    drop_ax.set_ylabel(f"{metric_name(metric, table.get('hit_ratio', False))} change on shuffled histories (%)")
+    for ax in (cosine_ax, drop_ax):
+        ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=8)
+    figure.suptitle(table["title"])
+    return _png(figure)
+
+
 def write_report(pipeline, record: list[dict], log=print) -> dict | None:
     """Write the report if every compared stage has finished; returns the results.
     ``record``: each stage's name, task, status this launch, seconds and run directory."""
@@ -279,10 +352,11 @@ def write_report(pipeline, record: list[dict], log=print) -> dict | None:
         if figure is not None:
             write_bytes_atomic(out / "training_curves.png", figure)
         write_bytes_atomic(out / "metrics.png", metrics_png(table))
-        grouped = groups_png(table)
-        if grouped is not None:
-            write_bytes_atomic(out / "groups.png", grouped)
-        log(f"report: {out / 'results.md'}, results.json, metrics.png" + (", training_curves.png" if figure else "")
-            + (", groups.png" if grouped else ""))
+        written = ["results.json", "metrics.png"] + (["training_curves.png"] if figure else [])
+        for name, png in (("groups.png", groups_png(table)), ("shuffle.png", shuffle_png(table))):
+            if png is not None:
+                write_bytes_atomic(out / name, png)
+                written.append(name)
+        log(f"report: {out / 'results.md'}, " + ", ".join(written))
     return table
 

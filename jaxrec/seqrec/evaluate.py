@@ -143,6 +143,17 @@ def evaluate(
     return result
 
 
+def over_seeds(results: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of every overall test metric
+    (``results``: one ``{"test": evaluate(...)}`` per seed)."""
+    out = {}
+    for section in ("full", "sampled"):
+        if section in results[0]["test"]:
+            values = {k: [r["test"][section][k] for r in results] for k in results[0]["test"][section]}
+            out[section] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in values.items()}
+    return out
+
+
 def sampled(user_vectors, item_vectors, targets, negatives, spec: EvalSpec) -> dict[str, np.ndarray]:
     """Per-user metrics of each target ranked against its row of ``negatives``."""
     rank = lambda u, target, negative: sampled_ranks(u, item_vectors, target, negative)

@@ -3,8 +3,9 @@ decoder (LLM-SRec), then evaluate the decoder as a recommender.
 
 One training example per user: the prompt of its latest ``distill.max_history``
 training items before its last training item, which is the target; the
-teacher's user vector of the same history is precomputed once. Only the
-heads and the added tokens' embeddings train. Validation ranks every item
+teacher's user vector of the same history is precomputed once; each batch's
+retrieval negatives are drawn on the host, distinct and never among the
+user's training items. Only the heads and the added tokens' embeddings train. Validation ranks every item
 (``loop.monitor``); the best state is tested with ``evaluation``'s settings
 (LLM-SRec reports sampled 1 + 99 ranking and the shuffle diagnostics).
 
@@ -27,13 +28,13 @@ from jaxrec import runs
 from jaxrec.data.batches import IndexBatches
 from jaxrec.errors import ConfigError
 from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
-from jaxrec.llmsrec.prompts import EXTRA_TOKENS, Prompts
+from jaxrec.llmsrec.prompts import EXTRA_TOKENS, InteractionDays, Prompts
 from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
 from jaxrec.runs import Run
 from jaxrec.eval.negatives import UserItems
-from jaxrec.seqrec.evaluate import batched, evaluate
+from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity
 from jaxrec.seqrec.spec import EvalSpec
 from jaxrec.tasks.specs import ModelSpec, Task, TrainingConfig
@@ -64,10 +65,10 @@ def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_ite
 
 class _Evaluator:
     """Scores a split with the current variables: every item's vector once,
-    then each user's from its prompt."""
+    then each user's from its prompt (row u of a split is user u)."""
 
-    def __init__(self, model: Distiller, prompts: Prompts, data, config: LlmsrecConfig):
-        self.prompts, self.config, self.num_items = prompts, config, data.num_items
+    def __init__(self, model: Distiller, prompts: Prompts, days: InteractionDays | None, data, config: LlmsrecConfig):
+        self.prompts, self.days, self.config, self.num_items = prompts, days, config, data.num_items
         self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
         self.user_items = UserItems(data.offsets, data.items, data.num_items)
@@ -80,10 +81,65 @@ class _Evaluator:
                         batch_size=spec.batch_size, progress=f"{part}: item vectors")
         items[0] = 0.0
         history, targets, lengths = self.splits[part]
-        users = lambda rows: batched(lambda h: self.user_fn(variables, self.prompts.users(h)), rows,
-                                     batch_size=spec.batch_size, progress=f"{part}: user vectors")
+        rows = np.arange(len(history))
+        prompt = lambda h, u: self.prompts.users(h, None if self.days is None else self.days(u, h))
+        users = lambda histories: batched(lambda h, u: self.user_fn(variables, prompt(h, u)), histories, rows,
+                                          batch_size=spec.batch_size, progress=f"{part}: user vectors")
         return evaluate(users, items, history, targets, lengths, self.popularity, self.user_items, spec,
                         self.config.seed, diagnostics)
+
+
+@dataclasses.dataclass
+class _Training:
+    """Everything a run trains and tests with."""
+
+    model: Distiller
+    session: TrainingSession
+    engine: object
+    batches: IndexBatches
+    evaluator: _Evaluator
+    prompts: Prompts
+    teacher: Teacher
+
+
+def _training_user_items(data) -> UserItems:
+    """Each user's training items (all but the validation and test items): what
+    the authors' negatives avoid."""
+    lengths = np.maximum(np.diff(data.offsets) - 2, 0)
+    keep = np.arange(len(data.items)) < np.repeat(data.offsets[:-1] + lengths, np.diff(data.offsets))
+    return UserItems(np.concatenate([[0], np.cumsum(lengths)]), data.items[keep], data.num_items)
+
+
+def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
+    spec = config.distill
+    teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
+    days = InteractionDays(data) if spec.dates else None
+    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens,
+                      None if days is None else days.all_days())
+    history, target, _ = evaluation_examples(data, "train", max(spec.max_history, teacher.spec.max_history))
+    users = np.flatnonzero(history[:, 0] > 0)
+    history, target = history[users], target[users]
+    history_days = None if days is None else days(users, history)
+    teacher_users = teacher.user_vectors(history)
+    log(f"data: {data.num_users} users, {data.num_items} items; {len(users)} training users; "
+        f"prompts up to {prompts.user_length} (user) / {prompts.item_length} (item) tokens")
+
+    model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
+                      DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
+                                   spec.teacher_activation))
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
+    own_items = _training_user_items(data)
+
+    def collate(rows, rng):
+        return {**prompts.users(history[rows], None if history_days is None else history_days[rows]),
+                "target": target[rows], "teacher": teacher_users[rows],
+                "negatives": own_items.sample(rng, users[rows], spec.negatives).astype(np.int32)}
+
+    batches = IndexBatches(len(users), config.batch.size, collate, seed=config.seed,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    engine = session.engine(model, variables, make_objective(model, spec), TRAINABLE, batches.steps_per_epoch)
+    return _Training(model, session, engine, batches, _Evaluator(model, prompts, days, data, config), prompts, teacher)
 
 
 def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
@@ -92,47 +148,27 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
         raise ConfigError("distill.teacher is not set: train an ID SASRec with the seqrec task first and point "
                           "distill.teacher at its run directory")
     data = config.data.load(config.seed, log)
-    item_ids = [str(i) for i in data.item_ids]
-    teacher = Teacher(spec.teacher, item_ids)
     lm = config.model.load()
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     if lm.config.extra_tokens not in (0, EXTRA_TOKENS):
         raise ConfigError(f"{lm.source} already has {lm.config.extra_tokens} added tokens; LLM-SRec adds {EXTRA_TOKENS}")
     run.set_model(lm)
-    log(f"model: {lm}; teacher: {teacher.source}")
-
-    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens)
-    history, target, _ = evaluation_examples(data, "train", max(spec.max_history, teacher.spec.max_history))
-    users = np.flatnonzero(history[:, 0] > 0)
-    history, target = history[users], target[users]
-    teacher_users = teacher.user_vectors(history)
-    log(f"data: {data.num_users} users, {data.num_items} items; {len(users)} training users; "
-        f"prompts up to {prompts.user_length} (user) / {prompts.item_length} (item) tokens")
-
-    model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
-                      DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim))
-    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
-    variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
-    batches = IndexBatches(
-        len(users), config.batch.size,
-        lambda rows, _rng: {**prompts.users(history[rows]), "target": target[rows], "teacher": teacher_users[rows]},
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-    )
-    engine = session.engine(model, variables, make_objective(model, spec, data.num_items), TRAINABLE,
-                            batches.steps_per_epoch)
+    training = build_training(config, data, lm, log)
+    engine = training.engine
+    log(f"model: {lm}; teacher: {training.teacher.source}")
     trainable = trainable_count(engine)
     log(f"trainable: {trainable:,} parameters (heads and {EXTRA_TOKENS} added token embeddings)")
 
-    identity = {**lm.identity(), "task": "llmsrec", "teacher": teacher.source, "distill": dataclasses.asdict(spec)}
-    evaluator = _Evaluator(model, prompts, data, config)
-    validate = lambda: evaluator(engine.variables(), "valid", diagnostics=False)["full"]
-    fitted = session.fit(engine, batches, run.path, identity, validate=validate, log=log,
-                         count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
+    identity = {**lm.identity(), "task": "llmsrec", "teacher": training.teacher.source,
+                "distill": dataclasses.asdict(spec)}
+    validate = lambda: training.evaluator(engine.variables(), "valid", diagnostics=False)["full"]
+    fitted = training.session.fit(engine, training.batches, run.path, identity, validate=validate, log=log,
+                                  count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
     if fitted.best_step is not None:
         log(f"testing the best validation state (step {fitted.best_step})")
     start = time.perf_counter()
-    test = evaluator(engine.variables(), "test", diagnostics=True)
+    test = training.evaluator(engine.variables(), "test", diagnostics=True)
     test["seconds"] = round(time.perf_counter() - start, 2)
     trained = gather(engine.state.trainable["model"]["params"])
     run.save_arrays("heads", "heads.safetensors", trained["heads"], spec=dataclasses.asdict(spec))
@@ -142,7 +178,9 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     for section in ("full", "sampled"):
         if section in test:
             log(f"test ({section}): " + "  ".join(f"{k} {v:.4f}" for k, v in test[section].items()))
-    return {"task": "llmsrec", "training": fitted.summary, "trainable_parameters": trainable, "test": test}
+    per_seed = [{"seed": config.seed, "training": fitted.summary, "test": test}]
+    return {"task": "llmsrec", "trainable_parameters": trainable, "seeds": [config.seed], "per_seed": per_seed,
+            "over_seeds": over_seeds(per_seed)}
 
 
 TASK = Task("llmsrec", LlmsrecConfig, run, "distil a seqrec SASRec's user vectors into a frozen LM through heads "

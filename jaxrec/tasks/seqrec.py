@@ -25,7 +25,7 @@ from jaxrec.data.prep import SeqData
 from jaxrec.errors import ConfigError
 from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
-from jaxrec.seqrec.evaluate import batched, evaluate
+from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
 from jaxrec.seqrec.item_vectors import pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
@@ -159,16 +159,6 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     return result
 
 
-def _mean_std(results: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of every overall test metric."""
-    out = {}
-    for section in ("full", "sampled"):
-        if section in results[0]["test"]:
-            values = {k: [r["test"][section][k] for r in results] for k in results[0]["test"][section]}
-            out[section] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in values.items()}
-    return out
-
-
 def run(config: SeqrecConfig, run: Run, log=print) -> dict:
     data = config.data.load(config.seed, log)
     seeds = config.evaluation.seeds or [config.seed]
@@ -177,7 +167,7 @@ def run(config: SeqrecConfig, run: Run, log=print) -> dict:
     for seed in seeds:
         results.append(train_and_test(setup, seed, run, f"seed-{seed}" if len(seeds) > 1 else "", log))
     summary = {"task": "seqrec", "model": config.recommender.model, "items": config.recommender.items,
-               "seeds": seeds, "per_seed": results, "over_seeds": _mean_std(results)}
+               "seeds": seeds, "per_seed": results, "over_seeds": over_seeds(results)}
     for section, metrics in summary["over_seeds"].items():
         log(f"test ({section}, {len(seeds)} seed(s)): " + "  ".join(
             f"{name} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(seeds) > 1 else "") for name, v in metrics.items()))
