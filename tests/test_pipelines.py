@@ -130,7 +130,7 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     del csft["config"]["data"]["sample_items"]
     csft["config_hash"] = runs.config_hash(csft["config"])
     mntp = runs.read_manifest(first / "mntp")
-    mntp["inputs"]["model.init_from"]["run"] = "/elsewhere/csft"
+    mntp["inputs"]["model.init_from"].update(run="/elsewhere/csft", config_hash=csft["config_hash"])
     for stage, manifest in (("csft", csft), ("mntp", mntp)):
         (first / stage / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
