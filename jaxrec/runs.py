@@ -335,12 +335,15 @@ def trained_recommender(location: str | Path, role: str = "the directory") -> Tr
 # -- trained language models -------------------------------------------------
 
 
-def save_lm(run: Run, trained: dict, mode: str, lora: LoraSpec | None = None, extra_tokens: int = 0) -> None:
+def save_lm(run: Run, trained: dict, mode: str, lora: LoraSpec | None = None, extra_tokens: int = 0,
+            token_names: list[str] | None = None) -> None:
     """Write what an LM task trained (``lora/...`` factors, full ``params/...``
     or chosen subtrees such as ``params/extra_embedding``) as the run's ``lm``
-    output, with what a reader needs to apply it: the mode, the LoRA scaling
-    and the number of added tokens."""
+    output, with what a reader needs to apply it: the mode, the LoRA scaling,
+    the number of added tokens and, from the run that added them, their names."""
     meta = {"kind": mode, "extra_tokens": int(extra_tokens)}
+    if token_names:
+        meta["token_names"] = list(token_names)
     if lora is not None:
         meta["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets}
     run.save_arrays("lm", LM_FILE, trained, **meta)

@@ -209,6 +209,22 @@ def test_a_later_stage_gets_the_added_token_rows_of_an_llmsrec_run(teacher_and_d
     manifest = json.loads((embed / "manifest.json").read_text())
     assert [r["task"] for r in manifest["chain"]] == ["llmsrec"]
 
+    # exported for PyTorch, the added tokens are vocabulary rows with their names
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jaxrec import export
+
+    exported = tmp / "distill-exported"
+    assert export.main(["--run", str(out), "--to", str(exported)]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(str(exported))
+    vocab = base.config.vocab_size
+    assert tokenizer.convert_tokens_to_ids(["[HistoryEmb]", "[UserOut]", "[ItemOut]"]) == [vocab, vocab + 1, vocab + 2]
+    model = AutoModelForCausalLM.from_pretrained(str(exported)).eval()
+    with torch.no_grad():
+        states = model(torch.as_tensor(ids), output_hidden_states=True).hidden_states[-1].numpy()
+    np.testing.assert_allclose(states, np.asarray(by_hand.hidden_states(ids)), atol=1e-4)
+
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "llmsrec" / "quick_ml100k.yaml"
 

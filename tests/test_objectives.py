@@ -157,16 +157,3 @@ def test_mntp_selected_positions_give_the_full_loss():
     np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
     assert int(part_count) == int(count) == label_mask.sum()
     assert mntp.selection_budget(16, 0.2) < 16 and mntp.selection_budget(4, 0.2) == 4
-
-
-def test_llmsrec_prompts():
-    from jaxrec.data.text_examples import llmsrec_item_prompt, llmsrec_user_prompt
-
-    titles = [f"T{i}" for i in range(12)]
-    prompt = llmsrec_user_prompt(titles, [86400.0 * i for i in range(12)], max_items=10)
-    assert prompt.startswith('This user has made a series of purchases in the following order: Item No.1, Time: 1970-01-03, "T2"[HistoryEmb], Item No.2')
-    assert prompt.count("[HistoryEmb]") == 10 and '"T11"[HistoryEmb]. Based on this sequence' in prompt
-    assert prompt.endswith("generate user representation token:[UserOut]")
-    assert llmsrec_item_prompt("Toy Story") == (
-        'The item title and item embedding are as follows: "Toy Story"[HistoryEmb], then generate item representation token:[ItemOut]'
-    )

@@ -3,8 +3,6 @@ user sequences (a first version; the data layer's builders will extend it)."""
 
 from __future__ import annotations
 
-import datetime
-
 import numpy as np
 
 from jaxrec.shapes import bucket_length, pad_sequences
@@ -59,30 +57,3 @@ def csft_example(tokenizer, history: list[str], target: str, max_length: int) ->
     history_ids = history_ids[len(history_ids) - room :] if room else []
     ids = (history_ids + target_ids)[-max_length:]
     return ids, ([0] * len(history_ids) + [1] * len(target_ids))[-max_length:]
-
-
-# LLM-SRec prompts. [HistoryEmb] marks where the teacher's item embedding
-# (through f_I) replaces the token embedding; the state at [UserOut] /
-# [ItemOut] is the user / item representation.
-HISTORY_EMB, USER_OUT, ITEM_OUT = "[HistoryEmb]", "[UserOut]", "[ItemOut]"
-
-
-def _date(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(float(timestamp), datetime.timezone.utc).strftime("%Y-%m-%d")
-
-
-def llmsrec_user_prompt(titles: list[str], timestamps: list[float], max_items: int = 10) -> str:
-    """The user prompt over the ``max_items`` most recent items, numbered from 1."""
-    titles, timestamps = titles[-max_items:], timestamps[-max_items:]
-    items = ", ".join(
-        f'Item No.{n}, Time: {_date(when)}, "{title}"{HISTORY_EMB}'
-        for n, (title, when) in enumerate(zip(titles, timestamps), start=1)
-    )
-    return (
-        f"This user has made a series of purchases in the following order: {items}. "
-        f"Based on this sequence of purchases, generate user representation token:{USER_OUT}"
-    )
-
-
-def llmsrec_item_prompt(title: str) -> str:
-    return f'The item title and item embedding are as follows: "{title}"{HISTORY_EMB}, then generate item representation token:{ITEM_OUT}'

@@ -23,7 +23,8 @@ import numpy as np
 
 from jaxrec.data.prep import SeqData
 
-EXTRA_TOKENS = 3
+TOKEN_NAMES = ["[HistoryEmb]", "[UserOut]", "[ItemOut]"]
+EXTRA_TOKENS = len(TOKEN_NAMES)
 HISTORY, USER_OUT, ITEM_OUT = range(EXTRA_TOKENS)
 
 USER_START = "This user has made a series of purchases in the following order: "

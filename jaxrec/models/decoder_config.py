@@ -206,3 +206,47 @@ def load_hf_config(model_dir: str | Path, **runtime) -> DecoderConfig:
     except json.JSONDecodeError as err:
         raise UnsupportedConfigError(f"{path} is not valid JSON: {err}") from None
     return config_from_hf_dict(hf, source=str(path), **runtime)
+
+
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
+    """An HF ``config.json`` for ``config``; :func:`config_from_hf_dict` reads it
+    back to the same config. Added tokens become ordinary vocabulary rows. The
+    rope settings are written both as transformers 5.x ``rope_parameters`` and
+    as 4.x top-level fields, so either version loads the file."""
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling is not None:
+        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta, **dataclasses.asdict(config.rope_scaling)}
+    hf = {
+        "architectures": [_ARCHITECTURES[config.model_type]],
+        "model_type": config.model_type,
+        "vocab_size": config.vocab_size + config.extra_tokens,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": rope,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None if config.rope_scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"},
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "max_position_embeddings": config.max_position_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "attention_dropout": 0.0,
+        "torch_dtype": config.param_dtype,
+    }
+    if config.model_type == "llama":
+        if config.qkv_bias != config.o_bias:
+            raise UnsupportedConfigError("a LLaMA config has one attention_bias for q, k, v and o; "
+                                         f"this one has qkv_bias={config.qkv_bias}, o_bias={config.o_bias}")
+        hf.update(attention_bias=config.qkv_bias, mlp_bias=False)
+    else:
+        hf.update(use_sliding_window=False)
+    return hf

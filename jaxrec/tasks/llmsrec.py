@@ -28,7 +28,7 @@ from jaxrec import runs
 from jaxrec.data.batches import IndexBatches
 from jaxrec.errors import ConfigError
 from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
-from jaxrec.llmsrec.prompts import EXTRA_TOKENS, InteractionDays, Prompts
+from jaxrec.llmsrec.prompts import EXTRA_TOKENS, TOKEN_NAMES, InteractionDays, Prompts
 from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
@@ -173,7 +173,7 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     trained = gather(engine.state.trainable["model"]["params"])
     run.save_arrays("heads", "heads.safetensors", trained["heads"], spec=dataclasses.asdict(spec))
     runs.save_lm(run, {"params": {"extra_embedding": trained["llm"]["extra_embedding"]}}, "subtrees",
-                 extra_tokens=EXTRA_TOKENS)
+                 extra_tokens=EXTRA_TOKENS, token_names=TOKEN_NAMES)
     run.save_json("test_metrics", "test_metrics.json", test)
     for section in ("full", "sampled"):
         if section in test:

@@ -1,0 +1,171 @@
+"""``python -m jaxrec.export``: a run's trained language model back to the PyTorch world.
+
+- ``--merge-lora`` (the default): an HF model directory that ``transformers``
+  loads with ``AutoModelForCausalLM.from_pretrained``: ``config.json`` (which
+  jaxrec's reader reads back to the same decoder config), ``model.safetensors``
+  through the inverse of the conversion table with every LoRA merged, and the
+  tokenizer files (a GGUF-derived tokenizer saved as an HF fast tokenizer).
+  Tokens a run added (LLM-SRec's) become ordinary vocabulary rows and
+  tokenizer entries. Tied embeddings are written without an ``lm_head``.
+- ``--peft``: a PEFT LoRA adapter (``adapter_config.json`` +
+  ``adapter_model.safetensors``) for the run's base, an HF model directory,
+  which ``peft.PeftModel.from_pretrained`` loads on top of it.
+
+The output directory is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from jaxrec import runs
+from jaxrec.errors import ConfigError, RunError
+from jaxrec.io import atomic_dir
+from jaxrec.models.convert import params_to_hf, rules_for
+from jaxrec.models.decoder_config import config_to_hf
+
+FILLER_TOKEN = "<|jaxrec_unused_{}|>"
+"""Names for the unused ids between a tokenizer's last token and the model's vocabulary size (padded vocabularies),
+so that added tokens keep their ids."""
+
+
+def _with_added_rows(lm):
+    """(config, params) with the added token rows appended to the vocabulary;
+    an untied output head gets zero rows for them (they were input-only)."""
+    config, params = lm.config, dict(lm.params)
+    extra = config.extra_tokens
+    if not extra:
+        return config, params
+    params["embed"] = {"embedding": np.concatenate([np.asarray(params["embed"]["embedding"]),
+                                                    np.asarray(params.pop("extra_embedding"))])}
+    if not config.tie_word_embeddings:
+        kernel = np.asarray(params["lm_head"]["kernel"])
+        params["lm_head"] = {"kernel": np.concatenate([kernel, np.zeros((kernel.shape[0], extra), kernel.dtype)], 1)}
+    return config.replace(vocab_size=config.vocab_size + extra, extra_tokens=0), params
+
+
+def _tokenizer_with(tokenizer, vocab_size: int, added: list[str]):
+    """A copy of ``tokenizer`` whose ``added`` tokens get the ids from ``vocab_size`` on."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if added:
+        fillers = [FILLER_TOKEN.format(i) for i in range(vocab_size - len(tokenizer))]
+        if len(tokenizer) > vocab_size:
+            raise RunError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's {vocab_size} rows; "
+                           "its added tokens cannot keep their ids")
+        tokenizer.add_tokens(fillers + added, special_tokens=True)
+        ids = tokenizer.convert_tokens_to_ids(added)
+        if ids != list(range(vocab_size, vocab_size + len(added))):
+            raise RunError(f"the added tokens {added} got ids {ids}, not {vocab_size}.. as the model has them")
+    return tokenizer
+
+
+def save_hf_model(lm, out: str | Path, added_tokens: list[str] | None = None) -> Path:
+    """``lm`` as an HF model directory at ``out``; ``added_tokens`` names the
+    rows it added (default ``<|jaxrec_added_i|>``)."""
+    config, params = _with_added_rows(lm)
+    added = added_tokens or [f"<|jaxrec_added_{i}|>" for i in range(lm.config.extra_tokens)]
+    if len(added) != lm.config.extra_tokens:
+        raise ValueError(f"{len(added)} names for {lm.config.extra_tokens} added tokens")
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+        save_file(dict(params_to_hf(config, params)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if lm.tokenizer is not None:
+            _tokenizer_with(lm.tokenizer, lm.config.vocab_size, added).save_pretrained(str(tmp))
+    return Path(out)
+
+
+def _hf_modules(config) -> dict[tuple[str, ...], str]:
+    """Flax path of each projection -> its HF module name (``model.layers.{layer}.self_attn.q_proj``)."""
+    return {rule.path[:-1]: rule.hf_key.removesuffix(".weight") for rule in rules_for(config)
+            if rule.path[-1] == "kernel" and rule.path[0] == "layers"}
+
+
+def save_peft_adapter(run_dir: str | Path, out: str | Path) -> Path:
+    """The LoRA factors a run trained, as a PEFT adapter for the run's base model."""
+    run = runs.open_run(run_dir, "--run")
+    meta = run.output("lm")
+    if "lora" not in meta:
+        raise RunError(f"{run_dir} trained no LoRA adapters (its LM output holds {meta['kind']}); "
+                       "export it with --merge-lora")
+    if run.manifest["init_from"]:
+        raise RunError(f"{run_dir} continues {run.manifest['init_from']}: its adapters apply to that run's merged "
+                       "model, not to a base PEFT knows; export it with --merge-lora")
+    if int(meta.get("extra_tokens", 0)):
+        raise RunError(f"{run_dir} added tokens, which a LoRA adapter cannot carry; export it with --merge-lora")
+    base = Path(run.manifest["base"]["model"])
+    if not (base.is_dir() and (base / "config.json").is_file()):
+        raise RunError(f"the base of {run_dir} is {base}, not an HF model directory; a PEFT adapter needs one "
+                       "(export with --merge-lora instead)")
+    lm = runs.load_lm(base)
+    lora = traverse_util.flatten_dict(traverse_util.unflatten_dict(load_file(str(run.file("lm"))), sep="/")["lora"])
+    modules, spec = _hf_modules(lm.config), meta["lora"]
+    rank, tensors, targets = int(spec["rank"]), {}, set()
+    for path in sorted({p[:-1] for p in lora}):
+        a, b = lora[path + ("a",)], lora[path + ("b",)]  # [layers, *in, rank], [layers, rank, *out]
+        name = modules[path]
+        targets.add(name.rsplit(".", 1)[-1])
+        for layer in range(a.shape[0]):
+            prefix = "base_model.model." + name.format(layer=layer)
+            tensors[prefix + ".lora_A.weight"] = np.ascontiguousarray(a[layer].reshape(-1, rank).T)
+            tensors[prefix + ".lora_B.weight"] = np.ascontiguousarray(b[layer].reshape(rank, -1).T)
+    adapter = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base.absolute()),
+               "r": rank, "lora_alpha": float(spec["alpha"]), "lora_dropout": 0.0, "bias": "none",
+               "target_modules": sorted(targets), "fan_in_fan_out": False, "inference_mode": True}
+    with atomic_dir(out) as tmp:
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return Path(out)
+
+
+def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--to {out} exists and is not empty; choose a new directory")
+    if peft:
+        return save_peft_adapter(run_dir, out)
+    names = _token_names(run_dir)  # also checks that run_dir is a finished run with a trained LM
+    return save_hf_model(runs.load_lm(run_dir), out, names)
+
+
+def _token_names(run_dir: str | Path) -> list[str] | None:
+    """The names of the tokens added along a run's chain (the run that added them recorded them)."""
+    run = runs.open_run(run_dir, "--run")
+    while True:
+        names = run.output("lm").get("token_names")
+        if names or not run.manifest["init_from"]:
+            return names
+        run = runs.open_run(run.manifest["init_from"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxrec.export",
+        description="Export a run's trained language model for PyTorch: an HF model directory with every LoRA "
+                    "merged and added tokens in the vocabulary (default), or a PEFT LoRA adapter for its base.")
+    parser.add_argument("--run", required=True, help="a finished run directory of an LM task (csft, mntp, "
+                        "contrastive, scft, llmsrec); a chain of runs (init_from) exports as one model")
+    parser.add_argument("--to", required=True, help="the directory to write (new or empty)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--merge-lora", action="store_true", help="an HF model directory, LoRA merged (the default)")
+    kind.add_argument("--peft", action="store_true", help="a PEFT adapter directory for the run's base model "
+                      "(an HF directory; the run must not continue another run or add tokens)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_run(args.run, args.to, peft=args.peft)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run} -> {out}" + (" (PEFT adapter)" if args.peft else " (HF model directory)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
