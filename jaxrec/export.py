@@ -1,4 +1,4 @@
-"""``python -m jaxrec.export``: a run's trained language model back to the PyTorch world.
+"""``python -m jaxrec.export``: a run's trained model back to the PyTorch world.
 
 - ``--merge-lora`` (the default): an HF model directory that ``transformers``
   loads with ``AutoModelForCausalLM.from_pretrained``: ``config.json`` (which
@@ -10,6 +10,9 @@
 - ``--peft``: a PEFT LoRA adapter (``adapter_config.json`` +
   ``adapter_model.safetensors``) for the run's base, an HF model directory,
   which ``peft.PeftModel.from_pretrained`` loads on top of it.
+- an ``encode`` run: its item vectors, and a ``seqrec`` run (or one seed
+  directory of it): its recommender weights and trained item table, each as
+  safetensors with a ``description.json`` (shapes, item id map, spec).
 
 The output directory is written whole or not at all.
 """
@@ -125,12 +128,54 @@ def save_peft_adapter(run_dir: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def _write_arrays(out: str | Path, name: str, tensors: dict[str, np.ndarray], description: dict) -> Path:
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    description = {**description, "file": name, "shapes": {k: list(v.shape) for k, v in tensors.items()}}
+    with atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        (tmp / "description.json").write_text(json.dumps(description, indent=2) + "\n")
+    return Path(out)
+
+
+def save_item_embeddings(run_dir: str | Path, out: str | Path) -> Path:
+    """An encode run's item vectors: ``item_embeddings.safetensors`` (row i is item_ids[i]) and ``description.json``."""
+    run = runs.open_run(run_dir, "--run")
+    entry = run.output("item_embeddings")
+    item_ids = json.loads(run.file("item_ids").read_text())
+    return _write_arrays(out, "item_embeddings.safetensors", {"item_embeddings": np.load(run.file("item_embeddings"))},
+                         {"kind": "item_embeddings", "run": str(Path(run_dir).absolute()), "item_ids": item_ids,
+                          "pooling": entry.get("pooling"), "mask": entry.get("mask"),
+                          "model": run.manifest.get("base", {}).get("model"), "rows": "row i is the item item_ids[i]"})
+
+
+def save_recommender(run_dir: str | Path, out: str | Path) -> Path:
+    """A seqrec run's recommender (its tested state): ``recommender.safetensors``
+    with every parameter under its Flax path (joined by '/') and the trained item
+    table, and ``description.json`` with the recommender spec and the item id of
+    each table row."""
+    trained = runs.trained_recommender(run_dir, "--run")
+    run = runs.open_run(run_dir, "--run")
+    tensors = {f"params/{k}": v for k, v in traverse_util.flatten_dict(trained.params, sep="/").items()}
+    tensors["item_table"] = np.load(run.file("item_table"))
+    return _write_arrays(out, "recommender.safetensors", tensors,
+                         {"kind": "recommender", "run": str(Path(run_dir).absolute()), "spec": trained.spec,
+                          "item_ids": trained.item_ids,
+                          "rows": "item_table row 0 is padding; row i (i >= 1) is the item item_ids[i - 1]",
+                          "layout": "Flax parameters: Dense kernels are [in, out] (a torch.nn.Linear weight is "
+                                    "their transpose); stacked blocks carry a leading layer axis"})
+
+
 def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--to {out} exists and is not empty; choose a new directory")
     if peft:
         return save_peft_adapter(run_dir, out)
+    task = runs.open_run(run_dir, "--run").task
+    if task == "encode":
+        return save_item_embeddings(run_dir, out)
+    if task == "seqrec":
+        return save_recommender(run_dir, out)
     names = _token_names(run_dir)  # also checks that run_dir is a finished run with a trained LM
     return save_hf_model(runs.load_lm(run_dir), out, names)
 
@@ -148,10 +193,12 @@ def _token_names(run_dir: str | Path) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxrec.export",
-        description="Export a run's trained language model for PyTorch: an HF model directory with every LoRA "
-                    "merged and added tokens in the vocabulary (default), or a PEFT LoRA adapter for its base.")
-    parser.add_argument("--run", required=True, help="a finished run directory of an LM task (csft, mntp, "
-                        "contrastive, scft, llmsrec); a chain of runs (init_from) exports as one model")
+        description="Export a run for PyTorch. An LM run (csft, mntp, contrastive, scft, llmsrec): an HF model "
+                    "directory with every LoRA merged and added tokens in the vocabulary (default), or a PEFT LoRA "
+                    "adapter for its base (--peft). An encode run: its item embeddings; a seqrec run: its "
+                    "recommender weights and item table; each as safetensors with description.json.")
+    parser.add_argument("--run", required=True, help="a finished run directory (a chain of LM runs, through "
+                        "init_from, exports as one model; a seqrec run of several seeds: one seed-<n> directory)")
     parser.add_argument("--to", required=True, help="the directory to write (new or empty)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--merge-lora", action="store_true", help="an HF model directory, LoRA merged (the default)")

@@ -112,3 +112,41 @@ def test_smollm2_export_keeps_its_greedy_continuations(smollm2_gguf, tmp_path):
     with torch.no_grad():
         theirs = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0].tolist()
     assert theirs == ours
+
+
+def test_item_embeddings_and_recommender_export_with_their_id_maps(tiny_checkpoints, tmp_path, capsys):
+    from flax import traverse_util
+    from safetensors.numpy import load_file
+
+    from jaxrec import runs
+    from tests.test_seqrec_task import write_successor_dataset
+
+    model_dir, _ = tiny_checkpoints("qwen2-tied")
+    data = write_tiny_dataset(tmp_path / "data")
+    embed = tmp_path / "embed"
+    assert launch.main(["--set", "task=encode", "--set", f"model.name={model_dir}", "--set", f"data.name={data}",
+                        "--set", f"run_dir={embed}"]) == 0
+    assert export.main(["--run", str(embed), "--to", str(tmp_path / "embed-out")]) == 0
+    description = json.loads((tmp_path / "embed-out" / "description.json").read_text())
+    assert description["kind"] == "item_embeddings"
+    assert description["item_ids"] == json.loads((embed / "item_ids.json").read_text())
+    exported = load_file(str(tmp_path / "embed-out" / "item_embeddings.safetensors"))["item_embeddings"]
+    np.testing.assert_array_equal(exported, np.load(embed / "item_embeddings.npy"))
+    assert description["shapes"]["item_embeddings"] == list(exported.shape)
+
+    seqrec = tmp_path / "sasrec"
+    settings = ["task=seqrec", f"data.name={write_successor_dataset(tmp_path / 'successor')}", "data.k_core=1",
+                f"run_dir={seqrec}", "recommender.hidden=16", "loop.epochs=1", "evaluation.seeds=[0, 1]"]
+    assert launch.main([a for s in settings for a in ("--set", s)]) == 0
+    assert export.main(["--run", str(seqrec), "--to", str(tmp_path / "nope")]) == 2
+    assert "it trained several seeds: name one of" in capsys.readouterr().err
+    assert export.main(["--run", str(seqrec / "seed-1"), "--to", str(tmp_path / "sasrec-out")]) == 0
+    description = json.loads((tmp_path / "sasrec-out" / "description.json").read_text())
+    trained = runs.trained_recommender(seqrec / "seed-1")
+    assert description["spec"] == trained.spec and description["item_ids"] == trained.item_ids
+    tensors = load_file(str(tmp_path / "sasrec-out" / "recommender.safetensors"))
+    np.testing.assert_array_equal(tensors.pop("item_table"), np.load(seqrec / "seed-1" / "item_table.npy"))
+    params = traverse_util.flatten_dict(trained.params, sep="/")
+    assert set(tensors) == {f"params/{k}" for k in params}
+    for key, value in params.items():
+        np.testing.assert_array_equal(tensors[f"params/{key}"], value)
