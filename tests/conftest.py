@@ -27,6 +27,10 @@ VARIANTS = {
     ),
     "qwen2-tied": dict(model_type="qwen2", tie_word_embeddings=True, num_key_value_heads=2),
     "qwen2-untied": dict(model_type="qwen2", tie_word_embeddings=False, num_key_value_heads=2),
+    # head_dim 24 is not hidden / heads (16): Qwen3 sets it on its own
+    "qwen3-tied": dict(model_type="qwen3", tie_word_embeddings=True, num_key_value_heads=2, head_dim=24),
+    "qwen3-untied-bias": dict(model_type="qwen3", tie_word_embeddings=False, num_key_value_heads=4, head_dim=16,
+                              attention_bias=True),
 }
 
 TINY = dict(
@@ -46,10 +50,10 @@ def build_torch_model(variant: str, seed: int = 0, **overrides):
     """A tiny transformers model of ``variant`` with every weight random
     (norm scales and biases too, so a wrong mapping cannot hide)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     settings = {**TINY, **VARIANTS[variant], **overrides}
-    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[settings.pop("model_type")]
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[settings.pop("model_type")]
     config = config_cls(**settings)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)

@@ -136,3 +136,18 @@ def test_injected_embeddings_match_transformers_inputs_embeds(tiny_checkpoints, 
     np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
     plain = np.asarray(lm.hidden_states(ids))
     assert np.abs(plain - expected)[0, 2:].max() > 1e-3, "injection had no effect"
+
+
+def test_model_families_are_picked_by_model_type():
+    from jaxrec.models.decoder_config import UnsupportedConfigError, config_from_hf_dict
+    from jaxrec.models.families import FAMILIES, UnknownFamilyError, family
+
+    assert set(FAMILIES) == {"llama", "qwen2", "qwen3"} and family("qwen3").ARCHITECTURE == "Qwen3ForCausalLM"
+    with pytest.raises(UnknownFamilyError, match="model_type='gemma' is not supported: jaxrec implements llama"):
+        family("gemma")
+    hf = dict(model_type="qwen3", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+              num_attention_heads=2, head_dim=6)
+    config = config_from_hf_dict(hf)
+    assert config.qk_norm and not config.qkv_bias and config.head_dim == 6 and config.rms_norm_eps == 1e-6
+    with pytest.raises(UnsupportedConfigError, match="model_type='gemma'"):
+        config_from_hf_dict({**hf, "model_type": "gemma"})

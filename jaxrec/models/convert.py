@@ -1,4 +1,5 @@
-"""HF checkpoint <-> Flax parameters, as one reversible table.
+"""HF checkpoint <-> Flax parameters, through the reversible table of the
+model's family (``jaxrec.models.families``).
 
 Each rule names an HF tensor (with ``{layer}`` for per-layer tensors), the
 Flax path it lands on, and a layout transform with its inverse. Per-layer
@@ -7,9 +8,8 @@ tensors are stacked on a leading ``layers`` axis for ``nn.scan``.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Callable, Iterator
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -17,88 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.models.decoder_config import DecoderConfig
+from jaxrec.models.families import family
+from jaxrec.models.rules import Rule
 from jaxrec.models.sources import CheckpointError, TensorSource
 
 # Tensors that HF checkpoints may carry but that hold no learned weights.
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """A pair of inverse array transforms between HF and Flax layouts."""
-
-    to_flax: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-IDENTITY = Layout(lambda w: w, lambda w: w)
-TRANSPOSE = Layout(lambda w: w.T, lambda w: w.T)
-
-
-def split_heads_out(heads: int) -> Layout:
-    """HF [heads*head_dim, in] <-> Flax [in, heads, head_dim]."""
-    return Layout(
-        lambda w: w.T.reshape(w.shape[1], heads, w.shape[0] // heads),
-        lambda k: k.reshape(k.shape[0], -1).T,
-    )
-
-
-def split_heads_in(heads: int) -> Layout:
-    """HF [out, heads*head_dim] <-> Flax [heads, head_dim, out]."""
-    return Layout(
-        lambda w: w.T.reshape(heads, w.shape[1] // heads, w.shape[0]),
-        lambda k: k.reshape(-1, k.shape[-1]).T,
-    )
-
-
-def split_heads_bias(heads: int) -> Layout:
-    """HF [heads*head_dim] <-> Flax [heads, head_dim]."""
-    return Layout(lambda b: b.reshape(heads, -1), lambda b: b.reshape(-1))
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    hf_key: str
-    path: tuple[str, ...]
-    layout: Layout = IDENTITY
-
-    @property
-    def per_layer(self) -> bool:
-        return "{layer}" in self.hf_key
-
-    def hf_keys(self, num_layers: int) -> list[str]:
-        if self.per_layer:
-            return [self.hf_key.format(layer=i) for i in range(num_layers)]
-        return [self.hf_key]
-
-
 def rules_for(config: DecoderConfig) -> list[Rule]:
-    """The conversion table for a LLaMA / Qwen2 decoder."""
-    h, kv = config.num_heads, config.num_kv_heads
-    layer = "model.layers.{layer}."
-    rules = [
-        Rule("model.embed_tokens.weight", ("embed", "embedding")),
-        Rule("model.norm.weight", ("final_norm", "scale")),
-        Rule(layer + "input_layernorm.weight", ("layers", "input_norm", "scale")),
-        Rule(layer + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale")),
-        Rule(layer + "self_attn.q_proj.weight", ("layers", "attn", "q", "kernel"), split_heads_out(h)),
-        Rule(layer + "self_attn.k_proj.weight", ("layers", "attn", "k", "kernel"), split_heads_out(kv)),
-        Rule(layer + "self_attn.v_proj.weight", ("layers", "attn", "v", "kernel"), split_heads_out(kv)),
-        Rule(layer + "self_attn.o_proj.weight", ("layers", "attn", "o", "kernel"), split_heads_in(h)),
-        Rule(layer + "mlp.gate_proj.weight", ("layers", "mlp", "gate", "kernel"), TRANSPOSE),
-        Rule(layer + "mlp.up_proj.weight", ("layers", "mlp", "up", "kernel"), TRANSPOSE),
-        Rule(layer + "mlp.down_proj.weight", ("layers", "mlp", "down", "kernel"), TRANSPOSE),
-    ]
-    if config.qkv_bias:
-        for name, heads in (("q", h), ("k", kv), ("v", kv)):
-            rules.append(
-                Rule(layer + f"self_attn.{name}_proj.bias", ("layers", "attn", name, "bias"), split_heads_bias(heads))
-            )
-    if config.o_bias:
-        rules.append(Rule(layer + "self_attn.o_proj.bias", ("layers", "attn", "o", "bias")))
-    if not config.tie_word_embeddings:
-        rules.append(Rule("lm_head.weight", ("lm_head", "kernel"), TRANSPOSE))
-    return rules
+    """The conversion table of ``config``'s model family."""
+    return family(config.model_type).rules(config)
 
 
 def abstract_params(config: DecoderConfig) -> dict:

@@ -1,4 +1,4 @@
-"""The decoder LM (LLaMA and Qwen2 families) as a Flax Linen module.
+"""The decoder LM (the LLaMA, Qwen2 and Qwen3 families) as a Flax Linen module.
 
 Layers run under ``nn.scan`` over stacked per-layer parameters, so a 30-layer
 model compiles one layer. The attention mask kind ("causal" or
@@ -40,7 +40,8 @@ class DecoderLayer(nn.Module):
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
         attn = Attention(
             c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, c.o_bias,
-            c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, c.lora, name="attn",
+            c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, c.lora,
+            c.rms_norm_eps if c.qk_norm else None, name="attn",
         )
         x = x + attn(norm("input_norm")(x), cos, sin, mask)
         mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, name="mlp")

@@ -1,6 +1,6 @@
 """Decoder configuration, built from a Hugging Face ``config.json``.
 
-One dataclass covers the LLaMA and Qwen2 families. Anything in the source
+One dataclass covers every family of ``jaxrec.models.families`` (LLaMA, Qwen2, Qwen3). Anything in the source
 config that would change the model's math and that jaxrec does not implement
 is an error that names the field, never a silent approximation.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxrec.models.families import FAMILIES, family
 from jaxrec.models.layers import LoraSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
@@ -50,6 +50,8 @@ class DecoderConfig:
     rope_scaling: RopeScaling | None = None
     qkv_bias: bool = False
     o_bias: bool = False
+    qk_norm: bool = False
+    """RMSNorm over each head's query and key before RoPE (Qwen3)."""
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 4096
     bos_token_id: int | None = None
@@ -143,8 +145,8 @@ def _reject(source: str, field: str, value: Any, why: str) -> None:
 
 def _check_supported(hf: dict[str, Any], source: str) -> str:
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        _reject(source, "model_type", model_type, f"jaxrec implements {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if model_type not in FAMILIES:
+        _reject(source, "model_type", model_type, f"jaxrec implements {', '.join(FAMILIES)}")
     if hf.get("hidden_act", "silu") != "silu":
         _reject(source, "hidden_act", hf["hidden_act"], "only the SwiGLU (silu) MLP is implemented")
     if hf.get("mlp_bias", False):
@@ -170,7 +172,6 @@ def config_from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runti
         hidden = int(hf["hidden_size"])
         heads = int(hf["num_attention_heads"])
         theta, scaling = _rope_settings(hf, source)
-        qwen = model_type == "qwen2"
         return DecoderConfig(
             model_type=model_type,
             vocab_size=int(hf["vocab_size"]),
@@ -180,11 +181,9 @@ def config_from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runti
             num_heads=heads,
             num_kv_heads=int(hf.get("num_key_value_heads") or heads),
             head_dim=int(hf.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6 if qwen else 1e-5)),
             rope_theta=theta,
             rope_scaling=scaling,
-            qkv_bias=True if qwen else bool(hf.get("attention_bias", False)),
-            o_bias=False if qwen else bool(hf.get("attention_bias", False)),
+            **family(model_type).config_fields(hf),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             bos_token_id=_first_id(hf.get("bos_token_id")),
@@ -208,9 +207,6 @@ def load_hf_config(model_dir: str | Path, **runtime) -> DecoderConfig:
     return config_from_hf_dict(hf, source=str(path), **runtime)
 
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-
-
 def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
     """An HF ``config.json`` for ``config``; :func:`config_from_hf_dict` reads it
     back to the same config. Added tokens become ordinary vocabulary rows. The
@@ -219,8 +215,9 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
     rope = {"rope_type": "default", "rope_theta": config.rope_theta}
     if config.rope_scaling is not None:
         rope = {"rope_type": "llama3", "rope_theta": config.rope_theta, **dataclasses.asdict(config.rope_scaling)}
+    own = family(config.model_type)
     hf = {
-        "architectures": [_ARCHITECTURES[config.model_type]],
+        "architectures": [own.ARCHITECTURE],
         "model_type": config.model_type,
         "vocab_size": config.vocab_size + config.extra_tokens,
         "hidden_size": config.hidden_size,
@@ -242,11 +239,8 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
         "attention_dropout": 0.0,
         "torch_dtype": config.param_dtype,
     }
-    if config.model_type == "llama":
-        if config.qkv_bias != config.o_bias:
-            raise UnsupportedConfigError("a LLaMA config has one attention_bias for q, k, v and o; "
-                                         f"this one has qkv_bias={config.qkv_bias}, o_bias={config.o_bias}")
-        hf.update(attention_bias=config.qkv_bias, mlp_bias=False)
-    else:
-        hf.update(use_sliding_window=False)
+    try:
+        hf.update(own.hf_fields(config))
+    except ValueError as err:
+        raise UnsupportedConfigError(str(err)) from None
     return hf

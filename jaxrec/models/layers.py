@@ -95,11 +95,14 @@ class RMSNorm(nn.Module):
     eps: float
     dtype: str = "float32"
     param_dtype: str = "float32"
+    axis_name: str = "embed"
+    """The logical axis of the normalised (last) dimension."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],),
+            self.param_dtype,
         )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
@@ -186,6 +189,8 @@ class Attention(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     lora: LoraSpec | None = None
+    qk_norm_eps: float | None = None
+    """With a value, an RMSNorm over each head's query and key before RoPE (Qwen3)."""
 
     @nn.compact
     def __call__(self, x, cos, sin, mask):
@@ -197,6 +202,9 @@ class Attention(nn.Module):
         q = proj("q", (self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), self.qkv_bias)(x)
         k = proj("k", (self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), self.qkv_bias)(x)
         v = proj("v", (self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), self.qkv_bias)(x)
+        if self.qk_norm_eps is not None:
+            head_norm = lambda name: RMSNorm(self.qk_norm_eps, self.dtype, self.param_dtype, "head_dim", name=name)
+            q, k = head_norm("q_norm")(q), head_norm("k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.dropout_rate > 0.0 and not self.deterministic:
             out = dense_attention(
