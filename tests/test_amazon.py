@@ -49,22 +49,24 @@ def test_amazon_2018_reviews_and_meta(tmp_path):
     assert data.report["amazon_release"] == 2018
 
 
+REVIEWS_2023 = [
+    {"rating": 4.0, "title": "t", "text": "x", "images": [], "asin": f"C{i}x", "parent_asin": f"C{i}",
+     "user_id": f"V{u}", "timestamp": 1_588_687_728_000 + 1000 * (3 - i), "helpful_vote": 0, "verified_purchase": True}
+    for u in range(3) for i in range(3)
+]
+META_2023 = [
+    {"main_category": "All Beauty", "title": f"Cream {i}", "average_rating": 4.5, "rating_number": 10,
+     "features": [], "description": [], "price": None, "images": [], "videos": [], "store": "Shop",
+     "categories": [], "details": {"Brand": "B"}, "parent_asin": f"C{i}", "bought_together": None}
+    for i in range(3)
+]
+
+
 def test_amazon_2023_millisecond_timestamps_and_details(tmp_path):
     directory = tmp_path / "beauty"
     directory.mkdir()
-    reviews = [
-        {"rating": 4.0, "title": "t", "text": "x", "images": [], "asin": f"C{i}x", "parent_asin": f"C{i}",
-         "user_id": f"V{u}", "timestamp": 1_588_687_728_000 + 1000 * (3 - i), "helpful_vote": 0, "verified_purchase": True}
-        for u in range(3) for i in range(3)
-    ]
-    _lines(directory / "All_Beauty.jsonl", reviews)
-    meta = [
-        {"main_category": "All Beauty", "title": f"Cream {i}", "average_rating": 4.5, "rating_number": 10,
-         "features": [], "description": [], "price": None, "images": [], "videos": [], "store": "Shop",
-         "categories": [], "details": {"Brand": "B"}, "parent_asin": f"C{i}", "bought_together": None}
-        for i in range(3)
-    ]
-    _lines(directory / "meta_All_Beauty.jsonl", meta)
+    _lines(directory / "All_Beauty.jsonl", REVIEWS_2023)
+    _lines(directory / "meta_All_Beauty.jsonl", META_2023)
     data = load_dataset(directory, PrepSpec(k_core=0), cache=False)
     assert data.report["amazon_release"] == 2023
     first_user = [data.item_ids[i] for i in data.sequence(0)]
@@ -86,3 +88,37 @@ def test_partly_covered_meta_is_reported(tmp_path):
     data = load_dataset(directory, PrepSpec(k_core=0), cache=False)
     assert data.report["reviewed_items_missing_from_meta"] == 1
     assert data.num_items == 3 and not np.isin("B03", data.item_ids)
+
+
+def test_amazon_2023_saved_with_hf_datasets_reads_as_the_json_lines(tmp_path):
+    import datasets
+
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    _lines(jsonl / "All_Beauty.jsonl", REVIEWS_2023)
+    _lines(jsonl / "meta_All_Beauty.jsonl", META_2023)
+    saved = tmp_path / "saved"
+    # as the hub ships them: a DatasetDict with the split "full", details as JSON text
+    reviews = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "images"} for r in REVIEWS_2023])
+    datasets.DatasetDict({"full": reviews}).save_to_disk(str(saved / "raw_review_All_Beauty"))
+    meta = [{**{k: v for k, v in m.items() if k not in ("images", "videos", "bought_together", "price")},
+             "details": json.dumps(m["details"])} for m in META_2023]
+    datasets.Dataset.from_list(meta).save_to_disk(str(saved / "raw_meta_All_Beauty"))
+
+    expected = load_dataset(jsonl, PrepSpec(k_core=0), cache=False)
+    data = load_dataset(saved, PrepSpec(k_core=0))  # cached by the saved files' checksums
+    again = load_dataset(saved, PrepSpec(k_core=0))
+    for got in (data, again):
+        np.testing.assert_array_equal(got.items, expected.items)
+        np.testing.assert_array_equal(got.item_ids, expected.item_ids)
+        np.testing.assert_allclose(got.timestamps, expected.timestamps)
+        assert got.titles == expected.titles and got.attributes == expected.attributes
+    assert data.report["amazon_release"] == 2023
+
+
+def test_a_saved_review_dataset_without_its_meta_names_what_is_missing(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(REVIEWS_2023).save_to_disk(str(tmp_path / "reviews"))
+    with pytest.raises(DataError, match="found the saved reviews dataset reviews but no meta dataset"):
+        load_dataset(tmp_path, PrepSpec(k_core=0), cache=False)

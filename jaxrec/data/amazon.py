@@ -28,7 +28,7 @@ from jaxrec.data.encoding import invalid_utf8_error
 from jaxrec.data.item_tables import ItemTable
 from jaxrec.errors import DataError
 
-_REVIEW_FIELDS = {
+REVIEW_FIELDS = {
     2018: ("reviewerID", "asin", "unixReviewTime", "overall", 1.0),
     2023: ("user_id", "parent_asin", "timestamp", "rating", 1e-3),
 }
@@ -79,7 +79,7 @@ def detect_version(path: Path) -> int:
 
 
 def read_reviews(path: Path, version: int, report: dict) -> InteractionLog:
-    user_key, item_key, time_key, rating_key, scale = _REVIEW_FIELDS[version]
+    user_key, item_key, time_key, rating_key, scale = REVIEW_FIELDS[version]
     users, items, times, ratings = [], [], [], []
     missing = 0
     for record in json_lines(path, report):
@@ -112,9 +112,14 @@ def _attribute(value) -> str | list[str] | None:
 
 
 def read_meta(path: Path, version: int, report: dict) -> ItemTable:
-    item_key = _REVIEW_FIELDS[version][1]
+    return items_from_records(json_lines(path, report), version, str(path))
+
+
+def items_from_records(records, version: int, source: str) -> ItemTable:
+    """The item table of meta records (the first record of each item counts)."""
+    item_key = REVIEW_FIELDS[version][1]
     ids, titles, attributes, seen = [], [], [], set()
-    for record in json_lines(path, report):
+    for record in records:
         item = record.get(item_key)
         if item is None or item in seen:
             continue
@@ -123,8 +128,8 @@ def read_meta(path: Path, version: int, report: dict) -> ItemTable:
         titles.append(html.unescape(str(record.get("title") or "")).strip())
         attributes.append({k: v for k in _META_ATTRIBUTES[version] if (v := _attribute(record.get(k))) is not None})
     if not ids:
-        raise DataError(f"{path}: no item records with {item_key!r}")
-    return ItemTable(ids, titles, attributes, str(path))
+        raise DataError(f"{source}: no item records with {item_key!r}")
+    return ItemTable(ids, titles, attributes, source)
 
 
 def find_files(directory: Path) -> tuple[Path, Path] | None:
@@ -144,8 +149,12 @@ def find_files(directory: Path) -> tuple[Path, Path] | None:
 
 def read_amazon(reviews: Path, meta: Path, report: dict) -> tuple[InteractionLog, ItemTable]:
     version = detect_version(reviews)
-    log = read_reviews(reviews, version, report)
-    table = read_meta(meta, version, report)
+    return joined(read_reviews(reviews, version, report), read_meta(meta, version, report), version, report)
+
+
+def joined(log: InteractionLog, table: ItemTable, version: int, report: dict) -> tuple[InteractionLog, ItemTable]:
+    """The reviews and the meta table of one category, checked to belong together."""
+    reviews, meta = log.source, table.source
     reviewed = np.unique(log.items)
     covered = np.isin(reviewed, np.asarray(table.ids))
     if not covered.any():

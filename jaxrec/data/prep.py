@@ -23,6 +23,7 @@ import numpy as np
 from jaxrec import assets
 from jaxrec.data.amazon import find_files as find_amazon_files
 from jaxrec.data.amazon import read_amazon
+from jaxrec.data.hf_datasets import dataset_files, find_datasets, read_hf_amazon
 from jaxrec.data.interactions import (
     InteractionLog,
     read_recbole_interactions,
@@ -90,18 +91,19 @@ class SeqData:
 
 
 def _files(path: Path) -> tuple[Path, Path]:
-    """(interactions file, items file) of a dataset directory."""
+    """(interactions, items) of a dataset directory: two files, or two saved HF datasets."""
     if (path / "interactions.tsv").exists():
         return path / "interactions.tsv", path / "items.tsv"
     inter, item = sorted(path.glob("*.inter")), sorted(path.glob("*.item"))
     if len(inter) == 1 and len(item) == 1:
         return inter[0], item[0]
-    amazon = find_amazon_files(path)
+    amazon = find_amazon_files(path) or find_datasets(path)
     if amazon is not None:
         return amazon
     raise DataError(
-        f"{path}: expected interactions.tsv + items.tsv, one RecBole .inter and one .item file, or Amazon "
-        f"reviews + meta_<Category> files (found {len(inter)} .inter, {len(item)} .item)"
+        f"{path}: expected interactions.tsv + items.tsv, one RecBole .inter and one .item file, Amazon "
+        f"reviews + meta_<Category> files, or Amazon 2023 review and meta datasets saved with HF datasets "
+        f"(found {len(inter)} .inter, {len(item)} .item)"
     )
 
 
@@ -113,6 +115,8 @@ def read_raw(path: Path) -> tuple[InteractionLog, ItemTable, dict]:
         return read_recbole_interactions(inter), read_items(item), report
     if inter.name == "interactions.tsv":
         return read_tsv_interactions(inter), read_items(item), report
+    if inter.is_dir():
+        return (*read_hf_amazon(inter, item, report), report)
     return (*read_amazon(inter, item, report), report)
 
 
@@ -220,10 +224,11 @@ def _drop_short_users(log):
     return log, int(len(short))
 
 
-def _cache_key(files: tuple[Path, ...], spec: PrepSpec) -> str:
+def _cache_key(sources: tuple[Path, ...], spec: PrepSpec) -> str:
     digest = hashlib.sha256(json.dumps([_CACHE_VERSION, dataclasses.asdict(spec)]).encode())
-    for f in files:
-        digest.update(sha256_file(f).encode())
+    for source in sources:
+        for f in dataset_files(source) if source.is_dir() else [source]:
+            digest.update(sha256_file(f).encode())
     return digest.hexdigest()[:20]
 
 
