@@ -22,7 +22,7 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     import jaxrec
     from jaxrec.data.text_examples import pad_batch
     from jaxrec.data.batches import GrainBatches
-    from jaxrec.train.mesh import MeshSpec
+    from jaxrec.train.mesh import MeshSpec, process_batch_block, rules_of
     from tests.conftest import build_torch_model, save_tokenizer
     from tests.train_helpers import build_engine
 
@@ -30,12 +30,14 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     build_torch_model("llama-tied-gqa").save_pretrained(str(directory))  # seeded: the same weights everywhere
     save_tokenizer(directory)
     lm = jaxrec.load_lm(directory)
-    engine = build_engine(lm, "mntp", MeshSpec(*mesh), jax.devices())
+    spec = MeshSpec(*mesh)
+    engine = build_engine(lm, "mntp", spec, jax.devices())
+    block, blocks = process_batch_block(engine.mesh, rules_of(spec)["batch"])
 
     rng = np.random.default_rng(0)
     titles = [rng.integers(3, 128, size=rng.integers(3, 12)).tolist() for _ in range(64)]
     data = GrainBatches(len(titles), 16, lambda i, _: titles[i], lambda rows: pad_batch(list(rows), 2, 16),
-                        seed=1, process_index=jax.process_index(), process_count=jax.process_count())
+                        seed=1, process_index=block, process_count=blocks)
     losses = [float(engine.train_step(next(data))["loss"]) for _ in range(4)]
     if jax.process_index() == 0:
         print(json.dumps({"losses": losses, "processes": jax.process_count()}))

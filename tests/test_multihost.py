@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-# data and fsdp span both processes. A tensor axis > 1 hangs in the gloo CPU
-# collectives of a 2-process job here (it runs in one process), see the README.
-MESH = "2,4,1"
 
 
 def _free_port() -> int:
@@ -32,16 +30,19 @@ def _env(devices: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
 
 
-def test_two_processes_match_one_process_with_all_devices():
+# data and fsdp across the processes; every axis inside each process; the tensor
+# axis across the processes, the batch replicated on both (each reads all rows)
+@pytest.mark.parametrize("mesh", ["2,4,1", "2,2,2", "1,1,8"])
+def test_two_processes_match_one_process_with_all_devices(mesh):
     single = subprocess.run(
-        [sys.executable, "-m", "tests.multihost_script", "0", "1", "0", MESH],
+        [sys.executable, "-m", "tests.multihost_script", "0", "1", "0", mesh],
         capture_output=True, text=True, cwd=ROOT, env=_env(8), timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     port = _free_port()
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.multihost_script", str(i), "2", str(port), MESH],
+            [sys.executable, "-m", "tests.multihost_script", str(i), "2", str(port), mesh],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(4),
         )
         for i in range(2)

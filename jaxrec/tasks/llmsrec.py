@@ -137,7 +137,7 @@ def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
                 "negatives": own_items.sample(rng, users[rows], spec.negatives).astype(np.int32)}
 
     batches = IndexBatches(len(users), config.batch.size, collate, seed=config.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+                           process_index=session.batch_block[0], process_count=session.batch_block[1])
     engine = session.engine(model, variables, make_objective(model, spec), TRAINABLE, batches.steps_per_epoch)
     return _Training(model, session, engine, batches, _Evaluator(model, prompts, days, data, config), prompts, teacher)
 

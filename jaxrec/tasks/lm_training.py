@@ -236,7 +236,7 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     variables = session.place(model, lm.params)
     batches = GrainBatches(
         objective.count, config.batch.size, objective.example, objective.collate, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(), workers=config.batch.workers,
+        process_index=session.batch_block[0], process_count=session.batch_block[1], workers=config.batch.workers,
     )
     engine = session.engine(model, variables, objective.loss(model), config.trainable.patterns(), batches.steps_per_epoch)
     trainable = trainable_count(engine)

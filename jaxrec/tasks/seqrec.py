@@ -124,7 +124,7 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, align_items))
     batches = IndexBatches(
         setup.count, config.batch.size, setup.batch, seed=seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=session.batch_block[0], process_count=session.batch_block[1],
     )
     engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)

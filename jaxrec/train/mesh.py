@@ -104,3 +104,32 @@ def tree_shardings(abstract, logical_specs, mesh: Mesh, rules: dict):
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
 
+
+
+def process_batch_block(mesh: Mesh, batch_axes: Sequence[str], process_index: int | None = None) -> tuple[int, int]:
+    """(block, blocks): the part of every global batch this process reads.
+
+    A global batch is split into ``blocks`` equal contiguous blocks of rows,
+    one per distinct set of rows the processes' devices hold under the batch
+    sharding. Processes whose devices hold the same rows (the batch axes lie
+    within each process, or have size 1, so the batch is replicated across
+    processes) read the same block; with no process sharing rows, blocks is the
+    number of processes.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    rows = int(np.prod([mesh.shape[axis] for axis in batch_axes]))
+    sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes) or None))
+    held: dict[int, set[int]] = {}
+    for device, index in sharding.devices_indices_map((rows,)).items():
+        span = index[0]
+        held.setdefault(device.process_index, set()).update(range(span.start or 0, rows if span.stop is None else span.stop))
+    distinct = sorted({tuple(sorted(r)) for r in held.values()})
+    for block in distinct:
+        if list(block) != list(range(block[0], block[0] + len(block))) or len(block) != len(distinct[0]):
+            raise ValueError(f"the mesh {dict(mesh.shape)} gives processes uneven or non-contiguous batch rows "
+                             f"{distinct}; order the devices so that each process holds one contiguous block")
+    covered = sorted(i for block in distinct for i in block)
+    if covered != list(range(rows)):
+        raise ValueError(f"the processes' batch rows {distinct} overlap without being equal; use a mesh whose "
+                         "batch axes split the processes evenly or lie within each process")
+    return distinct.index(tuple(sorted(held[process_index]))), len(distinct)

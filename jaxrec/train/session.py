@@ -44,6 +44,12 @@ class TrainingSession:
         """Devices a global batch is split over: row counts must be a multiple of it."""
         return int(np.prod([self.mesh.shape[axis] for axis in self.batch_axes]))
 
+    @property
+    def batch_block(self) -> tuple[int, int]:
+        """(block, blocks) of every global batch this process loads (see ``mesh.process_batch_block``):
+        what the data loaders take as their process index and count."""
+        return mesh_lib.process_batch_block(self.mesh, self.batch_axes)
+
     def place(self, model, params: dict, rng: jax.Array | None = None) -> dict:
         """A decoder's variables sharded by their logical axes (other collections initialised)."""
         rng = jax.random.key(self.seed) if rng is None else rng
