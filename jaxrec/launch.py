@@ -106,14 +106,14 @@ def init_distributed() -> None:
     )
 
 
-def _logger(prefix: str):
-    return lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
-
-
-def _prefix(name: str, distributed: bool) -> str:
+def _logger(name: str):
+    """Progress lines on stderr, from process 0 only in a multi-process job
+    (errors are printed by every process, see ``_exit_code``)."""
     import jax
 
-    return f"[jaxrec {name}" + (f" {jax.process_index()}/{jax.process_count()}]" if distributed else "]")
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        return lambda message: None
+    return lambda message: print(f"[jaxrec {name}] {message}", file=sys.stderr, flush=True)
 
 
 def _start_runtime(args, cpu_devices) -> None:
@@ -147,9 +147,7 @@ def _main_pipeline(args) -> int | None:
         return 0
     if not args.dry_run:  # planning needs no JAX runtime (and must not join a distributed job)
         _start_runtime(args, pipeline.cpu_devices())
-    run_pipeline(pipeline, args.stages, args.dry_run,
-                 stage_log=lambda name: _logger(_prefix(name, args.distributed)),
-                 log=_logger(_prefix("pipeline", args.distributed)))
+    run_pipeline(pipeline, args.stages, args.dry_run, stage_log=_logger, log=_logger("pipeline"))
 
 
 def _main_task(args) -> int | None:
@@ -166,7 +164,7 @@ def _main_task(args) -> int | None:
         print(f"task {config.task} would run in {config.run_dir or default_run_dir(config)}\n{to_yaml(config)}", end="")
         return 0
     _start_runtime(args, getattr(getattr(config, "mesh", None), "cpu_devices", None))
-    run_task(config, log=_logger(_prefix(config.task, args.distributed)))
+    run_task(config, log=_logger(config.task))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def _enabled() -> bool:
+    """Bars on a terminal (``JAXREC_PROGRESS`` forces them on or off), and in a
+    multi-process job only on process 0."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0:
+        return False
     setting = os.environ.get("JAXREC_PROGRESS")
     if setting is not None:
         return setting not in ("0", "false", "no")
