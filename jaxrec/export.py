@@ -33,7 +33,7 @@ from jaxrec import runs
 from jaxrec.errors import ConfigError, RunError
 from jaxrec.io import atomic_dir
 from jaxrec.models.convert import params_to_hf, rules_for
-from jaxrec.models.decoder_config import config_to_hf
+from jaxrec.models.decoder_config import config_to_hf, load_hf_config
 
 FILLER_TOKEN = "<|jaxrec_unused_{}|>"
 """Names for the unused ids between a tokenizer's last token and the model's vocabulary size (padded vocabularies),
@@ -107,9 +107,9 @@ def save_peft_adapter(run_dir: str | Path, out: str | Path) -> Path:
     if not (base.is_dir() and (base / "config.json").is_file()):
         raise RunError(f"the base of {run_dir} is {base}, not an HF model directory; a PEFT adapter needs one "
                        "(export with --merge-lora instead)")
-    lm = runs.load_lm(base)
+    config = load_hf_config(base)  # the module names; the base weights are not needed
     lora = traverse_util.flatten_dict(traverse_util.unflatten_dict(load_file(str(run.file("lm"))), sep="/")["lora"])
-    modules, spec = _hf_modules(lm.config), meta["lora"]
+    modules, spec = _hf_modules(config), meta["lora"]
     rank, tensors, targets = int(spec["rank"]), {}, set()
     for path in sorted({p[:-1] for p in lora}):
         a, b = lora[path + ("a",)], lora[path + ("b",)]  # [layers, *in, rank], [layers, rank, *out]

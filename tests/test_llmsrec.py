@@ -76,12 +76,12 @@ def test_user_prompts_show_each_items_date_which_follows_the_item_when_shuffled(
 
 
 def test_training_negatives_are_distinct_and_never_among_the_users_training_items():
-    from jaxrec.tasks.llmsrec import _training_user_items
+    from jaxrec.seqrec.histories import training_user_items
 
     rng = np.random.default_rng(0)
     sequences = [list(rng.choice(np.arange(1, 13), size=n, replace=False)) for n in (10, 5, 3, 8)]
     data = _toy_data(sequences, [list(range(len(s))) for s in sequences], num_items=12)
-    own = _training_user_items(data)
+    own = training_user_items(data)
     users = np.repeat(np.arange(4), 200)
     drawn = own.sample(rng, users, 3)
     for row, user in zip(drawn, users):

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from jaxrec.data.prep import SeqData
+from jaxrec.eval.negatives import UserItems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,14 @@ def evaluation_examples(data: SeqData, part: Literal["train", "valid", "test"], 
     ends = data.offsets[:-1] + cut
     counts = np.minimum(cut, length)
     return _windows(data.items, ends, counts, length), data.items[ends].astype(np.int32), cut
+
+
+def training_user_items(data: SeqData) -> UserItems:
+    """Each user's training items (all but the validation and test items), for
+    negatives that avoid what the user had consumed by training time."""
+    lengths = _train_lengths(data)
+    positions, _, _ = _train_positions(data)
+    return UserItems(np.concatenate([[0], np.cumsum(lengths)]), data.items[positions], data.num_items)
 
 
 def item_popularity(data: SeqData) -> np.ndarray:

@@ -35,7 +35,7 @@ from jaxrec.models.decoder import Decoder
 from jaxrec.runs import Run
 from jaxrec.eval.negatives import UserItems
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
-from jaxrec.seqrec.histories import evaluation_examples, item_popularity
+from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_user_items
 from jaxrec.seqrec.spec import EvalSpec
 from jaxrec.tasks.specs import ModelSpec, Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -102,14 +102,6 @@ class _Training:
     teacher: Teacher
 
 
-def _training_user_items(data) -> UserItems:
-    """Each user's training items (all but the validation and test items): what
-    the authors' negatives avoid."""
-    lengths = np.maximum(np.diff(data.offsets) - 2, 0)
-    keep = np.arange(len(data.items)) < np.repeat(data.offsets[:-1] + lengths, np.diff(data.offsets))
-    return UserItems(np.concatenate([[0], np.cumsum(lengths)]), data.items[keep], data.num_items)
-
-
 def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
     spec = config.distill
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
@@ -129,15 +121,16 @@ def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
                                    spec.teacher_activation))
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
-    own_items = _training_user_items(data)
+    own_items = training_user_items(data)
 
     def collate(rows, rng):
         return {**prompts.users(history[rows], None if history_days is None else history_days[rows]),
                 "target": target[rows], "teacher": teacher_users[rows],
                 "negatives": own_items.sample(rng, users[rows], spec.negatives).astype(np.int32)}
 
+    block, blocks = session.batch_block
     batches = IndexBatches(len(users), config.batch.size, collate, seed=config.seed,
-                           process_index=session.batch_block[0], process_count=session.batch_block[1])
+                           process_index=block, process_count=blocks)
     engine = session.engine(model, variables, make_objective(model, spec), TRAINABLE, batches.steps_per_epoch)
     return _Training(model, session, engine, batches, _Evaluator(model, prompts, days, data, config), prompts, teacher)
 

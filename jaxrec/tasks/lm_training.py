@@ -234,9 +234,10 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     lora = config.trainable.lora_spec()
     model = Decoder(lm.config.replace(lora=lora))
     variables = session.place(model, lm.params)
+    block, blocks = session.batch_block
     batches = GrainBatches(
         objective.count, config.batch.size, objective.example, objective.collate, seed=config.seed,
-        process_index=session.batch_block[0], process_count=session.batch_block[1], workers=config.batch.workers,
+        process_index=block, process_count=blocks, workers=config.batch.workers,
     )
     engine = session.engine(model, variables, objective.loss(model), config.trainable.patterns(), batches.steps_per_epoch)
     trainable = trainable_count(engine)

@@ -122,9 +122,9 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     session = TrainingSession(config.mesh, config.optimizer, config.loop, seed)
     align_items = _align_items(config, setup.item_ids, seed)
     variables = session.replicate(init_variables(setup.model, jax.random.key(seed), setup.llm_items, align_items))
+    block, blocks = session.batch_block
     batches = IndexBatches(
-        setup.count, config.batch.size, setup.batch, seed=seed,
-        process_index=session.batch_block[0], process_count=session.batch_block[1],
+        setup.count, config.batch.size, setup.batch, seed=seed, process_index=block, process_count=blocks,
     )
     engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)

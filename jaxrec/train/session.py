@@ -6,6 +6,7 @@ the best validation state restored at the end."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +45,7 @@ class TrainingSession:
         """Devices a global batch is split over: row counts must be a multiple of it."""
         return int(np.prod([self.mesh.shape[axis] for axis in self.batch_axes]))
 
-    @property
+    @functools.cached_property
     def batch_block(self) -> tuple[int, int]:
         """(block, blocks) of every global batch this process loads (see ``mesh.process_batch_block``):
         what the data loaders take as their process index and count."""
