@@ -32,6 +32,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -396,7 +397,8 @@ def apply_trained(lm, file: Path, meta: dict):
             if path in flat and tuple(flat[path].shape) != value.shape:
                 raise RunError(f"{file}: {'/'.join(path)} is {value.shape} but the model's is "
                                f"{tuple(flat[path].shape)}; the run was trained on another base")
-            flat[path] = jnp.asarray(value, config.param_dtype)
+            flat[path] = (jax.device_put(value.astype(jnp.dtype(config.param_dtype)), flat[path].sharding) if path in flat
+                          else jnp.asarray(value, config.param_dtype))
         params = traverse_util.unflatten_dict(flat)
     if "lora" in trained:
         spec = meta["lora"]

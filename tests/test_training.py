@@ -106,6 +106,47 @@ def test_eight_devices_match_one_device():
     assert report["param_sharded"], "tensor/fsdp axes should actually shard a kernel"
 
 
+def _write_random_llama(directory: Path, hidden: int, layers: int, intermediate: int, vocab: int) -> int:
+    """An HF LLaMA directory with random float32 weights, written tensor by
+    tensor from jaxrec's own conversion table; returns its weight bytes."""
+    from safetensors.numpy import save_file
+
+    from jaxrec.models.convert import hf_tensor_shapes
+    from jaxrec.models.decoder_config import config_from_hf_dict
+
+    hf = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+          "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+          "max_position_embeddings": 128, "tie_word_embeddings": True, "torch_dtype": "float32"}
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(hf))
+    rng = np.random.default_rng(0)
+    tensors = {key: rng.standard_normal(shape, dtype=np.float32)
+               for key, shape in hf_tensor_shapes(config_from_hf_dict(hf, source=str(directory))).items()}
+    save_file(tensors, str(directory / "model.safetensors"))
+    return sum(t.nbytes for t in tensors.values())
+
+
+def test_weights_load_straight_into_their_fsdp_shards(tmp_path):
+    """With fsdp=8 each device holds 1/8 of every parameter, the values equal an
+    unsharded load, and the load's resident-memory peak stays near the model
+    size (the shards themselves) instead of twice it (a whole copy, then shards)."""
+    model_bytes = _write_random_llama(tmp_path / "model", hidden=512, layers=24, intermediate=1536, vocab=1024)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "tests.sharded_loading_script", str(tmp_path / "model")],
+                            capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model_bytes"] == model_bytes
+    assert report["same_values_as_unsharded_load"]
+    for name, leaf in report["shards"].items():
+        (shard_shape,) = leaf["shard_shapes"]  # one shape: every device holds an equal piece
+        assert np.prod(shard_shape) * 8 == np.prod(leaf["shape"]), (name, leaf)
+    for device, held in report["per_device_bytes"].items():
+        assert held == model_bytes // 8, (device, held)
+    largest_leaf = 24 * 512 * 1536 * 4
+    assert report["peak_load_bytes"] < model_bytes + 2 * largest_leaf, report["peak_load_bytes"] / model_bytes
+
+
 def test_bfloat16_compute_keeps_float32_lora_weights(tiny_checkpoints):
     lm = jaxrec.load_lm(tiny_checkpoints("llama-tied-gqa")[0], dtype="bfloat16")
     engine = build_engine(lm, "mntp")

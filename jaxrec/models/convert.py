@@ -37,6 +37,18 @@ def abstract_params(config: DecoderConfig) -> dict:
     return nn.unbox(abstract_variables(Decoder(config)))["params"]
 
 
+def hf_tensor_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor a checkpoint of ``config`` holds, with its shape."""
+    shapes = abstract_params(config)
+    out = {}
+    for rule in rules_for(config):
+        target = _get(shapes, rule.path)
+        per_tensor = target.shape[1:] if rule.per_layer else target.shape
+        hf_shape = tuple(rule.layout.to_hf(np.zeros(per_tensor, np.int8)).shape)
+        out.update({key: hf_shape for key in rule.hf_keys(config.num_layers)})
+    return out
+
+
 def _get(tree: dict, path: tuple[str, ...]):
     for part in path:
         tree = tree[part]
@@ -73,16 +85,25 @@ def _list(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def params_from_source(config: DecoderConfig, source: TensorSource, origin: str) -> dict:
-    """Build Flax params tensor by tensor; each leaf is filled in a host buffer
-    in the parameter dtype, moved to the device, and released."""
+def params_from_source(config: DecoderConfig, source: TensorSource, origin: str, shardings: dict | None = None) -> dict:
+    """Build Flax params tensor by tensor, straight into their shards.
+
+    ``shardings`` (a tree like the params, default: everything on the first
+    local device) says where each leaf goes. A process fills host buffers only
+    for the shards its own devices hold, one leaf at a time, reading each HF
+    tensor once; so with fsdp > 1 no process and no device ever holds the whole
+    model, and the peak beyond the shards is one leaf's shards plus one tensor.
+    """
     rules = rules_for(config)
     _check_names(rules, config, source, origin)
     shapes = abstract_params(config)
+    if shardings is None:
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: one_device, shapes)
     params: dict = {}
     for rule in rules:
-        target = _get(shapes, rule.path)
-        buffer = np.empty(target.shape, dtype=target.dtype)
+        target, sharding = _get(shapes, rule.path), _get(shardings, rule.path)
+        shards = _LocalShards(target.shape, target.dtype, sharding)
         for index, key in enumerate(rule.hf_keys(config.num_layers)):
             tensor = source.read(key)
             want = target.shape[1:] if rule.per_layer else target.shape
@@ -96,14 +117,43 @@ def params_from_source(config: DecoderConfig, source: TensorSource, origin: str)
                     f"{source.where(key)}: tensor {key!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(expected_hf)} for this config"
                 )
-            if rule.per_layer:
-                buffer[index] = converted
-            else:
-                buffer[...] = converted
+            shards.fill(converted, layer=index if rule.per_layer else None)
             del tensor, converted
-        _set(params, rule.path, jnp.asarray(buffer))
-        del buffer
+        _set(params, rule.path, shards.to_array())
     return params
+
+
+class _LocalShards:
+    """Host buffers for the distinct shards of one parameter that this
+    process's devices hold, filled one HF tensor at a time."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding):
+        self.shape, self.sharding = tuple(shape), sharding
+        self.device_block = {}
+        self.buffers: dict[tuple, np.ndarray] = {}
+        for device, index in sharding.addressable_devices_indices_map(self.shape).items():
+            block = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, self.shape))
+            self.device_block[device] = _key(block)
+            if _key(block) not in self.buffers:
+                self.buffers[_key(block)] = np.empty([s.stop - s.start for s in block], dtype=dtype)
+
+    def fill(self, value: np.ndarray, layer: int | None) -> None:
+        """Copy ``value`` (the whole parameter, or layer ``layer`` of a stacked one) into every shard."""
+        for key, buffer in self.buffers.items():
+            block = tuple(slice(a, b) for a, b in key)
+            if layer is None:
+                buffer[...] = value[block]
+            elif block[0].start <= layer < block[0].stop:
+                buffer[layer - block[0].start] = value[block[1:]]
+
+    def to_array(self) -> jax.Array:
+        pieces = [jax.device_put(self.buffers[block], device) for device, block in self.device_block.items()]
+        self.buffers.clear()
+        return jax.make_array_from_single_device_arrays(self.shape, self.sharding, pieces)
+
+
+def _key(block: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple((s.start, s.stop) for s in block)
 
 
 def params_to_hf(config: DecoderConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -203,12 +203,15 @@ def load_lm(
     tokenizer: str | Path | None = None,
     attention_dropout: float | None = None,
     remat: bool = False,
+    shardings: Callable[[DecoderConfig], dict] | None = None,
 ) -> LM:
     """Load a LLaMA / Qwen2 decoder from a named asset (``smollm2-135m``), an HF
     model directory with safetensors, or a LLaMA GGUF file.
 
     ``dtype`` is the compute dtype; parameters are kept in ``param_dtype``
-    (default: the same as ``dtype``).
+    (default: the same as ``dtype``). ``shardings`` maps the model's config to
+    the shardings of its params: each process then reads only the shards its
+    devices hold (default: the whole model on the first local device).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -226,7 +229,8 @@ def load_lm(
         raise CheckpointError(f"{path}: expected an HF model directory or a .gguf file")
     if attention_dropout is not None:
         config = config.replace(attention_dropout=attention_dropout)
-    params = params_from_source(config, source, origin=str(path))
+    params = params_from_source(config, source, origin=str(path),
+                                shardings=shardings(config) if shardings is not None else None)
     tok_source = None
     if tokenizer is not None:
         tok_path = assets.resolve_file(tokenizer)

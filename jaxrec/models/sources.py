@@ -1,7 +1,9 @@
 """Checkpoint files as read-one-tensor-at-a-time sources with HF tensor names.
 
-A source never holds more than one tensor in memory beyond the memory map of
-its files; the converter pulls tensors one by one.
+A source holds no tensor data of its own: each read returns one tensor in a
+fresh buffer (safetensors are read with plain file reads, GGUF pages are
+released after each tensor), so the converter's resident memory follows the
+tensors it is using, not the size of the files.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ class _SafetensorsFile:
                 header = json.loads(f.read(header_len))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise CheckpointError(f"{path}: corrupt safetensors header: {err}") from None
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         header.pop("__metadata__", None)
         self._data_start = 8 + header_len
         data_len = size - self._data_start
@@ -80,8 +81,8 @@ class _SafetensorsFile:
 
     def read(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self.entries[name]
-        start = self._data_start + begin
-        return np.frombuffer(self._mmap, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start).reshape(shape)
+        return np.fromfile(self.path, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                           offset=self._data_start + begin).reshape(shape)
 
 
 class SafetensorsSource:
@@ -260,12 +261,20 @@ class GGUFSource:
                 f"which the gguf package cannot dequantize ({err})"
             ) from None
         values = np.asarray(values, dtype=np.float32).reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        self._release_pages()
         if name.endswith(("q_proj.weight", "q_proj.bias")):
             values = _unpermute_for_rotate_half(values, int(self.metadata["llama.attention.head_count"]))
         elif name.endswith(("k_proj.weight", "k_proj.bias")):
             heads_kv = self.metadata.get("llama.attention.head_count_kv", self.metadata["llama.attention.head_count"])
             values = _unpermute_for_rotate_half(values, int(heads_kv))
         return values
+
+    def _release_pages(self) -> None:
+        """Drop the file pages the last read touched from this process's
+        resident memory (they stay in the page cache)."""
+        file_map = getattr(self.reader.data, "_mmap", None)
+        if file_map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            file_map.madvise(mmap.MADV_DONTNEED)
 
     def where(self, name: str) -> str:
         tensor = self._tensors.get(name)

@@ -102,7 +102,7 @@ class _Training:
     teacher: Teacher
 
 
-def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
+def build_training(config: LlmsrecConfig, data, lm, log=print, session: TrainingSession | None = None) -> _Training:
     spec = config.distill
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
     days = InteractionDays(data) if spec.dates else None
@@ -119,7 +119,7 @@ def build_training(config: LlmsrecConfig, data, lm, log=print) -> _Training:
     model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
                       DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
                                    spec.teacher_activation))
-    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    session = session or TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
     own_items = training_user_items(data)
 
@@ -141,13 +141,14 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
         raise ConfigError("distill.teacher is not set: train an ID SASRec with the seqrec task first and point "
                           "distill.teacher at its run directory")
     data = config.data.load(config.seed, log)
-    lm = config.model.load()
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    lm = config.model.load(shardings=session.param_shardings)
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     if lm.config.extra_tokens not in (0, EXTRA_TOKENS):
         raise ConfigError(f"{lm.source} already has {lm.config.extra_tokens} added tokens; LLM-SRec adds {EXTRA_TOKENS}")
     run.set_model(lm)
-    training = build_training(config, data, lm, log)
+    training = build_training(config, data, lm, log, session)
     engine = training.engine
     log(f"model: {lm}; teacher: {training.teacher.source}")
     trainable = trainable_count(engine)

@@ -220,13 +220,14 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
         raise ConfigError("batch.pack works for the mntp and contrastive tasks in a single process "
                           "(packed rows differ in number between processes); set batch.pack=false")
     mode = config.trainable.mode
-    lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype)
+    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
+    lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype,
+                           shardings=session.param_shardings)
     if lm.tokenizer is None:
         raise ConfigError(f"{lm.source} has no tokenizer: set model.tokenizer")
     run.set_model(lm)
     log(f"model: {lm}" + (f", trained along {len(lm.lineage)} run(s) up to {lm.lineage[-1]['run']}" if lm.lineage else ""))
     data = config.data.load(config.seed, log)
-    session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     objective = OBJECTIVES[config.task](config, lm, data, session.batch_rows)
     log(f"{objective.count} {config.task} examples")
     log(f"mesh: {dict(session.mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")

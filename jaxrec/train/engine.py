@@ -46,11 +46,17 @@ class TrainableSpec:
         return trainable_patterns(self.mode, self.subtrees)
 
 
+def variable_shardings(model: Decoder, mesh: Mesh, rules: dict) -> dict:
+    """Where each of the model's variables lives on the mesh, from its logical axes."""
+    boxed = abstract_variables(model)
+    return mesh_lib.tree_shardings(nn.unbox(boxed), nn.get_partition_spec(boxed), mesh, rules)
+
+
 def place_variables(model: Decoder, params: dict, mesh: Mesh, rules: dict, rng: jax.Array) -> dict:
     """The model's variables on the mesh: the given ``params`` moved to their
-    shardings, and every other collection (LoRA) freshly initialised sharded."""
-    boxed = abstract_variables(model)
-    shardings = mesh_lib.tree_shardings(nn.unbox(boxed), nn.get_partition_spec(boxed), mesh, rules)
+    shardings (nothing moves when they were loaded there), and every other
+    collection (LoRA) freshly initialised sharded."""
+    shardings = variable_shardings(model, mesh, rules)
     variables = {"params": jax.device_put(params, shardings["params"])}
     others = {k: v for k, v in shardings.items() if k != "params"}
     if others:

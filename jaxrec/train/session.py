@@ -16,7 +16,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrec.train import mesh as mesh_lib
-from jaxrec.train.engine import Engine, place_variables
+from jaxrec.models.decoder import Decoder
+from jaxrec.train.engine import Engine, place_variables, variable_shardings
 from jaxrec.train.loop import LoopSpec, attention_mask_tokens, restore_best, train
 from jaxrec.train.optim import OptimizerSpec, make_optimizer
 
@@ -55,6 +56,11 @@ class TrainingSession:
         """A decoder's variables sharded by their logical axes (other collections initialised)."""
         rng = jax.random.key(self.seed) if rng is None else rng
         return place_variables(model, params, self.mesh, self.rules, rng)
+
+    def param_shardings(self, config) -> dict:
+        """The shardings of a decoder's params on this mesh: pass as ``load_lm(shardings=...)``
+        so that the weights are read straight into their shards."""
+        return variable_shardings(Decoder(config), self.mesh, self.rules)["params"]
 
     def replicate(self, tree):
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
