@@ -121,18 +121,53 @@ def fill_packed_rows(sequences: Sequence[Sequence[int]], layout: PackedLayout, f
 
 
 def pack_sequences(
-    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, row_multiple: int = 2
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, blocks: int = 1
 ) -> dict[str, np.ndarray]:
     """Several short sequences per row instead of one padded row each (see
     :func:`pack_layout`). Returns ``input_ids`` and ``attention_mask`` [rows,
     width], the mask holding each token's segment id within its row (1, 2,
     ...; 0 for padding; see ``positions_from_mask``), and for every sequence
-    its ``item_row`` and ``item_segment`` (0-based, for pooling). Rows are
-    rounded up to ``row_multiple``, so batches of about the same number of
-    tokens share a shape.
+    its ``item_row`` and ``item_segment`` (0-based, for pooling).
+
+    The sequences are split into ``blocks`` equal consecutive groups, one per
+    device the batch is sharded over, and each group is packed into its own
+    rows, all groups padded to the same count: every device gets its own
+    sequences whole, and the arrangement depends only on the number of
+    blocks, not on how many processes load them (see :func:`align_packed_blocks`).
     """
-    layout = pack_layout([len(s) for s in sequences], width, max_segments)
-    count = -(-layout.rows // row_multiple) * row_multiple
-    ids, segments = fill_packed_rows(sequences, layout, 0, count, pad_id)
-    return {"input_ids": ids, "attention_mask": segments, "item_row": layout.row.astype(np.int32),
-            "item_segment": layout.segment.astype(np.int32)}
+    if len(sequences) % blocks:
+        raise ValueError(f"{len(sequences)} sequences do not split into {blocks} equal blocks")
+    size = len(sequences) // blocks
+    groups = [sequences[b * size : (b + 1) * size] for b in range(blocks)]
+    layouts = [pack_layout([len(s) for s in group], width, max_segments) for group in groups]
+    rows = max(layout.rows for layout in layouts)
+    filled = [fill_packed_rows(group, layout, 0, rows, pad_id) for group, layout in zip(groups, layouts)]
+    return {"input_ids": np.concatenate([ids for ids, _ in filled]),
+            "attention_mask": np.concatenate([segments for _, segments in filled]),
+            "item_row": np.concatenate([b * rows + layout.row for b, layout in enumerate(layouts)]).astype(np.int32),
+            "item_segment": np.concatenate([layout.segment for layout in layouts]).astype(np.int32)}
+
+
+def is_packed(batch: dict) -> bool:
+    return "item_row" in batch
+
+
+def align_packed_blocks(batch: dict[str, np.ndarray], blocks: int, rows_per_block: int,
+                        first_block: int) -> dict[str, np.ndarray]:
+    """A process's packed batch (``blocks`` blocks of equal rows, from
+    :func:`pack_sequences`) as its part of a global batch: each block padded
+    to ``rows_per_block`` rows, the count every process agreed on, and
+    ``item_row`` counted in global rows, this process's blocks starting at
+    block ``first_block``."""
+    ids, segments = batch["input_ids"], batch["attention_mask"]
+    have = len(ids) // blocks
+    if have > rows_per_block:
+        raise ValueError(f"packed blocks of {have} rows do not fit the agreed {rows_per_block}")
+    pad = ((0, 0), (0, rows_per_block - have), (0, 0))
+    width = ids.shape[1]
+    # the added rows are all segment 0 (padding), which neither attention nor any loss reads
+    ids = np.pad(ids.reshape(blocks, have, width), pad).reshape(-1, width)
+    segments = np.pad(segments.reshape(blocks, have, width), pad).reshape(-1, width)
+    block, row = np.divmod(batch["item_row"], have)
+    return {**batch, "input_ids": ids, "attention_mask": segments,
+            "item_row": ((first_block + block) * rows_per_block + row).astype(np.int32)}

@@ -1,6 +1,7 @@
 """Run by test_multihost: one JAX process of a 2-process job (or a single
-process with all 8 devices), training a tiny LoRA MNTP model on Grain batches
-over a data=2, fsdp=2, tensor=2 mesh. Prints the losses as JSON."""
+process with all 8 devices), training a tiny LoRA model (MNTP, or contrastive
+on packed rows) on Grain batches over a given mesh. Prints the losses and the
+final trainable parameters as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import jax
 import numpy as np
 
 
-def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, int] = (2, 2, 2)) -> None:
+def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, int] = (2, 2, 2),
+         objective: str = "mntp", packed: bool = False) -> None:
     if num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
@@ -22,6 +24,8 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     import jaxrec
     from jaxrec.data.text_examples import pad_batch
     from jaxrec.data.batches import GrainBatches
+    from jaxrec.shapes import pack_sequences
+    from jaxrec.train.session import gather
     from jaxrec.train.mesh import MeshSpec, process_batch_block, rules_of
     from tests.conftest import build_torch_model, save_tokenizer
     from tests.train_helpers import build_engine
@@ -31,17 +35,26 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     save_tokenizer(directory)
     lm = jaxrec.load_lm(directory)
     spec = MeshSpec(*mesh)
-    engine = build_engine(lm, "mntp", spec, jax.devices())
-    block, blocks = process_batch_block(engine.mesh, rules_of(spec)["batch"])
+    engine = build_engine(lm, objective, spec, jax.devices())
+    batch_axes = rules_of(spec)["batch"]
+    block, blocks = process_batch_block(engine.mesh, batch_axes)
+    local_devices = int(np.prod([engine.mesh.shape[a] for a in batch_axes])) // blocks
+    if packed:  # each device's titles in its own rows
+        collate = lambda rows: pack_sequences(list(rows), 16, 2, 16, blocks=local_devices)
+    else:
+        collate = lambda rows: pad_batch(list(rows), 2, 16)
 
     rng = np.random.default_rng(0)
     titles = [rng.integers(3, 128, size=rng.integers(3, 12)).tolist() for _ in range(64)]
-    data = GrainBatches(len(titles), 16, lambda i, _: titles[i], lambda rows: pad_batch(list(rows), 2, 16),
-                        seed=1, process_index=block, process_count=blocks)
+    data = GrainBatches(len(titles), 16, lambda i, _: titles[i], collate, seed=1, process_index=block,
+                        process_count=blocks)
     losses = [float(engine.train_step(next(data))["loss"]) for _ in range(4)]
+    trained = jax.tree.leaves(gather(engine.state.trainable))
     if jax.process_index() == 0:
-        print(json.dumps({"losses": losses, "processes": jax.process_count()}))
+        print(json.dumps({"losses": losses, "processes": jax.process_count(),
+                          "trainable": [np.asarray(x, np.float64).ravel().tolist() for x in trained]}))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), tuple(int(n) for n in sys.argv[4].split(",")))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), tuple(int(n) for n in sys.argv[4].split(",")),
+         sys.argv[5], sys.argv[6] == "packed")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.shapes import pack_sequences, pad_sequences
+from jaxrec.shapes import align_packed_blocks, pack_sequences, pad_sequences
 from jaxrec.models.layers import positions_from_mask
 from jaxrec.objectives import mntp, model_losses
 from tests.conftest import random_ids
@@ -23,15 +23,44 @@ def _sequences(seed=0):
 
 def test_pack_places_every_sequence_once_within_the_width():
     sequences = _sequences()
-    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3, row_multiple=2)
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3)
     ids, segments = packed["input_ids"], packed["attention_mask"]
-    assert ids.shape[1] == 16 and len(ids) % 2 == 0
+    assert ids.shape[1] == 16
     assert segments.max() <= 3 and int((segments > 0).sum()) == sum(LENGTHS)
     for index, seq in enumerate(sequences):
         row, segment = packed["item_row"][index], packed["item_segment"][index]
         np.testing.assert_array_equal(ids[row][segments[row] == segment + 1], seq)
     with pytest.raises(ValueError, match="does not fit packed rows of width 8"):
         pack_sequences(sequences, width=8, pad_id=0, max_segments=3)
+
+
+def test_each_device_block_is_packed_into_its_own_equal_rows():
+    sequences = _sequences() * 4  # 36 sequences, 4 blocks of 9
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3, blocks=4)
+    rows = len(packed["input_ids"]) // 4
+    assert len(packed["input_ids"]) == 4 * rows
+    for index, seq in enumerate(sequences):
+        row, segment = packed["item_row"][index], packed["item_segment"][index]
+        assert row // rows == index // 9  # in its own block's rows
+        np.testing.assert_array_equal(packed["input_ids"][row][packed["attention_mask"][row] == segment + 1], seq)
+
+
+def test_processes_packing_their_halves_assemble_the_single_process_batch():
+    """Two processes, each packing its half of a batch over its 2 devices and
+    padding to the agreed row count, give exactly the rows and item positions
+    of one process packing the whole batch over 4 devices."""
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(3, 90, size=rng.integers(1, 16)).tolist() for _ in range(32)]
+    whole = pack_sequences(sequences, width=16, pad_id=0, max_segments=16, blocks=4)
+    halves = [pack_sequences(sequences[p * 16 : (p + 1) * 16], width=16, pad_id=0, max_segments=16, blocks=2)
+              for p in range(2)]
+    agreed = max(len(h["input_ids"]) // 2 for h in halves)
+    assert agreed == len(whole["input_ids"]) // 4
+    parts = [align_packed_blocks(h, blocks=2, rows_per_block=agreed, first_block=2 * p) for p, h in enumerate(halves)]
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key], err_msg=key)
+    with pytest.raises(ValueError, match="do not fit"):
+        align_packed_blocks(halves[0], blocks=2, rows_per_block=1, first_block=0)
 
 
 def test_positions_restart_in_each_segment_and_padding_is_unchanged():

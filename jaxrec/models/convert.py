@@ -88,8 +88,8 @@ def _list(names: list[str], limit: int = 5) -> str:
 def params_from_source(config: DecoderConfig, source: TensorSource, origin: str, shardings: dict | None = None) -> dict:
     """Build Flax params tensor by tensor, straight into their shards.
 
-    ``shardings`` (a tree like the params, default: everything on the first
-    local device) says where each leaf goes. A process fills host buffers only
+    ``shardings`` (a tree like the params; default: whole arrays on the
+    default device, uncommitted) says where each leaf goes. A process fills host buffers only
     for the shards its own devices hold, one leaf at a time, reading each HF
     tensor once; so with fsdp > 1 no process and no device ever holds the whole
     model, and the peak beyond the shards is one leaf's shards plus one tensor.
@@ -97,12 +97,10 @@ def params_from_source(config: DecoderConfig, source: TensorSource, origin: str,
     rules = rules_for(config)
     _check_names(rules, config, source, origin)
     shapes = abstract_params(config)
-    if shardings is None:
-        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: one_device, shapes)
     params: dict = {}
     for rule in rules:
-        target, sharding = _get(shapes, rule.path), _get(shardings, rule.path)
+        target = _get(shapes, rule.path)
+        sharding = _get(shardings, rule.path) if shardings is not None else None
         shards = _LocalShards(target.shape, target.dtype, sharding)
         for index, key in enumerate(rule.hf_keys(config.num_layers)):
             tensor = source.read(key)
@@ -127,11 +125,14 @@ class _LocalShards:
     """Host buffers for the distinct shards of one parameter that this
     process's devices hold, filled one HF tensor at a time."""
 
-    def __init__(self, shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding):
+    def __init__(self, shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding | None):
         self.shape, self.sharding = tuple(shape), sharding
         self.device_block = {}
         self.buffers: dict[tuple, np.ndarray] = {}
-        for device, index in sharding.addressable_devices_indices_map(self.shape).items():
+        # no sharding: one whole buffer, placed later like any host array (uncommitted)
+        places = (sharding.addressable_devices_indices_map(self.shape) if sharding is not None
+                  else {None: tuple(slice(None) for _ in self.shape)})
+        for device, index in places.items():
             block = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, self.shape))
             self.device_block[device] = _key(block)
             if _key(block) not in self.buffers:
@@ -147,6 +148,9 @@ class _LocalShards:
                 buffer[layer - block[0].start] = value[block[1:]]
 
     def to_array(self) -> jax.Array:
+        if self.sharding is None:
+            (whole,) = self.buffers.values()
+            return jnp.asarray(whole)
         pieces = [jax.device_put(self.buffers[block], device) for device, block in self.device_block.items()]
         self.buffers.clear()
         return jax.make_array_from_single_device_arrays(self.shape, self.sharding, pieces)

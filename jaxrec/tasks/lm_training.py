@@ -87,10 +87,12 @@ def mask_token_id(lm: LM, masking: MaskingSpec) -> int:
 class Objective:
     """One objective's examples, batches and loss. ``count`` examples, each
     built by ``example(index, rng)`` (rng: Grain's per-example generator) and
-    batched by ``collate``; ``validation_examples`` are fixed."""
+    batched by ``collate``; ``validation_examples`` are fixed. ``blocks``: the
+    devices this process's part of a batch is split over (packed rows are
+    packed per device)."""
 
-    def __init__(self, config: LMTrainingConfig, lm: LM, data: SeqData, row_multiple: int = 1):
-        self.config, self.lm, self.tok, self.row_multiple = config, lm, lm.tokenizer, row_multiple
+    def __init__(self, config: LMTrainingConfig, lm: LM, data: SeqData, blocks: int = 1):
+        self.config, self.lm, self.tok, self.blocks = config, lm, lm.tokenizer, blocks
         self.spec, self.pad_id = config.batch, pad_id(lm)
 
     count: int
@@ -110,17 +112,20 @@ class Objective:
         order = rng.permutation(self.count)[: self.spec.size * self.spec.eval_batches]
         return [self.example(int(i), rng) for i in order]
 
-    def validation_batches(self) -> list[dict[str, np.ndarray]]:
+    def validation_batches(self, block: int = 0, blocks: int = 1) -> list[dict[str, np.ndarray]]:
+        """This process's part (``block`` of ``blocks``) of each validation batch."""
         size, examples = self.spec.size, self.validation_examples()
         usable = min(len(examples), size * self.spec.eval_batches)
-        return [self.collate(examples[i : i + size]) for i in range(0, usable - size + 1, size)]
+        part = size // blocks
+        return [self.collate(examples[i + block * part : i + (block + 1) * part])
+                for i in range(0, usable - size + 1, size)]
 
 
 class _TitleObjective(Objective):
     """mntp and contrastive: one example per item title, padded or packed rows."""
 
-    def __init__(self, config, lm, data, row_multiple=1):
-        super().__init__(config, lm, data, row_multiple)
+    def __init__(self, config, lm, data, blocks=1):
+        super().__init__(config, lm, data, blocks)
         self.titles = self.tok(data.titles[1:], add_special_tokens=True, truncation=True,
                                max_length=self.spec.max_length)["input_ids"]
         self.count = len(self.titles)
@@ -131,9 +136,9 @@ class _TitleObjective(Objective):
         return self.titles[index]
 
     def collate(self, examples):
-        if self.spec.pack:  # rows rounded to the batch sharding, so they split evenly over devices
+        if self.spec.pack:  # packed per device, each device's rows holding its own titles
             return pack_sequences(list(examples), self.spec.max_length, self.pad_id, self.spec.max_length,
-                                  self.row_multiple)
+                                  self.blocks)
         return pad_batch(list(examples), self.pad_id, self.spec.max_length)
 
 
@@ -157,8 +162,8 @@ class Scft(Objective):
     """Two attribute-prompt views of each item, attributes shuffled and dropped
     independently; drawn once per item (seeded by it) unless scft.views=per_epoch."""
 
-    def __init__(self, config, lm, data, row_multiple=1):
-        super().__init__(config, lm, data, row_multiple)
+    def __init__(self, config, lm, data, blocks=1):
+        super().__init__(config, lm, data, blocks)
         self.items = item_attributes(data.titles[1:], data.attributes[1:])
         self.count = len(self.items)
 
@@ -184,8 +189,8 @@ class Csft(Objective):
     """Next-title generation: each position of a user's training sequence is
     the target of the titles before it (left-padded)."""
 
-    def __init__(self, config, lm, data, row_multiple=1):
-        super().__init__(config, lm, data, row_multiple)
+    def __init__(self, config, lm, data, blocks=1):
+        super().__init__(config, lm, data, blocks)
         self.sequences = [[data.titles[i] for i in data.sequence(u)] for u in range(data.num_users)]
         self.pairs = csft_targets(self.sequences)
         self.count = len(self.pairs)
@@ -216,9 +221,8 @@ PACKABLE = ("mntp", "contrastive")
 
 
 def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
-    if config.batch.pack and (config.task not in PACKABLE or jax.process_count() > 1):
-        raise ConfigError("batch.pack works for the mntp and contrastive tasks in a single process "
-                          "(packed rows differ in number between processes); set batch.pack=false")
+    if config.batch.pack and config.task not in PACKABLE:
+        raise ConfigError(f"batch.pack works for the {' and '.join(PACKABLE)} tasks; set batch.pack=false")
     mode = config.trainable.mode
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype,
@@ -228,7 +232,7 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     run.set_model(lm)
     log(f"model: {lm}" + (f", trained along {len(lm.lineage)} run(s) up to {lm.lineage[-1]['run']}" if lm.lineage else ""))
     data = config.data.load(config.seed, log)
-    objective = OBJECTIVES[config.task](config, lm, data, session.batch_rows)
+    objective = OBJECTIVES[config.task](config, lm, data, session.local_batch_rows)
     log(f"{objective.count} {config.task} examples")
     log(f"mesh: {dict(session.mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)")
 
@@ -245,7 +249,7 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     log(f"trainable: {trainable:,} parameters ({mode})")
 
     identity = {**lm.identity(), "task": config.task, "trainable": mode}
-    validate = mean_over_batches(engine, objective.validation_batches)
+    validate = mean_over_batches(engine, lambda: objective.validation_batches(block, blocks))
     result = session.fit(engine, batches, run.path, identity, validate=validate, log=log)
     runs.save_lm(run, gather(engine.state.trainable["model"]), mode, lora, lm.config.extra_tokens)
     summary = {**result.summary, "task": config.task, "trainable_parameters": trainable,

@@ -5,6 +5,7 @@ own parameters, initialise the optimizer sharded, and jit the step once."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Literal
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrec.models.decoder import Decoder, abstract_variables
 from jaxrec.models.layers import LoraSpec
+from jaxrec.shapes import align_packed_blocks, is_packed
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.partition import combine, split, trainable_patterns
 from jaxrec.train.step import init_state, jit_train_step, make_eval_step, make_train_step, shardings_of
@@ -81,7 +83,7 @@ class Engine:
         seed: int = 0,
         batch_axes: tuple[str, ...] = ("data", "fsdp"),
     ):
-        self.model, self.mesh = model, mesh
+        self.model, self.mesh, self.batch_axes = model, mesh, batch_axes
         init_objective, objective_loss = objective
         self.base_rng = jax.random.key(seed)
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -103,10 +105,28 @@ class Engine:
 
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble this process's rows into arrays sharded over the mesh."""
+        if is_packed(local_batch) and jax.process_count() > 1:
+            local_batch = self._align_packed(local_batch)
         return {
             key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(value))
             for key, value in local_batch.items()
         }
+
+    def _align_packed(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Packed blocks padded to the row count of the fullest block of any
+        process (one small all-gather), with item rows in global numbering."""
+        from jax.experimental import multihost_utils
+
+        block, local_blocks = self._process_blocks
+        rows = len(local_batch["input_ids"]) // local_blocks
+        agreed = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
+        return align_packed_blocks(local_batch, local_blocks, agreed, block * local_blocks)
+
+    @functools.cached_property
+    def _process_blocks(self) -> tuple[int, int]:
+        """(this process's block of every batch, the devices that block is sharded over)."""
+        block, blocks = mesh_lib.process_batch_block(self.mesh, self.batch_axes)
+        return block, int(np.prod([self.mesh.shape[axis] for axis in self.batch_axes])) // blocks
 
     def train_step(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         self.state, metrics = self.step_fn(self.state, self.frozen, self.global_batch(local_batch), self.base_rng)

@@ -52,6 +52,11 @@ class TrainingSession:
         what the data loaders take as their process index and count."""
         return mesh_lib.process_batch_block(self.mesh, self.batch_axes)
 
+    @property
+    def local_batch_rows(self) -> int:
+        """Devices this process's part of a batch is split over (packed rows are packed per device)."""
+        return self.batch_rows // self.batch_block[1]
+
     def place(self, model, params: dict, rng: jax.Array | None = None) -> dict:
         """A decoder's variables sharded by their logical axes (other collections initialised)."""
         rng = jax.random.key(self.seed) if rng is None else rng
