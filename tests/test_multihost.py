@@ -70,7 +70,7 @@ def test_two_processes_match_one_process_with_all_devices(mesh, objective, layou
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_local_multihost_launcher_trains_with_one_writer(tiny_checkpoints, tmp_path):
+def test_local_multihost_launcher_trains_with_one_writer_and_the_run_exports(tiny_checkpoints, tmp_path):
     model_dir, _ = tiny_checkpoints("llama-tied-gqa")
     data = write_tiny_dataset(tmp_path / "data")
     config = tmp_path / "run.yaml"
@@ -89,6 +89,20 @@ def test_local_multihost_launcher_trains_with_one_writer(tiny_checkpoints, tmp_p
     lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 2
+
+    # the run the two processes trained exports to transformers with jaxrec's logits
+    import jaxrec
+    from jaxrec import export
+    from tests.conftest import random_ids
+    from tests.test_export import _torch_logits
+    from transformers import AutoModelForCausalLM
+
+    assert export.main(["--run", str(tmp_path / "out"), "--to", str(tmp_path / "hf")]) == 0
+    ids = random_ids(2, 10)
+    ours = np.asarray(jaxrec.load_lm(tmp_path / "out").logits(ids))
+    assert np.abs(ours - np.asarray(jaxrec.load_lm(model_dir).logits(ids))).max() > 0  # trained away from the base
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    np.testing.assert_allclose(_torch_logits(model, ids), ours, atol=1e-4)
 
 
 def _launch(config: Path, steps: int, processes: int, run_dir: Path) -> subprocess.CompletedProcess:
