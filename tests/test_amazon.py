@@ -116,6 +116,57 @@ def test_amazon_2023_saved_with_hf_datasets_reads_as_the_json_lines(tmp_path):
     assert data.report["amazon_release"] == 2023
 
 
+def _hub_records():
+    reviews = [{k: v for k, v in r.items() if k != "images"} for r in REVIEWS_2023]
+    meta = [{**{k: v for k, v in m.items() if k not in ("images", "videos", "bought_together", "price")},
+             "details": json.dumps(m["details"])} for m in META_2023]
+    return reviews, meta
+
+
+def test_amazon_2023_in_the_offline_hf_cache_reads_as_the_json_lines(tmp_path, monkeypatch):
+    """The hub cache layout <owner>___<repo>/<config>/<version>/<hash>/<name>-<split>[-shard].arrow,
+    written by the Arrow writer that dataset builders use, the reviews in two shards."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    from jaxrec.errors import ConfigError
+    from jaxrec.tasks import load_config
+    from jaxrec.tasks.specs import check_inputs
+
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    _lines(jsonl / "All_Beauty.jsonl", REVIEWS_2023)
+    _lines(jsonl / "meta_All_Beauty.jsonl", META_2023)
+    reviews, meta = _hub_records()
+    builder = tmp_path / "hf" / "datasets" / "McAuley-Lab___amazon-reviews-2023"
+    half = len(reviews) // 2
+    files = {"raw_review_All_Beauty": [("full-00000-of-00002", reviews[:half]), ("full-00001-of-00002", reviews[half:])],
+             "raw_meta_All_Beauty": [("full", meta)]}
+    for config, shards in files.items():
+        directory = builder / config / "0.0.0" / "5f2b1c"
+        directory.mkdir(parents=True)
+        for suffix, records in shards:
+            with ArrowWriter(path=str(directory / f"amazon-reviews-2023-{suffix}.arrow")) as writer:
+                writer.write_table(datasets.Dataset.from_list(records).data.table)
+                writer.finalize()
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    expected = load_dataset(jsonl, PrepSpec(k_core=0), cache=False)
+    data = load_dataset("hf:All_Beauty", PrepSpec(k_core=0), cache=False)
+    np.testing.assert_array_equal(data.items, expected.items)
+    np.testing.assert_array_equal(data.item_ids, expected.item_ids)
+    np.testing.assert_array_equal(data.offsets, expected.offsets)
+    assert data.titles == expected.titles and data.attributes == expected.attributes
+    same = load_dataset("hf:McAuley-Lab/Amazon-Reviews-2023/All_Beauty", PrepSpec(k_core=0), cache=False)
+    np.testing.assert_array_equal(same.items, expected.items)
+    with pytest.raises(DataError, match="no cached Arrow files for the config raw_review_Toys.*cached configs: raw_meta_All_Beauty, raw_review_All_Beauty"):
+        load_dataset("hf:Toys", PrepSpec(k_core=0), cache=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="McAuley-Lab/Amazon-Reviews-2023 is not in the HF datasets cache"):
+        check_inputs(load_config(None, ["task=seqrec", "data.name=hf:All_Beauty"]))
+
+
 def test_a_saved_review_dataset_without_its_meta_names_what_is_missing(tmp_path):
     import datasets
 

@@ -23,7 +23,7 @@ import numpy as np
 from jaxrec import assets
 from jaxrec.data.amazon import find_files as find_amazon_files
 from jaxrec.data.amazon import read_amazon
-from jaxrec.data.hf_datasets import dataset_files, find_datasets, read_hf_amazon
+from jaxrec.data.hf_datasets import dataset_files, find_datasets, from_hub_cache, is_hub_name, read_hf_amazon
 from jaxrec.data.interactions import (
     InteractionLog,
     read_recbole_interactions,
@@ -107,9 +107,9 @@ def _files(path: Path) -> tuple[Path, Path]:
     )
 
 
-def read_raw(path: Path) -> tuple[InteractionLog, ItemTable, dict]:
+def read_raw(files: tuple[Path, Path]) -> tuple[InteractionLog, ItemTable, dict]:
     """The interaction log, the item table and what reading dropped or found."""
-    inter, item = _files(path)
+    inter, item = files
     report: dict = {}
     if inter.suffix == ".inter":
         return read_recbole_interactions(inter), read_items(item), report
@@ -249,14 +249,18 @@ def _load(directory: Path) -> SeqData:
 def load_dataset(name_or_path: str | Path, spec: PrepSpec | None = None, cache: bool = True) -> SeqData:
     """Read, preprocess and split a dataset (cached by source checksums and options)."""
     spec = spec or PrepSpec()
-    path = assets.resolve(name_or_path)
-    if not path.is_dir():
-        raise DataError(f"{path}: expected a dataset directory")
-    files = _files(path)
-    directory = assets.cache_root() / "datasets" / f"{path.name}-{_cache_key(files, spec)}"
+    if is_hub_name(name_or_path):
+        files = from_hub_cache(name_or_path)
+        label = "hf-" + name_or_path.rstrip("/").rsplit("/", 1)[-1].removeprefix("hf:")
+    else:
+        path = assets.resolve(name_or_path)
+        if not path.is_dir():
+            raise DataError(f"{path}: expected a dataset directory")
+        files, label = _files(path), path.name
+    directory = assets.cache_root() / "datasets" / f"{label}-{_cache_key(files, spec)}"
     if cache and (directory / "meta.json").exists():
         return _load(directory)
-    log, table, read_report = read_raw(path)
+    log, table, read_report = read_raw(files)
     data = preprocess(log, table, spec, read_report)
     if cache:
         with atomic_dir(directory) as tmp:

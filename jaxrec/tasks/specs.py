@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable, Literal
 
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.train.engine import TrainableSpec
 from jaxrec.train.loop import LoopSpec
 from jaxrec.train.mesh import MeshSpec
@@ -85,7 +85,8 @@ def _same_file(name: str, source: str) -> bool:
 class DataSpec:
     name: str = "ml-100k"
     """A named dataset asset (``ml-100k``), a directory with interactions.tsv + items.tsv, RecBole .inter + .item
-    files, or Amazon review + meta files."""
+    files, Amazon review + meta files or saved HF datasets, or ``hf:<Category>`` (Amazon Reviews 2023 in the
+    offline HF datasets cache)."""
     min_rating: float | None = None
     k_core: int = 5
     """Keep the k-core of users and items (1: no filtering)."""
@@ -151,7 +152,7 @@ INPUT_FIELDS = {
     ("model", "name"): "a named model asset, an HF model directory, a .gguf file or a run directory",
     ("model", "init_from"): "a finished run directory",
     ("model", "tokenizer"): "an HF model directory with tokenizer files or a .gguf file",
-    ("data", "name"): "a named dataset asset or a dataset directory",
+    ("data", "name"): "a named dataset asset, a dataset directory or hf:<Category> in the HF datasets cache",
     ("recommender", "embeddings"): "an encode run directory or an .npy file",
     ("recommender", "align_to"): "a finished seqrec run directory",
     ("distill", "teacher"): "a finished seqrec run directory",
@@ -163,10 +164,17 @@ def check_inputs(config, produced: set[str] = frozenset()) -> None:
     directory in ``produced`` that an earlier stage writes): checked before
     anything is created or loaded."""
     from jaxrec.assets import REGISTRY
+    from jaxrec.data.hf_datasets import from_hub_cache, is_hub_name
 
     for (section, key), what in INPUT_FIELDS.items():
         value = getattr(getattr(config, section, None), key, None)
         if value is None or value in REGISTRY or Path(value).expanduser().exists():
+            continue
+        if (section, key) == ("data", "name") and is_hub_name(value):
+            try:
+                from_hub_cache(value)
+            except DataError as err:
+                raise ConfigError(str(err)) from None
             continue
         if any(value == run or value.startswith(run.rstrip("/") + "/") for run in produced):
             continue
