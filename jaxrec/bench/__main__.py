@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="LoRA MNTP and contrastive steps: jaxrec vs PyTorch + peft")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--steps", type=int, default=12)
+    mesh = sub.add_parser("mesh", help="SmolLM2 LoRA MNTP on 8 CPU devices: data=8 against fsdp=8, time and memory")
+    mesh.add_argument("--batch-size", type=int, default=32)
+    mesh.add_argument("--steps", type=int, default=6)
     data = sub.add_parser("data", help="load + preprocess + split a dataset, cold and cached")
     data.add_argument("--path", default="../shared/data/amazon2018_video_games")
     recbole = sub.add_parser("recbole", help="SASRec on ml-100k: jaxrec vs RecBole 1.2.1 (own venv), NDCG@10 and s/epoch")
@@ -37,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args.model, args.data, args.batch_size, log=log)
     elif args.bench == "train":
         from jaxrec.bench.train import run
+
+        result = run(args.batch_size, args.steps, log=log)
+    elif args.bench == "mesh":
+        from jaxrec.bench.mesh import run
 
         result = run(args.batch_size, args.steps, log=log)
     elif args.bench == "data":

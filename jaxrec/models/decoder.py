@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.layers import (
     Attention,
+    constrain_batch,
     Projection,
     RMSNorm,
     SwiGLU,
@@ -37,6 +38,7 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, mask):
         c = self.config
+        x = constrain_batch(x)
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
         attn = Attention(
             c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, c.o_bias,
@@ -46,7 +48,7 @@ class DecoderLayer(nn.Module):
         x = x + attn(norm("input_norm")(x), cos, sin, mask)
         mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, name="mlp")
         x = x + mlp(norm("post_attn_norm")(x))
-        return x, None
+        return constrain_batch(x), None
 
 
 class Decoder(nn.Module):

@@ -109,6 +109,27 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin an activation's leading (batch) axis to the mesh axes the logical
+    rule ``batch`` names, when a mesh and rules are in context (training
+    steps set them; plain calls are unchanged). Without it, sharding
+    propagation may follow fsdp-sharded weights and all-gather the whole
+    batch's activations on every device instead of gathering each layer's
+    weights; axes that do not divide the batch are left out."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = dict(nn.get_logical_axis_rules()).get("batch") if not mesh.empty else None
+    if not axes:
+        return x
+    kept: list[str] = []
+    for axis in (axes,) if isinstance(axes, str) else axes:
+        span = 1
+        for name in (*kept, axis):
+            span *= mesh.shape[name]
+        if x.shape[0] % span == 0:
+            kept.append(axis)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(tuple(kept) or None))
+
+
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     """Position of every token counted from the first real token of its
     segment, so left and right padding give real tokens the same positions as

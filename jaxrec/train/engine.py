@@ -93,7 +93,8 @@ class Engine:
 
         def loss_fn(trainable, frozen, batch, rng):
             merged = combine(trainable["model"], frozen["model"])
-            return objective_loss(merged, trainable["objective"], batch, rng)
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules([("batch", batch_axes)]):
+                return objective_loss(merged, trainable["objective"], batch, rng)
 
         self.state = init_state({"model": model_trainable, "objective": objective_params}, optimizer)
         self.batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes or None))
