@@ -156,3 +156,27 @@ def test_bfloat16_compute_keeps_float32_lora_weights(tiny_checkpoints):
     batch = title_batches(1)[0]
     losses = [float(engine.train_step(batch)["loss"]) for _ in range(10)]
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < losses[0]
+
+
+def test_csft_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_lm):
+    from jaxrec.objectives import model_losses
+    from jaxrec.objectives.csft import target_positions
+
+    rng = np.random.default_rng(4)
+    ids = rng.integers(3, 128, size=(3, 14)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, :5] = 0  # left padding
+    target = np.zeros_like(ids)
+    target[0, 10:], target[1, 6:], target[2, :] = 1, 1, 1  # row 2: no history, its first token has no logit
+    positions, valid = target_positions(target)
+    assert valid.sum() == target[:, 1:].sum() and positions.shape == (3, 14)  # budget: 13 -> bucket 16, cut to 14
+    assert positions[0, :4].tolist() == [10, 11, 12, 13] and valid[0].sum() == 4
+    _, loss = model_losses.make_csft(Decoder(tiny_lm.config))
+    full_batch = {"input_ids": ids, "attention_mask": mask, "target_mask": target}
+    selected_batch = {**full_batch, "target_positions": positions, "target_valid": valid}
+    value_and_grad = jax.value_and_grad(lambda p, b: loss({"params": p}, {}, b, jax.random.key(0))[0])
+    full, full_grads = value_and_grad(tiny_lm.params, full_batch)
+    part, part_grads = value_and_grad(tiny_lm.params, selected_batch)
+    np.testing.assert_allclose(float(part), float(full), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(part_grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -4,7 +4,9 @@ trainable parameters (a learnable temperature, heads; often none) and
 ``loss(variables, objective_params, batch, rng) -> (loss, metrics)``.
 
 Batches (all int32 [batch, length] unless noted):
-- csft: input_ids, attention_mask, target_mask;
+- csft: input_ids, attention_mask, target_mask, and optionally
+  target_positions / target_valid [batch, budget] (``csft.target_positions``:
+  the logits are then computed at those positions only);
 - mntp: input_ids, attention_mask;
 - contrastive: input_ids, attention_mask (one row per item; the two views are
   made here, by dropout or by token masking);
@@ -69,8 +71,16 @@ def _no_params(rng):
 
 def make_csft(model: Decoder):
     def loss(variables, _, batch, rng):
-        logits = _apply(model, variables, batch["input_ids"], batch["attention_mask"], "causal", "logits", rng)
-        value, count = csft.next_token_loss(logits, batch["input_ids"], batch["target_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if "target_positions" not in batch:
+            logits = _apply(model, variables, ids, mask, "causal", "logits", rng)
+            value, count = csft.next_token_loss(logits, ids, batch["target_mask"])
+            return value, {"tokens": count}
+        # the vocabulary projection runs only where a target token is predicted
+        positions, valid = batch["target_positions"], batch["target_valid"]
+        logits = model.apply(variables, ids, mask, mask="causal", deterministic=False, rngs={"dropout": rng},
+                             select=jnp.maximum(positions - 1, 0))
+        value, count = mntp.selected_loss(logits, ids, positions, valid)
         return value, {"tokens": count}
 
     return _no_params, loss

@@ -25,6 +25,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.lm import LM
 from jaxrec.objectives import model_losses
+from jaxrec.objectives.csft import target_positions as csft_target_positions
 from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec, ScftSpec
 from jaxrec.runs import Run
 from jaxrec.shapes import pack_sequences, pad_sequences
@@ -207,7 +208,8 @@ class Csft(Objective):
         ids, targets = zip(*examples)
         padded = pad_batch(list(ids), self.pad_id, self.spec.max_length, side="left")
         target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
-        return {**padded, "target_mask": target_mask}
+        positions, valid = csft_target_positions(target_mask)
+        return {**padded, "target_mask": target_mask, "target_positions": positions, "target_valid": valid}
 
     def validation_examples(self):
         return [self._example(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
