@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--model", default="smollm2-135m")
     encode.add_argument("--data", default="ml-100k")
     encode.add_argument("--batch-size", type=int, default=64)
-    train = sub.add_parser("train", help="LoRA MNTP and contrastive steps: jaxrec vs PyTorch + peft")
+    train = sub.add_parser("train", help="LoRA MNTP, contrastive and CSFT steps: jaxrec vs PyTorch + peft")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--steps", type=int, default=12)
     mesh = sub.add_parser("mesh", help="SmolLM2 LoRA MNTP on 8 CPU devices: data=8 against fsdp=8, time and memory")

@@ -1,7 +1,11 @@
 """Benchmark: tokens/s of a LoRA MNTP step and a contrastive step on item
-titles (batch 32), jaxrec vs PyTorch + peft, same model file, titles, LoRA
-shape and optimizer, in one process. jaxrec runs twice: on the same padded
-batches as PyTorch, and on the same titles packed several to a row."""
+titles (batch 32), and of a CSFT step on 10-title histories (half the batch),
+jaxrec vs PyTorch + peft, same model file, titles, LoRA shape and optimizer,
+in one process. jaxrec runs on the same padded batches as PyTorch and, for
+the title steps, on the same titles packed several to a row. Each jaxrec rate
+also comes as achieved GFLOP/s on real tokens (forward and backward of the
+decoder body, the LM head where the loss reads it) against a matmul peak the
+bench measures."""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import numpy as np
 
 from jaxrec import assets
 from jaxrec.bench import torch_reference
+from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
 from jaxrec.shapes import pack_sequences
-from jaxrec.data.text_examples import pad_batch
+from jaxrec.data.text_examples import csft_example, pad_batch
+from jaxrec.objectives.csft import target_positions
+from jaxrec.shapes import pad_sequences
 from jaxrec.data.item_tables import read_items
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
@@ -35,6 +42,39 @@ def _selections(lm, titles, batch_size, steps, seed=0) -> list[list[list[int]]]:
     return [[ids[i] for i in rng.choice(len(ids), batch_size, replace=False)] for _ in range(steps)]
 
 
+def _csft_batches(lm, titles, batch_size, steps, seed=0) -> list[dict]:
+    """Left-padded batches of 10-title histories and their next title, as the csft task builds them."""
+    rng = np.random.default_rng(seed)
+    pad = lm.config.pad_token_id or 0
+    out = []
+    for _ in range(steps):
+        examples = [csft_example(lm.tokenizer, list(rng.choice(titles, 10)), str(rng.choice(titles)), 256)
+                    for _ in range(batch_size)]
+        ids, targets = zip(*examples)
+        padded = pad_batch(list(ids), pad, 256, side="left")
+        target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
+        positions, valid = target_positions(target_mask)
+        out.append({**padded, "target_mask": target_mask, "target_positions": positions, "target_valid": valid})
+    return out
+
+
+def step_flops(config, batches: list[dict], objective: str) -> float:
+    """Matmul FLOPs of the timed steps on real tokens: the decoder body forward
+    and backward (frozen weights need only the activation gradient: about the
+    forward again), twice for contrastive's two views, plus the LM head at the
+    positions the loss reads (MNTP: every masked-token slot; CSFT: the targets)."""
+    total = 0.0
+    for batch in batches:
+        mask = batch["attention_mask"]
+        lengths = [int(n) for row in mask for n in np.bincount(row[row > 0])[1:]] if "item_row" in batch \
+            else mask.sum(axis=1).tolist()
+        body = 2 * decoder_forward_flops(config, lengths)
+        head_positions = {"csft": lambda: batch["target_valid"].sum(), "contrastive": lambda: 0,
+                          "mntp": lambda: 0.2 * sum(lengths)}[objective]()
+        total += body * (2 if objective == "contrastive" else 1) + 2 * 2 * config.hidden_size * config.vocab_size * head_positions
+    return total
+
+
 def _with_warmup(timed: list[dict], warmup: int) -> tuple[list[dict], int]:
     """One batch of every shape the timed steps use first, so no compilation is timed."""
     first_of_shape = {b["input_ids"].shape: b for b in reversed(timed)}
@@ -50,6 +90,8 @@ def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
     masking = model_losses.MaskingSpec(rate=0.2)
     if objective == "mntp":
         bound = model_losses.make_mntp(model, masking, lm.config.pad_token_id or 0, specials)
+    elif objective == "csft":
+        bound = model_losses.make_csft(model)
     else:
         bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
     engine = session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
@@ -60,7 +102,9 @@ def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
         metrics = engine.train_step(batch)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
-    return sum(int((b["attention_mask"] > 0).sum()) for b in batches[warmup:]) / seconds, float(metrics["loss"])
+    timed = batches[warmup:]
+    rate = sum(int((b["attention_mask"] > 0).sum()) for b in timed) / seconds
+    return rate, float(metrics["loss"]), step_flops(lm.config, timed, objective) / seconds / 1e9
 
 
 def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, special_ids):
@@ -74,7 +118,8 @@ def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, spec
         str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32,
         attention_dropout=dropout,
     )
-    torch_reference.make_bidirectional(model)
+    if objective != "csft":
+        torch_reference.make_bidirectional(model)
     model = peft.get_peft_model(model, peft.LoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=TARGETS))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
@@ -83,6 +128,15 @@ def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, spec
     def step(batch):
         ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
         mask = torch.as_tensor(batch["attention_mask"], dtype=torch.long)
+        if objective == "csft":  # left-padded histories: positions from the mask, as jaxrec computes them
+            positions = (torch.cumsum(mask, -1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
+            target = torch.as_tensor(batch["target_mask"], dtype=torch.bool)[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits[target], ids[:, 1:][target])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return float(loss)
         visible = torch_reference.visible_keys_mask(mask, torch.float32)
         if objective == "mntp":
             real = mask.bool() & ~torch.isin(ids, special)
@@ -130,16 +184,29 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     result = {"bench": "train", "model": "smollm2-135m", "batch_size": batch_size, "timed_steps": steps,
               "lora_rank": LORA.rank, "torch_threads": torch.get_num_threads()}
     specials = tuple(lm.tokenizer.all_special_ids)
-    for objective, dropout in (("mntp", 0.0), ("contrastive", 0.2)):
-        jax_rate, jax_loss = _jax_tokens_per_s(lm, objective, batches, warmup, dropout)
-        log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s (loss {jax_loss:.3f})")
-        packed_rate, packed_loss = _jax_tokens_per_s(lm, objective, packed, packed_warmup, dropout)
-        log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s (loss {packed_loss:.3f})")
-        torch_rate, torch_loss = _torch_tokens_per_s(objective, batches, warmup, dropout, pad, specials)
+    peak = matmul_peak()
+    log(f"matmul peak (jax, float32): {peak['gflops']} GFLOP/s")
+    result["matmul_peak_gflops"] = peak["gflops"]
+    csft, csft_warmup = _with_warmup(_csft_batches(lm, titles[1:], max(1, batch_size // 2), steps), warmup)
+    kinds = (("mntp", 0.0, batches, packed, warmup, packed_warmup),
+             ("contrastive", 0.2, batches, packed, warmup, packed_warmup),
+             ("csft", 0.0, csft, None, csft_warmup, 0))
+    for objective, dropout, padded_batches, packed_batches, padded_warmup, packed_warmup_steps in kinds:
+        jax_rate, jax_loss, jax_gflops = _jax_tokens_per_s(lm, objective, padded_batches, padded_warmup, dropout)
+        log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s, {jax_gflops:.1f} GFLOP/s (loss {jax_loss:.3f})")
+        torch_rate, torch_loss = _torch_tokens_per_s(objective, padded_batches, padded_warmup, dropout, pad, specials)
         log(f"{objective}: torch+peft {torch_rate:.0f} tokens/s (loss {torch_loss:.3f})")
         result[f"{objective}_jaxrec_tokens_per_s"] = round(jax_rate, 1)
-        result[f"{objective}_jaxrec_packed_tokens_per_s"] = round(packed_rate, 1)
         result[f"{objective}_torch_tokens_per_s"] = round(torch_rate, 1)
         result[f"{objective}_speedup"] = round(jax_rate / torch_rate, 2)
-        result[f"{objective}_packed_speedup"] = round(packed_rate / torch_rate, 2)
+        result[f"{objective}_jaxrec_gflops"] = round(jax_gflops, 1)
+        result[f"{objective}_share_of_peak"] = round(jax_gflops / peak["gflops"], 3)
+        if packed_batches is not None:
+            packed_rate, packed_loss, packed_gflops = _jax_tokens_per_s(lm, objective, packed_batches,
+                                                                        packed_warmup_steps, dropout)
+            log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s, {packed_gflops:.1f} GFLOP/s "
+                f"(loss {packed_loss:.3f})")
+            result[f"{objective}_jaxrec_packed_tokens_per_s"] = round(packed_rate, 1)
+            result[f"{objective}_packed_speedup"] = round(packed_rate / torch_rate, 2)
+            result[f"{objective}_packed_share_of_peak"] = round(packed_gflops / peak["gflops"], 3)
     return result
