@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     mesh = sub.add_parser("mesh", help="SmolLM2 LoRA MNTP on 8 CPU devices: data=8 against fsdp=8, time and memory")
     mesh.add_argument("--batch-size", type=int, default=32)
     mesh.add_argument("--steps", type=int, default=6)
+    step = sub.add_parser("step", help="a full fine-tuning CSFT step of a published model shape: tokens/s and MFU")
+    step.add_argument("--shape", default="qwen2-0.5b", choices=["qwen2-0.5b", "smollm2-135m"])
+    step.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    step.add_argument("--batch-size", type=int, default=8)
+    step.add_argument("--length", type=int, default=512)
+    step.add_argument("--steps", type=int, default=10)
+    step.add_argument("--peak-tflops", type=float, help="the devices' matmul peak to divide by (default: measured)")
     data = sub.add_parser("data", help="load + preprocess + split a dataset, cold and cached")
     data.add_argument("--path", default="../shared/data/amazon2018_video_games")
     recbole = sub.add_parser("recbole", help="SASRec on ml-100k: jaxrec vs RecBole 1.2.1 (own venv), NDCG@10 and s/epoch")
@@ -46,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.mesh import run
 
         result = run(args.batch_size, args.steps, log=log)
+    elif args.bench == "step":
+        from jaxrec.bench.step import run
+
+        result = run(args.shape, args.dtype, args.batch_size, args.length, args.steps, args.peak_tflops, log=log)
     elif args.bench == "data":
         from jaxrec.bench.data import run
 

@@ -23,17 +23,19 @@ def decoder_forward_flops(config, lengths: Sequence[int]) -> float:
 
 
 def matmul_peak(seconds: float = 1.0, shapes: Sequence[tuple[int, int, int]] = (
-        (2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 1024, 1024))) -> dict:
-    """float32 GFLOP/s of jitted matrix products of the decoder's shapes, the
-    best over the shapes (each timed for about ``seconds`` after a warm-up)."""
+        (2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 1024, 1024)),
+        dtype: str = "float32") -> dict:
+    """GFLOP/s of jitted matrix products of the decoder's shapes in ``dtype``
+    on the default device, the best over the shapes (each timed for about
+    ``seconds`` after a warm-up)."""
     import jax
     import jax.numpy as jnp
 
     product = jax.jit(jnp.dot)
     best = {}
     for m, k, n in shapes:
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32))
-        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32))
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32), dtype)
+        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32), dtype)
         product(a, b).block_until_ready()
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
