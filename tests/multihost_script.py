@@ -26,7 +26,7 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     from jaxrec.data.batches import GrainBatches
     from jaxrec.shapes import pack_sequences
     from jaxrec.train.session import gather
-    from jaxrec.train.mesh import MeshSpec, process_batch_block, rules_of
+    from jaxrec.train.mesh import MeshSpec, local_batch_devices, process_batch_block, rules_of
     from tests.conftest import build_torch_model, save_tokenizer
     from tests.train_helpers import build_engine
 
@@ -38,7 +38,7 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     engine = build_engine(lm, objective, spec, jax.devices())
     batch_axes = rules_of(spec)["batch"]
     block, blocks = process_batch_block(engine.mesh, batch_axes)
-    local_devices = int(np.prod([engine.mesh.shape[a] for a in batch_axes])) // blocks
+    local_devices = local_batch_devices(engine.mesh, batch_axes)
     if packed:  # each device's titles in its own rows
         collate = lambda rows: pack_sequences(list(rows), 16, 2, 16, blocks=local_devices)
     else:

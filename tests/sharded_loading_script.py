@@ -1,40 +1,21 @@
-"""Run by test_sharded_loading in a subprocess with 8 fake CPU devices: loads
+"""Run by test_training (test_weights_load_straight_into_their_fsdp_shards) in a subprocess with 8 fake CPU devices: loads
 an HF directory into an fsdp=8 mesh and prints a JSON report of where the
 parameters landed and how much resident memory the load took."""
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
 import jaxrec
+from jaxrec.bench.memory import peak_resident_bytes, reset_peak, resident_bytes
 from jaxrec.train.mesh import MeshSpec
 from jaxrec.train.session import TrainingSession
 from jaxrec.train.optim import OptimizerSpec
 from jaxrec.train.loop import LoopSpec
-
-
-def resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def peak_bytes_since_reset() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
 
 
 def main(model_dir: str) -> None:
@@ -45,7 +26,7 @@ def main(model_dir: str) -> None:
     reset_peak()
     lm = jaxrec.load_lm(model_dir, shardings=session.param_shardings)
     jax.block_until_ready(lm.params)
-    peak = peak_bytes_since_reset() - before
+    peak = peak_resident_bytes() - before
 
     leaves = jax.tree_util.tree_leaves_with_path(lm.params)
     model_bytes = sum(x.nbytes for _, x in leaves)

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 LAYOUTS = {"data8": {"data": 8}, "fsdp8": {"data": 1, "fsdp": 8}}
 
@@ -39,19 +38,11 @@ def run(batch_size: int = 32, steps: int = 6, log=print) -> dict:
     return result
 
 
-def _peak_resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _measure(layout: str, batch_size: int, steps: int) -> dict:
     import jax
     import numpy as np
 
+    from jaxrec.bench.memory import peak_resident_bytes
     from jaxrec.bench.train import LORA, _selections
     from jaxrec.data.item_tables import read_items
     from jaxrec.data.text_examples import pad_batch
@@ -87,7 +78,7 @@ def _measure(layout: str, batch_size: int, steps: int) -> dict:
             held[shard.device.id] += shard.data.nbytes
     out = {"mesh": dict(engine.mesh.shape), "step_s": round(step_s, 3),
            "tokens_per_s": round(sum(int(b["attention_mask"].sum()) for b in batches[1:]) / (step_s * steps), 1),
-           "state_bytes_per_device": max(held.values()), "process_peak_resident_bytes": _peak_resident_bytes(),
+           "state_bytes_per_device": max(held.values()), "process_peak_resident_bytes": peak_resident_bytes(),
            "loss": float(metrics["loss"])}
     if memory is not None:  # XLA's accounting for one device's program
         out["xla_temp_bytes_per_device"] = int(memory.temp_size_in_bytes)

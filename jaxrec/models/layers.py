@@ -116,18 +116,13 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     propagation may follow fsdp-sharded weights and all-gather the whole
     batch's activations on every device instead of gathering each layer's
     weights; axes that do not divide the batch are left out."""
-    mesh = jax.sharding.get_abstract_mesh()
-    axes = dict(nn.get_logical_axis_rules()).get("batch") if not mesh.empty else None
-    if not axes:
+    from jaxrec.train.mesh import physical_spec
+
+    mesh, rules = jax.sharding.get_abstract_mesh(), dict(nn.get_logical_axis_rules())
+    if mesh.empty or not rules.get("batch"):
         return x
-    kept: list[str] = []
-    for axis in (axes,) if isinstance(axes, str) else axes:
-        span = 1
-        for name in (*kept, axis):
-            span *= mesh.shape[name]
-        if x.shape[0] % span == 0:
-            kept.append(axis)
-    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(tuple(kept) or None))
+    logical = ("batch",) + (None,) * (x.ndim - 1)
+    return jax.lax.with_sharding_constraint(x, physical_spec(x.shape, logical, mesh, rules))
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

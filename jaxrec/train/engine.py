@@ -126,8 +126,8 @@ class Engine:
     @functools.cached_property
     def _process_blocks(self) -> tuple[int, int]:
         """(this process's block of every batch, the devices that block is sharded over)."""
-        block, blocks = mesh_lib.process_batch_block(self.mesh, self.batch_axes)
-        return block, int(np.prod([self.mesh.shape[axis] for axis in self.batch_axes])) // blocks
+        return (mesh_lib.process_batch_block(self.mesh, self.batch_axes)[0],
+                mesh_lib.local_batch_devices(self.mesh, self.batch_axes))
 
     def train_step(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         self.state, metrics = self.step_fn(self.state, self.frozen, self.global_batch(local_batch), self.base_rng)

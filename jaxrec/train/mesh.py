@@ -106,6 +106,16 @@ def tree_shardings(abstract, logical_specs, mesh: Mesh, rules: dict):
 
 
 
+def batch_devices(mesh: Mesh, batch_axes: Sequence[str]) -> int:
+    """Devices a global batch is split over (row counts must be a multiple of it)."""
+    return math.prod(mesh.shape[axis] for axis in batch_axes)
+
+
+def local_batch_devices(mesh: Mesh, batch_axes: Sequence[str]) -> int:
+    """Devices this process's block of a batch is split over."""
+    return batch_devices(mesh, batch_axes) // process_batch_block(mesh, batch_axes)[1]
+
+
 def process_batch_block(mesh: Mesh, batch_axes: Sequence[str], process_index: int | None = None) -> tuple[int, int]:
     """(block, blocks): the part of every global batch this process reads.
 
@@ -117,7 +127,7 @@ def process_batch_block(mesh: Mesh, batch_axes: Sequence[str], process_index: in
     number of processes.
     """
     process_index = jax.process_index() if process_index is None else process_index
-    rows = int(np.prod([mesh.shape[axis] for axis in batch_axes]))
+    rows = batch_devices(mesh, batch_axes)
     sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes) or None))
     held: dict[int, set[int]] = {}
     for device, index in sharding.devices_indices_map((rows,)).items():

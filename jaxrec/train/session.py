@@ -44,7 +44,7 @@ class TrainingSession:
     @property
     def batch_rows(self) -> int:
         """Devices a global batch is split over: row counts must be a multiple of it."""
-        return int(np.prod([self.mesh.shape[axis] for axis in self.batch_axes]))
+        return mesh_lib.batch_devices(self.mesh, self.batch_axes)
 
     @functools.cached_property
     def batch_block(self) -> tuple[int, int]:
@@ -55,7 +55,7 @@ class TrainingSession:
     @property
     def local_batch_rows(self) -> int:
         """Devices this process's part of a batch is split over (packed rows are packed per device)."""
-        return self.batch_rows // self.batch_block[1]
+        return mesh_lib.local_batch_devices(self.mesh, self.batch_axes)
 
     def place(self, model, params: dict, rng: jax.Array | None = None) -> dict:
         """A decoder's variables sharded by their logical axes (other collections initialised)."""
