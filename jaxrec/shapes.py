@@ -171,3 +171,18 @@ def align_packed_blocks(batch: dict[str, np.ndarray], blocks: int, rows_per_bloc
     block, row = np.divmod(batch["item_row"], have)
     return {**batch, "input_ids": ids, "attention_mask": segments,
             "item_row": ((first_block + block) * rows_per_block + row).astype(np.int32)}
+
+
+def pad_trailing_axes(batch: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Each array zero-padded at the end of every axis but the first (rows) to
+    ``shapes[key]``. Zero is padding in every batch array: attention mask and
+    segment 0, target and valid flags 0, and ids under a zero mask are never read."""
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        pad = [(0, 0)] + [(0, want - have) for have, want in zip(value.shape[1:], shapes[key])]
+        if any(after < 0 for _, after in pad):
+            raise ValueError(f"{key} of shape {value.shape} is wider than the agreed {shapes[key]}")
+        out[key] = np.pad(value, pad) if any(after for _, after in pad) else value
+    return out
+

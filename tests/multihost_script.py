@@ -41,11 +41,12 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     local_devices = local_batch_devices(engine.mesh, batch_axes)
     if packed:  # each device's titles in its own rows
         collate = lambda rows: pack_sequences(list(rows), 16, 2, 16, blocks=local_devices)
-    else:
-        collate = lambda rows: pad_batch(list(rows), 2, 16)
+    else:  # each process pads its rows to its own length bucket (8 to 32), which the processes then agree on
+        collate = lambda rows: pad_batch(list(rows), 2, 32)
 
     rng = np.random.default_rng(0)
-    titles = [rng.integers(3, 128, size=rng.integers(3, 12)).tolist() for _ in range(64)]
+    longest = 12 if packed else 29
+    titles = [rng.integers(3, 128, size=rng.integers(3, longest)).tolist() for _ in range(64)]
     data = GrainBatches(len(titles), 16, lambda i, _: titles[i], collate, seed=1, process_index=block,
                         process_count=blocks)
     losses = [float(engine.train_step(next(data))["loss"]) for _ in range(4)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.shapes import align_packed_blocks, pack_sequences, pad_sequences
+from jaxrec.shapes import align_packed_blocks, pack_sequences, pad_sequences, pad_trailing_axes
 from jaxrec.models.layers import positions_from_mask
 from jaxrec.objectives import mntp, model_losses
 from tests.conftest import random_ids
@@ -61,6 +61,23 @@ def test_processes_packing_their_halves_assemble_the_single_process_batch():
         np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key], err_msg=key)
     with pytest.raises(ValueError, match="do not fit"):
         align_packed_blocks(halves[0], blocks=2, rows_per_block=1, first_block=0)
+
+
+def test_padded_rows_widened_to_the_agreed_shape_keep_their_values():
+    """A process whose rows fell in a shorter length bucket pads them at the
+    end of the length (and budget) axes with zeros to the shape the processes
+    agreed on; rows and values already there are unchanged."""
+    batch = {"input_ids": np.arange(1, 13).reshape(3, 4), "attention_mask": np.ones((3, 4), np.int32),
+             "target_positions": np.full((3, 2), 3), "item_row": np.arange(3)}
+    shapes = {"input_ids": (6,), "attention_mask": (6,), "target_positions": (5,), "item_row": ()}
+    wide = pad_trailing_axes(batch, shapes)
+    assert wide["input_ids"].shape == (3, 6) and wide["target_positions"].shape == (3, 5)
+    np.testing.assert_array_equal(wide["input_ids"][:, :4], batch["input_ids"])
+    assert not wide["input_ids"][:, 4:].any() and not wide["attention_mask"][:, 4:].any()
+    assert not wide["target_positions"][:, 2:].any()
+    assert wide["item_row"] is batch["item_row"]
+    with pytest.raises(ValueError, match="wider than the agreed"):
+        pad_trailing_axes(batch, {**shapes, "input_ids": (3,)})
 
 
 def test_positions_restart_in_each_segment_and_padding_is_unchanged():

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrec.models.decoder import Decoder, abstract_variables
 from jaxrec.models.layers import LoraSpec
-from jaxrec.shapes import align_packed_blocks, is_packed
+from jaxrec.shapes import align_packed_blocks, is_packed, pad_trailing_axes
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.partition import combine, split, trainable_patterns
 from jaxrec.train.step import init_state, jit_train_step, make_eval_step, make_train_step, shardings_of
@@ -106,8 +106,10 @@ class Engine:
 
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble this process's rows into arrays sharded over the mesh."""
-        if is_packed(local_batch) and jax.process_count() > 1:
-            local_batch = self._align_packed(local_batch)
+        if jax.process_count() > 1:
+            if is_packed(local_batch):
+                local_batch = self._align_packed(local_batch)
+            local_batch = self._agree_on_widths(local_batch)
         return {
             key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(value))
             for key, value in local_batch.items()
@@ -122,6 +124,20 @@ class Engine:
         rows = len(local_batch["input_ids"]) // local_blocks
         agreed = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
         return align_packed_blocks(local_batch, local_blocks, agreed, block * local_blocks)
+
+    def _agree_on_widths(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every array padded to the widest any process has (each process pads
+        its rows to its own length bucket; one small all-gather per batch)."""
+        from jax.experimental import multihost_utils
+
+        keys = sorted(local_batch)
+        widths = np.asarray([d for key in keys for d in np.shape(local_batch[key])[1:]], np.int32)
+        agreed = np.max(multihost_utils.process_allgather(widths), axis=0).tolist()
+        shapes, start = {}, 0
+        for key in keys:
+            end = start + np.ndim(local_batch[key]) - 1
+            shapes[key], start = tuple(agreed[start:end]), end
+        return pad_trailing_axes(local_batch, shapes)
 
     @functools.cached_property
     def _process_blocks(self) -> tuple[int, int]:
