@@ -148,6 +148,10 @@ def pack_sequences(
             "item_segment": np.concatenate([layout.segment for layout in layouts]).astype(np.int32)}
 
 
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "target_mask")
+"""The batch arrays with one row per (packed) row and one value per token."""
+
+
 def is_packed(batch: dict) -> bool:
     return "item_row" in batch
 
@@ -159,18 +163,15 @@ def align_packed_blocks(batch: dict[str, np.ndarray], blocks: int, rows_per_bloc
     to ``rows_per_block`` rows, the count every process agreed on, and
     ``item_row`` counted in global rows, this process's blocks starting at
     block ``first_block``."""
-    ids, segments = batch["input_ids"], batch["attention_mask"]
-    have = len(ids) // blocks
+    have = len(batch["input_ids"]) // blocks
     if have > rows_per_block:
         raise ValueError(f"packed blocks of {have} rows do not fit the agreed {rows_per_block}")
     pad = ((0, 0), (0, rows_per_block - have), (0, 0))
-    width = ids.shape[1]
     # the added rows are all segment 0 (padding), which neither attention nor any loss reads
-    ids = np.pad(ids.reshape(blocks, have, width), pad).reshape(-1, width)
-    segments = np.pad(segments.reshape(blocks, have, width), pad).reshape(-1, width)
+    rows = {key: np.pad(batch[key].reshape(blocks, have, -1), pad).reshape(blocks * rows_per_block, -1)
+            for key in PER_TOKEN_KEYS if key in batch}
     block, row = np.divmod(batch["item_row"], have)
-    return {**batch, "input_ids": ids, "attention_mask": segments,
-            "item_row": ((first_block + block) * rows_per_block + row).astype(np.int32)}
+    return {**batch, **rows, "item_row": ((first_block + block) * rows_per_block + row).astype(np.int32)}
 
 
 def pad_trailing_axes(batch: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

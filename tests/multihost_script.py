@@ -1,7 +1,7 @@
 """Run by test_multihost: one JAX process of a 2-process job (or a single
-process with all 8 devices), training a tiny LoRA model (MNTP, or contrastive
-on packed rows) on Grain batches over a given mesh. Prints the losses and the
-final trainable parameters as JSON."""
+process with all 8 devices), training a tiny LoRA model (MNTP, CSFT, or
+contrastive; padded or packed rows) on Grain batches over a given mesh.
+Prints the losses and the final trainable parameters as JSON."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     import jaxrec
     from jaxrec.data.text_examples import pad_batch
     from jaxrec.data.batches import GrainBatches
+    from jaxrec.objectives import csft
     from jaxrec.shapes import pack_sequences
     from jaxrec.train.session import gather
     from jaxrec.train.mesh import MeshSpec, local_batch_devices, process_batch_block, rules_of
@@ -39,14 +40,18 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     batch_axes = rules_of(spec)["batch"]
     block, blocks = process_batch_block(engine.mesh, batch_axes)
     local_devices = local_batch_devices(engine.mesh, batch_axes)
-    if packed:  # each device's titles in its own rows
+    if objective == "csft":  # a history and its target in each example; target positions per device's rows
+        collate = lambda rows: csft.collate(list(rows), 2, 32, packed, blocks=local_devices)
+    elif packed:  # each device's titles in its own rows
         collate = lambda rows: pack_sequences(list(rows), 16, 2, 16, blocks=local_devices)
     else:  # each process pads its rows to its own length bucket (8 to 32), which the processes then agree on
         collate = lambda rows: pad_batch(list(rows), 2, 32)
 
     rng = np.random.default_rng(0)
-    longest = 12 if packed else 29
+    longest = 12 if packed and objective != "csft" else 29
     titles = [rng.integers(3, 128, size=rng.integers(3, longest)).tolist() for _ in range(64)]
+    if objective == "csft":
+        titles = [(ids, [0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2)) for ids in titles]
     data = GrainBatches(len(titles), 16, lambda i, _: titles[i], collate, seed=1, process_index=block,
                         process_count=blocks)
     losses = [float(engine.train_step(next(data))["loss"]) for _ in range(4)]

@@ -151,9 +151,17 @@ def test_mntp_selected_positions_give_the_full_loss():
     label_mask = RNG.random((3, 10)) < 0.3
     label_mask[:, 0] = False
     full, count = mntp.masked_next_token_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(label_mask))
-    positions, valid = mntp.masked_positions(jnp.asarray(label_mask), 10)
+    positions, valid = mntp.masked_positions(jnp.asarray(label_mask), 10, groups=3)  # a group per row
     picked = jnp.take_along_axis(jnp.asarray(logits), jnp.maximum(positions - 1, 0)[..., None], axis=1)
     part, part_count = mntp.selected_loss(picked, jnp.asarray(labels), positions, valid)
     np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
     assert int(part_count) == int(count) == label_mask.sum()
     assert mntp.selection_budget(16, 0.2) < 16 and mntp.selection_budget(4, 0.2) == 4
+    # positions counted through a group of rows (a device's), one budget for the group
+    positions, valid = mntp.masked_positions(jnp.asarray(label_mask[:2]), 12, groups=1)
+    assert positions.shape == (1, 12) and int(valid.sum()) == label_mask[:2].sum() and positions.max() >= 10
+    flat_logits = jnp.asarray(logits[:2]).reshape(1, 20, 7)
+    picked = jnp.take_along_axis(flat_logits, jnp.maximum(positions - 1, 0)[..., None], axis=1)
+    grouped, _ = mntp.selected_loss(picked, jnp.asarray(labels[:2]), positions, valid)
+    whole, _ = mntp.masked_next_token_loss(jnp.asarray(logits[:2]), jnp.asarray(labels[:2]), jnp.asarray(label_mask[:2]))
+    np.testing.assert_allclose(float(grouped), float(whole), rtol=1e-6)

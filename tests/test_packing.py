@@ -13,6 +13,7 @@ from jaxrec.shapes import align_packed_blocks, pack_sequences, pad_sequences, pa
 from jaxrec.models.layers import positions_from_mask
 from jaxrec.objectives import mntp, model_losses
 from tests.conftest import random_ids
+from tests.train_helpers import assert_same_csft_loss_and_gradients
 
 LENGTHS = [7, 3, 12, 5, 5, 9, 2, 4, 6]
 
@@ -114,6 +115,35 @@ def test_packed_contrastive_loss_equals_the_padded_one(tiny_checkpoints):
     packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=4)
     value, _ = loss({"params": lm.params}, {}, packed, jax.random.key(0))
     np.testing.assert_allclose(float(value), float(padded), rtol=1e-5)
+
+
+def test_packed_csft_loss_and_gradients_equal_the_padded_ones(tiny_checkpoints):
+    """Histories with their targets packed several to a row (split over two
+    device blocks) give the loss and gradients of the left-padded batch."""
+    from jaxrec.objectives import csft
+
+    directory, _ = tiny_checkpoints("llama-tied-gqa")
+    lm = jaxrec.load_lm(directory)
+    rng = np.random.default_rng(5)
+    examples = []
+    for history, target in [(5, 3), (9, 2), (2, 4), (11, 1), (4, 4), (6, 3)]:
+        ids = rng.integers(3, 90, size=history + target).tolist()
+        examples.append((ids, [0] * history + [1] * target))
+    padded = csft.collate(examples, pad_id=0, max_length=24)
+    packed = csft.collate(examples, pad_id=0, max_length=24, pack=True, blocks=2)
+    assert len(packed["input_ids"]) < len(padded["input_ids"]) and packed["target_valid"].shape[0] == 2
+    assert_same_csft_loss_and_gradients(lm.params, lm.model, packed, padded)
+
+
+def test_a_target_that_starts_a_packed_sequence_is_not_scored():
+    from jaxrec.objectives import csft
+
+    batch = csft.collate([([7, 8], [1, 1]), ([5, 6, 9], [0, 1, 1])], pad_id=0, max_length=8, pack=True)
+    rows, columns, valid = batch["target_rows"], batch["target_columns"], batch["target_valid"]
+    scored = {(int(r), int(c)) for r, c, v in zip(rows[0], columns[0], valid[0]) if v}
+    starts = {(int(r), int(c)) for r, c in zip(*np.nonzero(batch["attention_mask"]))
+              if c == 0 or batch["attention_mask"][r, c - 1] != batch["attention_mask"][r, c]}
+    assert len(scored) == 3 and not scored & starts
 
 
 def test_masking_never_picks_the_first_token_of_a_packed_sequence():

@@ -18,7 +18,7 @@ from jaxrec.models.decoder import Decoder
 from jaxrec.models.lora import merge_lora
 from jaxrec.train.partition import combine, split
 from tests.conftest import random_ids
-from tests.train_helpers import LORA, build_engine, title_batches
+from tests.train_helpers import LORA, assert_same_csft_loss_and_gradients, build_engine, title_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,6 @@ def test_bfloat16_compute_keeps_float32_lora_weights(tiny_checkpoints):
 
 
 def test_csft_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_lm):
-    from jaxrec.objectives import model_losses
     from jaxrec.objectives.csft import target_positions
 
     rng = np.random.default_rng(4)
@@ -168,15 +167,11 @@ def test_csft_logits_at_target_positions_only_give_the_full_loss_and_gradients(t
     mask[0, :5] = 0  # left padding
     target = np.zeros_like(ids)
     target[0, 10:], target[1, 6:], target[2, :] = 1, 1, 1  # row 2: no history, its first token has no logit
-    positions, valid = target_positions(target)
-    assert valid.sum() == target[:, 1:].sum() and positions.shape == (3, 14)  # budget: 13 -> bucket 16, cut to 14
-    assert positions[0, :4].tolist() == [10, 11, 12, 13] and valid[0].sum() == 4
-    _, loss = model_losses.make_csft(Decoder(tiny_lm.config))
+    rows, columns, valid = target_positions(target, mask)  # one group: all rows
+    assert valid.sum() == target[:, 1:].sum() and rows.shape == (1, 32)  # budget: 4 + 8 + 13 -> bucket 32
+    assert rows[0, :6].tolist() == [0, 0, 0, 0, 1, 1] and columns[0, :6].tolist() == [10, 11, 12, 13, 6, 7]
+    per_row = target_positions(target, mask, groups=3)
+    assert per_row[0].shape == (3, 14) and per_row[1][0, :4].tolist() == [10, 11, 12, 13]  # 13 -> 16, cut to 14
     full_batch = {"input_ids": ids, "attention_mask": mask, "target_mask": target}
-    selected_batch = {**full_batch, "target_positions": positions, "target_valid": valid}
-    value_and_grad = jax.value_and_grad(lambda p, b: loss({"params": p}, {}, b, jax.random.key(0))[0])
-    full, full_grads = value_and_grad(tiny_lm.params, full_batch)
-    part, part_grads = value_and_grad(tiny_lm.params, selected_batch)
-    np.testing.assert_allclose(float(part), float(full), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(part_grads), jax.tree.leaves(full_grads)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    selected_batch = {**full_batch, "target_rows": rows, "target_columns": columns, "target_valid": valid}
+    assert_same_csft_loss_and_gradients(tiny_lm.params, Decoder(tiny_lm.config), selected_batch, full_batch)

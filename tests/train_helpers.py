@@ -41,8 +41,24 @@ def build_engine(lm, objective: str, mesh_spec=None, devices=None, mode="lora", 
         bound = model_losses.make_contrastive(
             model, model_losses.ContrastiveSpec(temperature=0.1, views="masking"), masking, 1, (0, 1, 2)
         )
+    elif objective == "csft":
+        bound = model_losses.make_csft(model)
     else:
         raise ValueError(objective)
     patterns = ("^lora/",) if mode == "lora" else ("^params/",)
     optimizer = make_optimizer(OptimizerSpec(learning_rate=lr, decay="constant"), total_steps)
     return Engine(model, variables, bound, patterns, optimizer, mesh, seed=0)
+
+
+def assert_same_csft_loss_and_gradients(params, decoder: Decoder, batch: dict, expected_batch: dict) -> None:
+    """CSFT's loss and gradients on ``batch`` equal those on ``expected_batch``."""
+    import jax
+
+    _, loss = model_losses.make_csft(decoder)
+    value_and_grad = jax.value_and_grad(lambda p, b: loss({"params": p}, {}, b, jax.random.key(0))[0])
+    value, grads = value_and_grad(params, batch)
+    expected, expected_grads = value_and_grad(params, expected_batch)
+    np.testing.assert_allclose(float(value), float(expected), rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+

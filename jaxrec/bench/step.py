@@ -39,6 +39,7 @@ def run(shape: str, dtype: str, batch_size: int, length: int, steps: int, peak_t
     from jaxrec.objectives import model_losses
     from jaxrec.objectives.csft import target_positions
     from jaxrec.train.loop import LoopSpec
+    from jaxrec.train import mesh as mesh_lib
     from jaxrec.train.mesh import MeshSpec
     from jaxrec.train.optim import OptimizerSpec
     from jaxrec.train.session import TrainingSession
@@ -56,10 +57,12 @@ def run(shape: str, dtype: str, batch_size: int, length: int, steps: int, peak_t
     rng = np.random.default_rng(0)
     target = np.zeros((rows, length), np.int32)
     target[:, -TARGET_TOKENS:] = 1
-    positions, valid = target_positions(target)
+    mask = np.ones((rows, length), np.int32)
+    groups = mesh_lib.local_batch_devices(engine.mesh, engine.batch_axes)
+    target_rows, target_columns, valid = target_positions(target, mask, groups)
     batches = [{"input_ids": rng.integers(3, config.vocab_size, (rows, length)).astype(np.int32),
-                "attention_mask": np.ones((rows, length), np.int32), "target_mask": target,
-                "target_positions": positions, "target_valid": valid} for _ in range(steps + 1)]
+                "attention_mask": mask, "target_mask": target, "target_rows": target_rows,
+                "target_columns": target_columns, "target_valid": valid} for _ in range(steps + 1)]
     log(f"{shape} ({dtype} compute, float32 weights, full fine-tuning) on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); {rows} x {length} tokens per step")
     jax.block_until_ready(engine.train_step(batches[0]))  # compile

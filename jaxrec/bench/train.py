@@ -1,8 +1,8 @@
 """Benchmark: tokens/s of a LoRA MNTP step and a contrastive step on item
 titles (batch 32), and of a CSFT step on 10-title histories (half the batch),
 jaxrec vs PyTorch + peft, same model file, titles, LoRA shape and optimizer,
-in one process. jaxrec runs on the same padded batches as PyTorch and, for
-the title steps, on the same titles packed several to a row. Each jaxrec rate
+in one process. jaxrec runs on the same padded batches as PyTorch and on
+the same examples packed several to a row. Each jaxrec rate
 also comes as achieved GFLOP/s on real tokens (forward and backward of the
 decoder body, the LM head where the loss reads it) against a matmul peak the
 bench measures."""
@@ -18,15 +18,13 @@ import numpy as np
 from jaxrec import assets
 from jaxrec.bench import torch_reference
 from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
-from jaxrec.shapes import pack_sequences
-from jaxrec.data.text_examples import csft_example, pad_batch
-from jaxrec.objectives.csft import target_positions
-from jaxrec.shapes import pad_sequences
 from jaxrec.data.item_tables import read_items
+from jaxrec.data.text_examples import csft_example, pad_batch
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
 from jaxrec.models.lm import load_lm
-from jaxrec.objectives import model_losses
+from jaxrec.objectives import csft, model_losses
+from jaxrec.shapes import pack_sequences
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.loop import LoopSpec
 from jaxrec.train.optim import OptimizerSpec
@@ -42,20 +40,12 @@ def _selections(lm, titles, batch_size, steps, seed=0) -> list[list[list[int]]]:
     return [[ids[i] for i in rng.choice(len(ids), batch_size, replace=False)] for _ in range(steps)]
 
 
-def _csft_batches(lm, titles, batch_size, steps, seed=0) -> list[dict]:
-    """Left-padded batches of 10-title histories and their next title, as the csft task builds them."""
+def _csft_batches(lm, titles, batch_size, steps, pack: bool = False, seed=0) -> list[dict]:
+    """Batches of 10-title histories and their next title, as the csft task builds them."""
     rng = np.random.default_rng(seed)
     pad = lm.config.pad_token_id or 0
-    out = []
-    for _ in range(steps):
-        examples = [csft_example(lm.tokenizer, list(rng.choice(titles, 10)), str(rng.choice(titles)), 256)
-                    for _ in range(batch_size)]
-        ids, targets = zip(*examples)
-        padded = pad_batch(list(ids), pad, 256, side="left")
-        target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
-        positions, valid = target_positions(target_mask)
-        out.append({**padded, "target_mask": target_mask, "target_positions": positions, "target_valid": valid})
-    return out
+    return [csft.collate([csft_example(lm.tokenizer, list(rng.choice(titles, 10)), str(rng.choice(titles)), 256)
+                          for _ in range(batch_size)], pad, 256, pack) for _ in range(steps)]
 
 
 def step_flops(config, batches: list[dict], objective: str) -> float:
@@ -77,7 +67,7 @@ def step_flops(config, batches: list[dict], objective: str) -> float:
 
 def _with_warmup(timed: list[dict], warmup: int) -> tuple[list[dict], int]:
     """One batch of every shape the timed steps use first, so no compilation is timed."""
-    first_of_shape = {b["input_ids"].shape: b for b in reversed(timed)}
+    first_of_shape = {tuple(sorted((k, v.shape) for k, v in b.items())): b for b in reversed(timed)}
     shapes = sorted(first_of_shape)
     batches = [first_of_shape[s] for s in shapes] * max(1, warmup // len(shapes)) + timed
     return batches, len(batches) - len(timed)
@@ -187,10 +177,12 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     peak = matmul_peak()
     log(f"matmul peak (jax, float32): {peak['gflops']} GFLOP/s")
     result["matmul_peak_gflops"] = peak["gflops"]
-    csft, csft_warmup = _with_warmup(_csft_batches(lm, titles[1:], max(1, batch_size // 2), steps), warmup)
+    histories = max(1, batch_size // 2)
+    csft_padded, csft_warmup = _with_warmup(_csft_batches(lm, titles[1:], histories, steps), warmup)
+    csft_packed, csft_packed_warmup = _with_warmup(_csft_batches(lm, titles[1:], histories, steps, pack=True), warmup)
     kinds = (("mntp", 0.0, batches, packed, warmup, packed_warmup),
              ("contrastive", 0.2, batches, packed, warmup, packed_warmup),
-             ("csft", 0.0, csft, None, csft_warmup, 0))
+             ("csft", 0.0, csft_padded, csft_packed, csft_warmup, csft_packed_warmup))
     for objective, dropout, padded_batches, packed_batches, padded_warmup, packed_warmup_steps in kinds:
         jax_rate, jax_loss, jax_gflops = _jax_tokens_per_s(lm, objective, padded_batches, padded_warmup, dropout)
         log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s, {jax_gflops:.1f} GFLOP/s (loss {jax_loss:.3f})")

@@ -55,9 +55,11 @@ class Decoder(nn.Module):
     """``apply({"params": p}, input_ids, attention_mask, mask="causal")`` -> logits.
 
     ``output="hidden"`` returns the last layer's states after the final norm.
-    ``select`` [batch, k] keeps only those positions of each row before the
-    output head (a loss that scores a few positions skips the rest of the
-    vocabulary projection). ``injected`` [batch, length, hidden] replaces the
+    ``select`` [groups, k] keeps only those positions before the output head
+    (a loss that scores a few positions skips the rest of the vocabulary
+    projection): the rows form ``groups`` equal blocks of consecutive rows and
+    each group's positions count through its rows (row * length + column);
+    with one group per row they are plain columns. ``injected`` [batch, length, hidden] replaces the
     token embeddings where ``inject_mask`` [batch, length] is true (LLM-SRec
     puts projected recommender item vectors at its [HistoryEmb] tokens).
     """
@@ -117,6 +119,7 @@ class Decoder(nn.Module):
         x, _ = layers(x, cos, sin, attn_mask)
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
         if select is not None:
+            x = x.reshape(select.shape[0], -1, x.shape[-1])
             x = jnp.take_along_axis(x, select[..., None], axis=1)
         if output == "hidden":
             return x

@@ -7,6 +7,7 @@ Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import flax.linen as nn
@@ -111,6 +112,13 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+def _batch_context():
+    """(abstract mesh, logical rules) of the training step in context, or None
+    outside one (plain calls)."""
+    mesh, rules = jax.sharding.get_abstract_mesh(), dict(nn.get_logical_axis_rules())
+    return None if mesh.empty or not rules.get("batch") else (mesh, rules)
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
     """Pin an activation's leading (batch) axis to the mesh axes the logical
     rule ``batch`` names, when a mesh and rules are in context (training
@@ -120,11 +128,26 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     weights; axes that do not divide the batch are left out."""
     from jaxrec.train.mesh import physical_spec
 
-    mesh, rules = jax.sharding.get_abstract_mesh(), dict(nn.get_logical_axis_rules())
-    if mesh.empty or not rules.get("batch"):
+    context = _batch_context()
+    if context is None:
         return x
     logical = ("batch",) + (None,) * (x.ndim - 1)
-    return jax.lax.with_sharding_constraint(x, physical_spec(x.shape, logical, mesh, rules))
+    return jax.lax.with_sharding_constraint(x, physical_spec(x.shape, logical, *context))
+
+
+def batch_groups(rows: int) -> int:
+    """Devices a batch of ``rows`` rows is split over in the training step in
+    context (1 outside one): a loss that gathers positions across rows does so
+    within each device's rows, so the gathered work stays split too."""
+    from jaxrec.train.mesh import physical_spec
+
+    context = _batch_context()
+    if context is None:
+        return 1
+    mesh, rules = context
+    axes = physical_spec((rows,), ("batch",), mesh, rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[axis] for axis in axes)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

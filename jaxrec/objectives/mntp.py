@@ -49,23 +49,27 @@ def masked_next_token_loss(logits: jax.Array, labels: jax.Array, label_mask: jax
     return next_token_loss(logits, labels, label_mask)
 
 
-def selection_budget(length: int, rate: float) -> int:
-    """Masked positions kept per row: the expected count plus four standard
-    deviations, so rows almost never exceed it (any excess is left out of the loss)."""
-    mean = rate * length
-    return int(min(length, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1))
+def selection_budget(positions: int, rate: float) -> int:
+    """Masked positions kept among ``positions`` (a group of rows): the
+    expected count plus four standard deviations, so a group almost never
+    exceeds it (any excess is left out of the loss)."""
+    mean = rate * positions
+    return int(min(positions, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1))
 
 
-def masked_positions(label_mask: jax.Array, budget: int) -> tuple[jax.Array, jax.Array]:
-    """The first ``budget`` masked positions of each row [batch, budget] and
-    which of those slots hold a real masked position."""
-    order = jnp.argsort(~label_mask, axis=-1, stable=True)[:, :budget]
-    return order, jnp.take_along_axis(label_mask, order, axis=-1)
+def masked_positions(label_mask: jax.Array, budget: int, groups: int = 1) -> tuple[jax.Array, jax.Array]:
+    """The first ``budget`` masked positions of each of ``groups`` equal blocks
+    of rows [groups, budget], counted through the block's rows (row * length +
+    column), and which of those slots hold a real masked position."""
+    flat = label_mask.reshape(groups, -1)
+    order = jnp.argsort(~flat, axis=-1, stable=True)[:, :budget]
+    return order, jnp.take_along_axis(flat, order, axis=-1)
 
 
 def selected_loss(logits: jax.Array, labels: jax.Array, positions: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Loss from logits computed only at ``positions - 1`` ([batch, budget, vocab])."""
-    targets = jnp.take_along_axis(labels, positions, axis=-1)
+    """Loss from logits [groups, budget, vocab] computed only at ``positions -
+    1`` (see :func:`masked_positions`) for the ``labels`` [rows, length]."""
+    targets = jnp.take_along_axis(labels.reshape(positions.shape[0], -1), positions, axis=-1)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     weights = valid.astype(jnp.float32)
     count = jnp.sum(weights)

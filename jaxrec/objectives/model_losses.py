@@ -4,9 +4,10 @@ trainable parameters (a learnable temperature, heads; often none) and
 ``loss(variables, objective_params, batch, rng) -> (loss, metrics)``.
 
 Batches (all int32 [batch, length] unless noted):
-- csft: input_ids, attention_mask, target_mask, and optionally
-  target_positions / target_valid [batch, budget] (``csft.target_positions``:
-  the logits are then computed at those positions only);
+- csft: input_ids, attention_mask (padding, or segment ids for packed rows),
+  target_mask, and optionally target_rows / target_columns / target_valid
+  [groups, budget] (``csft.target_positions``: the logits are then computed
+  at those positions only);
 - mntp: input_ids, attention_mask;
 - contrastive: input_ids, attention_mask (one row per item; the two views are
   made here, by dropout or by token masking);
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.models.decoder import Decoder
+from jaxrec.models.layers import batch_groups
 from jaxrec.models.pooling import mean_pool, segment_mean_pool
 from jaxrec.objectives import contrastive, csft, mntp, scft
 
@@ -72,15 +74,15 @@ def _no_params(rng):
 def make_csft(model: Decoder):
     def loss(variables, _, batch, rng):
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        if "target_positions" not in batch:
+        if "target_rows" not in batch:
             logits = _apply(model, variables, ids, mask, "causal", "logits", rng)
             value, count = csft.next_token_loss(logits, ids, batch["target_mask"])
             return value, {"tokens": count}
         # the vocabulary projection runs only where a target token is predicted
-        positions, valid = batch["target_positions"], batch["target_valid"]
+        positions = csft.flat_positions(batch["target_rows"], batch["target_columns"], ids.shape[1])
         logits = model.apply(variables, ids, mask, mask="causal", deterministic=False, rngs={"dropout": rng},
                              select=jnp.maximum(positions - 1, 0))
-        value, count = mntp.selected_loss(logits, ids, positions, valid)
+        value, count = mntp.selected_loss(logits, ids, positions, batch["target_valid"])
         return value, {"tokens": count}
 
     return _no_params, loss
@@ -96,8 +98,11 @@ def make_mntp(model: Decoder, spec: MaskingSpec, mask_token_id: int, special_ids
             mask_rng, ids, batch["attention_mask"], rate=spec.rate,
             mask_token_id=mask_token_id, vocab_size=vocab, special_ids=special_ids,
         )
-        # the vocabulary projection runs only where a masked token is predicted
-        positions, valid = mntp.masked_positions(label_mask, mntp.selection_budget(ids.shape[1], spec.rate))
+        # the vocabulary projection runs only where a masked token is predicted,
+        # on a budget per device's rows (a per-row budget would be twice as large)
+        groups = batch_groups(ids.shape[0])
+        budget = mntp.selection_budget(ids.size // groups, spec.rate)
+        positions, valid = mntp.masked_positions(label_mask, budget, groups)
         logits = model.apply(
             variables, corrupted, batch["attention_mask"], mask="bidirectional", deterministic=False,
             rngs={"dropout": dropout_rng}, select=jnp.maximum(positions - 1, 0),

@@ -24,11 +24,10 @@ from jaxrec.data.batches import GrainBatches
 from jaxrec.errors import ConfigError
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.lm import LM
-from jaxrec.objectives import model_losses
-from jaxrec.objectives.csft import target_positions as csft_target_positions
+from jaxrec.objectives import csft, model_losses
 from jaxrec.objectives.model_losses import ContrastiveSpec, MaskingSpec, ScftSpec
 from jaxrec.runs import Run
-from jaxrec.shapes import pack_sequences, pad_sequences
+from jaxrec.shapes import pack_sequences
 from jaxrec.tasks.specs import LMTrainingConfig, Task
 from jaxrec.train.loop import mean_over_batches
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -205,11 +204,7 @@ class Csft(Objective):
         return csft_example(self.tok, history, self.sequences[user][position], self.spec.max_length)
 
     def collate(self, examples):
-        ids, targets = zip(*examples)
-        padded = pad_batch(list(ids), self.pad_id, self.spec.max_length, side="left")
-        target_mask, _ = pad_sequences(targets, padded["input_ids"].shape[1], 0, side="left")
-        positions, valid = csft_target_positions(target_mask)
-        return {**padded, "target_mask": target_mask, "target_positions": positions, "target_valid": valid}
+        return csft.collate(examples, self.pad_id, self.spec.max_length, self.spec.pack, self.blocks)
 
     def validation_examples(self):
         return [self._example(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
@@ -219,12 +214,12 @@ class Csft(Objective):
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"csft": Csft, "mntp": Mntp, "contrastive": Contrastive, "scft": Scft}
-PACKABLE = ("mntp", "contrastive")
+PACKABLE = ("csft", "mntp", "contrastive")
 
 
 def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     if config.batch.pack and config.task not in PACKABLE:
-        raise ConfigError(f"batch.pack works for the {' and '.join(PACKABLE)} tasks; set batch.pack=false")
+        raise ConfigError(f"batch.pack works for the {', '.join(PACKABLE)} tasks; set batch.pack=false")
     mode = config.trainable.mode
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype,

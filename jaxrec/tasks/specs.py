@@ -134,8 +134,9 @@ class BatchSpec:
     """SCFT: share of attributes dropped in each view."""
     eval_batches: int = 4
     pack: bool = False
-    """mntp / contrastive: pack several titles into each row of max_length tokens
-    (attention stays within a title) instead of one padded row per title."""
+    """csft / mntp / contrastive: pack several examples (titles; CSFT's histories
+    with their targets) into each row of max_length tokens (attention stays
+    within an example) instead of one padded row per example."""
     workers: int = 0
     """Grain worker processes that prepare batches ahead (0: in the training process)."""
 
