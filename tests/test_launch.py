@@ -148,16 +148,24 @@ def test_contrastive_dropout_views_need_dropout(tiny_run, capsys):
     assert "model.attention_dropout" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("task", ["mntp", "contrastive"])
-def test_packed_title_batches_train(tiny_run, task):
-    args = _training_setup(tiny_run, task) + ["--set", "batch.pack=true", "--set", "batch.size=8"]
+@pytest.mark.parametrize("task, size", [("csft", 4), ("mntp", 8), ("contrastive", 8)])
+def test_packed_batches_train(tiny_run, task, size):
+    args = _training_setup(tiny_run, task) + ["--set", "batch.pack=true", "--set", f"batch.size={size}"]
     assert launch.main(args + ["--set", "loop.steps=3"]) == 0
     rows = [json.loads(line) for line in (tiny_run[3] / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
+def test_validation_smaller_than_one_batch_is_refused_before_training(tiny_run, capsys):
+    args = _training_setup(tiny_run, "csft")  # 6 users: 6 validation examples
+    assert launch.main(args + ["--set", "batch.size=8", "--set", "loop.steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "6 validation examples do not fill one batch of batch.size=8" in err and "loop.eval_every=0" in err
+    assert launch.main(args + ["--set", "batch.size=8", "--set", "loop.steps=2", "--set", "loop.eval_every=0"]) == 0
+
+
 def test_packing_is_refused_where_it_does_not_apply(tiny_run, capsys):
-    args = _training_setup(tiny_run, "csft")
+    args = _training_setup(tiny_run, "scft")
     assert launch.main(args + ["--set", "batch.pack=true", "--set", "loop.steps=1"]) == 2
-    assert "batch.pack works for the mntp and contrastive tasks" in capsys.readouterr().err
+    assert "batch.pack works for the csft, mntp, contrastive tasks" in capsys.readouterr().err
