@@ -59,9 +59,10 @@ class Decoder(nn.Module):
     (a loss that scores a few positions skips the rest of the vocabulary
     projection): the rows form ``groups`` equal blocks of consecutive rows and
     each group's positions count through its rows (row * length + column);
-    with one group per row they are plain columns. ``injected`` [batch, length, hidden] replaces the
-    token embeddings where ``inject_mask`` [batch, length] is true (LLM-SRec
-    puts projected recommender item vectors at its [HistoryEmb] tokens).
+    with one group per row they are plain columns. ``injected`` [batch,
+    length, hidden] replaces the token embeddings where ``inject_mask``
+    [batch, length] is true (LLM-SRec puts projected recommender item vectors
+    at its [HistoryEmb] tokens).
     """
 
     config: DecoderConfig

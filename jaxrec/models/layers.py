@@ -7,7 +7,6 @@ Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
 import flax.linen as nn
@@ -139,15 +138,13 @@ def batch_groups(rows: int) -> int:
     """Devices a batch of ``rows`` rows is split over in the training step in
     context (1 outside one): a loss that gathers positions across rows does so
     within each device's rows, so the gathered work stays split too."""
-    from jaxrec.train.mesh import physical_spec
+    from jaxrec.train.mesh import batch_devices, physical_spec
 
     context = _batch_context()
     if context is None:
         return 1
-    mesh, rules = context
-    axes = physical_spec((rows,), ("batch",), mesh, rules)[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[axis] for axis in axes)
+    axes = physical_spec((rows,), ("batch",), *context)[0]
+    return batch_devices(context[0], () if axes is None else (axes,) if isinstance(axes, str) else axes)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

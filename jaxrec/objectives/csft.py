@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.data.text_examples import pad_batch
 from jaxrec.shapes import bucket_length, pack_sequences, pad_sequences
 
 
@@ -39,7 +40,6 @@ def target_positions(target_mask: np.ndarray, attention_mask: np.ndarray,
     starts = segments > 0
     starts[:, 1:] &= segments[:, 1:] != segments[:, :-1]
     wanted = np.asarray(target_mask).astype(bool) & ~starts
-    wanted[:, 0] = False
     width = wanted.shape[1]
     flat = wanted.reshape(groups, -1)
     budget = min(bucket_length(max(int(flat.sum(axis=1).max()), 1)), flat.shape[1])
@@ -61,8 +61,6 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, max_length
     length bucket per batch), or rows of ``max_length`` packed with several
     examples each (``blocks``: the devices the batch is split over, each
     packed on its own), with the target positions per device's rows."""
-    from jaxrec.data.text_examples import pad_batch
-
     ids, targets = zip(*examples)
     if pack:  # the target flags packed into the same places as the ids
         batch = pack_sequences(list(ids), max_length, pad_id, max_length, blocks)

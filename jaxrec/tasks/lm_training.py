@@ -246,11 +246,13 @@ def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     log(f"trainable: {trainable:,} parameters ({mode})")
 
     identity = {**lm.identity(), "task": config.task, "trainable": mode}
-    if config.loop.eval_every and not objective.validation_batches(block, blocks):
+    # built once: the same fixed batches at every validation
+    validation = objective.validation_batches(block, blocks) if config.loop.eval_every else []
+    if config.loop.eval_every and not validation:
         raise ConfigError(f"{len(objective.validation_examples())} validation examples do not fill one batch of "
                           f"batch.size={config.batch.size}: lower batch.size, or set loop.eval_every=0 to "
                           "train without validation")
-    validate = mean_over_batches(engine, lambda: objective.validation_batches(block, blocks))
+    validate = mean_over_batches(engine, lambda: validation)
     result = session.fit(engine, batches, run.path, identity, validate=validate, log=log)
     runs.save_lm(run, gather(engine.state.trainable["model"]), mode, lora, lm.config.extra_tokens)
     summary = {**result.summary, "task": config.task, "trainable_parameters": trainable,

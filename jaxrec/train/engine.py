@@ -107,33 +107,29 @@ class Engine:
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble this process's rows into arrays sharded over the mesh."""
         if jax.process_count() > 1:
-            if is_packed(local_batch):
-                local_batch = self._align_packed(local_batch)
-            local_batch = self._agree_on_widths(local_batch)
+            local_batch = self._agree_across_processes(local_batch)
         return {
             key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(value))
             for key, value in local_batch.items()
         }
 
-    def _align_packed(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Packed blocks padded to the row count of the fullest block of any
-        process (one small all-gather), with item rows in global numbering."""
+    def _agree_across_processes(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The shapes every process's part must share, from one small
+        all-gather per batch: packed blocks padded to the row count of the
+        fullest block of any process (item rows renumbered globally), and every
+        array padded to the widest any process has (each pads its rows to its
+        own length bucket)."""
         from jax.experimental import multihost_utils
 
         block, local_blocks = self._process_blocks
-        rows = len(local_batch["input_ids"]) // local_blocks
-        agreed = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
-        return align_packed_blocks(local_batch, local_blocks, agreed, block * local_blocks)
-
-    def _agree_on_widths(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every array padded to the widest any process has (each process pads
-        its rows to its own length bucket; one small all-gather per batch)."""
-        from jax.experimental import multihost_utils
-
+        packed = is_packed(local_batch)
         keys = sorted(local_batch)
-        widths = np.asarray([d for key in keys for d in np.shape(local_batch[key])[1:]], np.int32)
-        agreed = np.max(multihost_utils.process_allgather(widths), axis=0).tolist()
-        shapes, start = {}, 0
+        local = [len(local_batch["input_ids"]) // local_blocks if packed else 0]
+        local += [d for key in keys for d in np.shape(local_batch[key])[1:]]
+        agreed = np.max(multihost_utils.process_allgather(np.asarray(local, np.int32)), axis=0).tolist()
+        if packed:
+            local_batch = align_packed_blocks(local_batch, local_blocks, agreed[0], block * local_blocks)
+        shapes, start = {}, 1
         for key in keys:
             end = start + np.ndim(local_batch[key]) - 1
             shapes[key], start = tuple(agreed[start:end]), end
