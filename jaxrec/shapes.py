@@ -108,20 +108,28 @@ def pack_layout(lengths: Sequence[int], width: int, max_segments: int | None = N
 
 
 def fill_packed_rows(sequences: Sequence[Sequence[int]], layout: PackedLayout, first: int, count: int,
-                     pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """``input_ids`` and the segment-id mask [count, width] holding packed rows
-    ``first`` .. ``first + count - 1`` (rows past the layout are padding)."""
+                     pad_id: int, aligned: dict[str, Sequence[Sequence[int]]] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``input_ids``, the segment-id mask [count, width] holding packed rows
+    ``first`` .. ``first + count - 1`` (rows past the layout are padding), and
+    the ``aligned`` values (name -> one sequence per input sequence, of its
+    length) placed where their sequences go, 0 elsewhere."""
     ids = np.full((count, layout.width), pad_id, np.int32)
     segments = np.zeros((count, layout.width), np.int32)
+    companions = {name: np.zeros((count, layout.width), np.int32) for name in aligned or {}}
     for index in layout.members(first, first + count):
         r, start, seq = int(layout.row[index]) - first, int(layout.offset[index]), sequences[index]
-        ids[r, start : start + len(seq)] = seq
-        segments[r, start : start + len(seq)] = layout.segment[index] + 1
-    return ids, segments
+        span = slice(start, start + len(seq))
+        ids[r, span] = seq
+        segments[r, span] = layout.segment[index] + 1
+        for name, values in companions.items():
+            values[r, span] = aligned[name][index]
+    return ids, segments, companions
 
 
 def pack_sequences(
-    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, blocks: int = 1
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, max_segments: int, blocks: int = 1,
+    aligned: dict[str, Sequence[Sequence[int]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Several short sequences per row instead of one padded row each (see
     :func:`pack_layout`). Returns ``input_ids`` and ``attention_mask`` [rows,
@@ -134,16 +142,24 @@ def pack_sequences(
     rows, all groups padded to the same count: every device gets its own
     sequences whole, and the arrangement depends only on the number of
     blocks, not on how many processes load them (see :func:`align_packed_blocks`).
+
+    ``aligned`` maps names to per-token values of each sequence (such as
+    CSFT's target flags), returned under those names packed into the same
+    places as the ids, 0 elsewhere.
     """
     if len(sequences) % blocks:
         raise ValueError(f"{len(sequences)} sequences do not split into {blocks} equal blocks")
     size = len(sequences) // blocks
-    groups = [sequences[b * size : (b + 1) * size] for b in range(blocks)]
+    aligned = aligned or {}
+    cut = lambda values, b: values[b * size : (b + 1) * size]
+    groups = [cut(sequences, b) for b in range(blocks)]
     layouts = [pack_layout([len(s) for s in group], width, max_segments) for group in groups]
     rows = max(layout.rows for layout in layouts)
-    filled = [fill_packed_rows(group, layout, 0, rows, pad_id) for group, layout in zip(groups, layouts)]
-    return {"input_ids": np.concatenate([ids for ids, _ in filled]),
-            "attention_mask": np.concatenate([segments for _, segments in filled]),
+    filled = [fill_packed_rows(group, layout, 0, rows, pad_id, {k: cut(v, b) for k, v in aligned.items()})
+              for b, (group, layout) in enumerate(zip(groups, layouts))]
+    return {"input_ids": np.concatenate([ids for ids, _, _ in filled]),
+            "attention_mask": np.concatenate([segments for _, segments, _ in filled]),
+            **{name: np.concatenate([extra[name] for _, _, extra in filled]) for name in aligned},
             "item_row": np.concatenate([b * rows + layout.row for b, layout in enumerate(layouts)]).astype(np.int32),
             "item_segment": np.concatenate([layout.segment for layout in layouts]).astype(np.int32)}
 

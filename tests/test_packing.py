@@ -36,14 +36,21 @@ def test_pack_places_every_sequence_once_within_the_width():
 
 
 def test_each_device_block_is_packed_into_its_own_equal_rows():
+    """Each block's sequences, and the per-token values aligned with them,
+    sit in that block's rows; aligned values are 0 wherever no token is."""
     sequences = _sequences() * 4  # 36 sequences, 4 blocks of 9
-    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3, blocks=4)
+    flags = [[(index + k) % 2 + 1 for k in range(len(seq))] for index, seq in enumerate(sequences)]
+    packed = pack_sequences(sequences, width=16, pad_id=0, max_segments=3, blocks=4, aligned={"flags": flags})
     rows = len(packed["input_ids"]) // 4
     assert len(packed["input_ids"]) == 4 * rows
+    assert packed["flags"].shape == packed["input_ids"].shape
+    np.testing.assert_array_equal(packed["flags"] > 0, packed["attention_mask"] > 0)
     for index, seq in enumerate(sequences):
         row, segment = packed["item_row"][index], packed["item_segment"][index]
         assert row // rows == index // 9  # in its own block's rows
-        np.testing.assert_array_equal(packed["input_ids"][row][packed["attention_mask"][row] == segment + 1], seq)
+        at = packed["attention_mask"][row] == segment + 1
+        np.testing.assert_array_equal(packed["input_ids"][row][at], seq)
+        np.testing.assert_array_equal(packed["flags"][row][at], flags[index])
 
 
 def test_processes_packing_their_halves_assemble_the_single_process_batch():

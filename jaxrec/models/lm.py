@@ -186,7 +186,7 @@ class LM:
         rows_per_call = min(max(1, tokens_per_batch // width), layout.rows)
 
         def start(first: int):
-            ids, segments = fill_packed_rows(sequences, layout, first, rows_per_call, pad_id)
+            ids, segments, _ = fill_packed_rows(sequences, layout, first, rows_per_call, pad_id)
             values = _segment_pooled(self.model, self.params, ids, segments, mask=mask, pooling=pooling,
                                      count=layout.max_segments)
             members = layout.members(first, first + rows_per_call)

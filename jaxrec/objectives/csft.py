@@ -63,8 +63,8 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, max_length
     packed on its own), with the target positions per device's rows."""
     ids, targets = zip(*examples)
     if pack:  # the target flags packed into the same places as the ids
-        batch = pack_sequences(list(ids), max_length, pad_id, max_length, blocks)
-        target_mask = pack_sequences(list(targets), max_length, 0, max_length, blocks)["input_ids"]
+        batch = pack_sequences(list(ids), max_length, pad_id, max_length, blocks, aligned={"target_mask": targets})
+        target_mask = batch.pop("target_mask")
     else:
         batch = pad_batch(list(ids), pad_id, max_length, side="left")
         target_mask, _ = pad_sequences(targets, batch["input_ids"].shape[1], 0, side="left")

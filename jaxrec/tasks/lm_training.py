@@ -12,6 +12,7 @@ if validation ran, else the last), which a later stage loads with
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import numpy as np
@@ -207,7 +208,10 @@ class Csft(Objective):
         return csft.collate(examples, self.pad_id, self.spec.max_length, self.spec.pack, self.blocks)
 
     def validation_examples(self):
-        return [self._example(u, len(s) - 2) for u, s in enumerate(self.sequences) if len(s) >= 3]
+        """The first users' validation targets, as many as the validation batches use."""
+        users = (u for u, s in enumerate(self.sequences) if len(s) >= 3)
+        return [self._example(u, len(self.sequences[u]) - 2)
+                for u in itertools.islice(users, self.spec.size * self.spec.eval_batches)]
 
     def loss(self, model):
         return model_losses.make_csft(model)
