@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxrec.config import read_tree, to_yaml
 from jaxrec.errors import ConfigError
-from jaxrec.runtime import reuse_host_buffers, split_cpu
+from jaxrec.runtime import keep_compiled_programs, reuse_host_buffers, split_cpu
 
 _EPILOG_TAIL = """
 pipelines:
@@ -51,7 +51,10 @@ examples:
   python -m jaxrec.launch --set task=encode --set model.init_from=runs/csft --set run_dir=runs/embed
 
 Named assets (model smollm2-135m, dataset ml-100k) are fetched once into $JAXREC_CACHE
-(default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them.
+(default ~/.cache/jaxrec); `python -m jaxrec.assets list` shows them. Compiled programs are
+kept in $JAXREC_CACHE/xla/<machine kind>, so a resumed stage, or a later one with the same
+shapes, does not compile them again: JAXREC_COMPILATION_CACHE=DIR keeps them elsewhere,
+=off nowhere.
 """
 
 
@@ -120,6 +123,7 @@ def _start_runtime(args, cpu_devices) -> None:
     # both before JAX starts its threads
     reuse_host_buffers()
     split_cpu(cpu_devices)
+    keep_compiled_programs()
     if args.distributed:
         init_distributed()
 

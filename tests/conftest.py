@@ -4,6 +4,9 @@ tiny word-level tokenizer, and the real SmolLM2 weights from the asset cache."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,18 @@ TINY = dict(
     max_position_embeddings=256,
     rms_norm_eps=1e-5,
 )
+
+def pytest_configure(config):
+    """The tests, and the launches they start, keep every compiled program in
+    a folder of this test session, so a program compiled again (the same
+    tiny model in another test, a resumed launch) is loaded instead; the
+    user's own cache is left alone. Set before anything imports JAX."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="jaxrec-test-xla-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+
 
 WORDS = "the a of and in to is for on with toy story star wars movie game space quest call duty _".split()
 
