@@ -138,13 +138,12 @@ def batch_groups(rows: int) -> int:
     """Devices a batch of ``rows`` rows is split over in the training step in
     context (1 outside one): a loss that gathers positions across rows does so
     within each device's rows, so the gathered work stays split too."""
-    from jaxrec.train.mesh import batch_devices, physical_spec
+    from jaxrec.train.mesh import batch_devices, dimension_axes
 
     context = _batch_context()
     if context is None:
         return 1
-    axes = physical_spec((rows,), ("batch",), *context)[0]
-    return batch_devices(context[0], () if axes is None else (axes,) if isinstance(axes, str) else axes)
+    return batch_devices(context[0], dimension_axes((rows,), ("batch",), *context)[0])
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

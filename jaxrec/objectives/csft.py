@@ -64,11 +64,9 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, max_length
     ids, targets = zip(*examples)
     if pack:  # the target flags packed into the same places as the ids
         batch = pack_sequences(list(ids), max_length, pad_id, max_length, blocks, aligned={"target_mask": targets})
-        target_mask = batch.pop("target_mask")
     else:
         batch = pad_batch(list(ids), pad_id, max_length, side="left")
-        target_mask, _ = pad_sequences(targets, batch["input_ids"].shape[1], 0, side="left")
-    rows, columns, valid = target_positions(target_mask, batch["attention_mask"], blocks)
-    return {**batch, "target_mask": target_mask, "target_rows": rows, "target_columns": columns,
-            "target_valid": valid}
+        batch["target_mask"], _ = pad_sequences(targets, batch["input_ids"].shape[1], 0, side="left")
+    rows, columns, valid = target_positions(batch["target_mask"], batch["attention_mask"], blocks)
+    return {**batch, "target_rows": rows, "target_columns": columns, "target_valid": valid}
 

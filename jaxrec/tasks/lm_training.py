@@ -108,7 +108,8 @@ class Objective:
         raise NotImplementedError
 
     def validation_examples(self) -> list:
-        """A fixed sample of items (CSFT overrides: each user's validation target)."""
+        """At most ``batch.size * eval_batches`` fixed examples: a sample of
+        items (CSFT overrides: the first users' validation targets)."""
         rng = np.random.default_rng([self.config.seed, 1])
         order = rng.permutation(self.count)[: self.spec.size * self.spec.eval_batches]
         return [self.example(int(i), rng) for i in order]
@@ -116,10 +117,9 @@ class Objective:
     def validation_batches(self, block: int = 0, blocks: int = 1) -> list[dict[str, np.ndarray]]:
         """This process's part (``block`` of ``blocks``) of each validation batch."""
         size, examples = self.spec.size, self.validation_examples()
-        usable = min(len(examples), size * self.spec.eval_batches)
         part = size // blocks
         return [self.collate(examples[i + block * part : i + (block + 1) * part])
-                for i in range(0, usable - size + 1, size)]
+                for i in range(0, len(examples) - size + 1, size)]
 
 
 class _TitleObjective(Objective):
@@ -208,7 +208,7 @@ class Csft(Objective):
         return csft.collate(examples, self.pad_id, self.spec.max_length, self.spec.pack, self.blocks)
 
     def validation_examples(self):
-        """The first users' validation targets, as many as the validation batches use."""
+        """Each of the first users' second-to-last item, from the titles before it."""
         users = (u for u, s in enumerate(self.sequences) if len(s) >= 3)
         return [self._example(u, len(self.sequences[u]) - 2)
                 for u in itertools.islice(users, self.spec.size * self.spec.eval_batches)]

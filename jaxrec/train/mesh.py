@@ -79,20 +79,27 @@ def rules_of(spec: MeshSpec) -> dict[str, tuple[str, ...]]:
     return table
 
 
-def physical_spec(shape: Sequence[int], logical: Sequence[str | None], mesh: Mesh, rules: dict) -> PartitionSpec:
-    """Mesh axes for each dimension; axes that do not divide it or are already
-    used by an earlier dimension are left out."""
+def dimension_axes(shape: Sequence[int], logical: Sequence[str | None], mesh: Mesh,
+                   rules: dict) -> list[tuple[str, ...]]:
+    """The mesh axes each dimension is split over; axes that do not divide it
+    or are already used by an earlier dimension are left out."""
     used: set[str] = set()
     out = []
     for size, name in zip(shape, logical):
-        axes = []
+        axes: list[str] = []
         for axis in rules.get(name, ()) if name is not None else ():
             span = math.prod(mesh.shape[a] for a in axes + [axis])
             if axis not in used and size % span == 0:
                 axes.append(axis)
         used.update(axes)
-        out.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
-    return PartitionSpec(*out)
+        out.append(tuple(axes))
+    return out
+
+
+def physical_spec(shape: Sequence[int], logical: Sequence[str | None], mesh: Mesh, rules: dict) -> PartitionSpec:
+    """``dimension_axes`` as a PartitionSpec (one axis by its name, none as None)."""
+    return PartitionSpec(*(axes if len(axes) > 1 else (axes[0] if axes else None)
+                           for axes in dimension_axes(shape, logical, mesh, rules)))
 
 
 def tree_shardings(abstract, logical_specs, mesh: Mesh, rules: dict):
