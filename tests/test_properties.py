@@ -40,12 +40,30 @@ def test_first_position_sees_the_last_token_only_when_bidirectional(model_and_pa
     assert np.abs(bidi[0] - bidi[1]).max() > 1e-4
 
 
-def test_remat_gives_the_same_output(model_and_params):
-    model, params = model_and_params
-    ids = jnp.asarray([[1, 2, 3, 4, 5, 6]])
-    plain = model.apply(params, ids, mask="bidirectional")
-    remat = Decoder(CONFIG.replace(remat=True)).apply(params, ids, mask="bidirectional")
-    np.testing.assert_allclose(np.asarray(plain), np.asarray(remat), atol=1e-6)
+@pytest.mark.parametrize("remat", ["matmuls", "full"])
+def test_remat_policies_give_the_same_loss_and_gradients(model_and_params, remat):
+    _, params = model_and_params
+    ids = jnp.asarray([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]])
+    mask = jnp.asarray([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+
+    def loss(variables, config):
+        # with attention dropout: a recomputed layer must draw the same dropout mask again
+        states = Decoder(config.replace(attention_dropout=0.3)).apply(
+            variables, ids, mask, mask="bidirectional", output="hidden", deterministic=False,
+            rngs={"dropout": jax.random.key(3)})
+        return jnp.sum(jnp.sin(states) * mask[..., None])
+
+    keep_all = jax.value_and_grad(loss)(params, CONFIG.replace(remat="none"))
+    recomputed = jax.value_and_grad(loss)(params, CONFIG.replace(remat=remat))
+    np.testing.assert_allclose(float(recomputed[0]), float(keep_all[0]), rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(recomputed[1]), jax.tree.leaves(keep_all[1])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(keep_all[1])) > 0
+
+
+def test_an_unknown_remat_policy_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="remat must be one of .*matmuls"):
+        CONFIG.replace(remat=True)
 
 
 def test_attention_dropout_is_active_only_when_not_deterministic(model_and_params):

@@ -19,6 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="LoRA MNTP, contrastive and CSFT steps: jaxrec vs PyTorch + peft")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--steps", type=int, default=12)
+    profile = sub.add_parser("profile", help="where one LoRA training step's time goes (JAX profiler + compiled HLO)")
+    profile.add_argument("--objective", default="mntp", choices=["mntp", "contrastive", "csft"])
+    profile.add_argument("--layout", default="padded", choices=["padded", "packed"])
+    profile.add_argument("--batch-size", type=int, default=32)
+    profile.add_argument("--steps", type=int, default=3, help="traced steps, after one that compiles")
+    profile.add_argument("--top", type=int, default=15, help="how many of the costliest operations to list")
+    profile.add_argument("--trace-dir", help="keep the trace here (for TensorBoard / XProf); default: a temporary folder")
     mesh = sub.add_parser("mesh", help="SmolLM2 LoRA MNTP on 8 CPU devices: data=8 against fsdp=8, time and memory")
     mesh.add_argument("--batch-size", type=int, default=32)
     mesh.add_argument("--steps", type=int, default=6)
@@ -49,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.train import run
 
         result = run(args.batch_size, args.steps, log=log)
+    elif args.bench == "profile":
+        from jaxrec.bench.profile import run
+
+        result = run(args.objective, args.layout, args.batch_size, args.steps, args.top, args.trace_dir, log=log)
     elif args.bench == "mesh":
         from jaxrec.bench.mesh import run
 

@@ -73,8 +73,13 @@ def _with_warmup(timed: list[dict], warmup: int) -> tuple[list[dict], int]:
     return batches, len(batches) - len(timed)
 
 
-def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
-    model = Decoder(lm.config.replace(lora=LORA, attention_dropout=dropout))
+DROPOUT = {"mntp": 0.0, "contrastive": 0.2, "csft": 0.0}
+"""Attention dropout of each step kind: contrastive's two views differ by dropout."""
+
+
+def lora_engine(lm, objective: str):
+    """A one-device engine for a LoRA step of ``objective`` on ``lm``, as the bench times it."""
+    model = Decoder(lm.config.replace(lora=LORA, attention_dropout=DROPOUT[objective]))
     session = TrainingSession(mesh_lib.MeshSpec(), OptimizerSpec(1e-4, decay="constant"), LoopSpec(steps=1000))
     specials = tuple(lm.tokenizer.all_special_ids)
     masking = model_losses.MaskingSpec(rate=0.2)
@@ -84,7 +89,23 @@ def _jax_tokens_per_s(lm, objective, batches, warmup, dropout):
         bound = model_losses.make_csft(model)
     else:
         bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
-    engine = session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
+    return session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
+
+
+def step_batches(lm, titles, objective: str, layout: str, batch_size: int, steps: int) -> list[dict]:
+    """The bench's batches of one step kind: ``batch_size`` titles (CSFT: half as
+    many 10-title histories), padded to the longest or packed several to a row."""
+    pad = lm.config.pad_token_id or 0
+    if objective == "csft":
+        return _csft_batches(lm, titles[1:], max(1, batch_size // 2), steps, pack=layout == "packed")
+    selections = _selections(lm, titles, batch_size, steps)
+    if layout == "packed":
+        return [pack_sequences(s, 64, pad, max_segments=64) for s in selections]
+    return [pad_batch(s, pad, 64) for s in selections]
+
+
+def _jax_tokens_per_s(lm, objective, batches, warmup):
+    engine = lora_engine(lm, objective)
     for batch in batches[:warmup]:
         jax.block_until_ready(engine.train_step(batch))
     start = time.perf_counter()
@@ -165,40 +186,31 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     torch.set_num_threads(os.cpu_count() or 1)
     lm = load_lm("smollm2-135m")
     titles = read_items("ml-100k").titles
-    selections = _selections(lm, titles, batch_size, steps)
     pad = lm.config.pad_token_id or 0
-    batches, warmup = _with_warmup([pad_batch(s, pad, 64) for s in selections], warmup)
-    packed, packed_warmup = _with_warmup([pack_sequences(s, 64, pad, max_segments=64) for s in selections], warmup)
-    log(f"{steps} timed steps after {warmup} warm-up steps, padded shapes "
-        f"{sorted({b['input_ids'].shape for b in batches})}, packed {sorted({b['input_ids'].shape for b in packed})}")
     result = {"bench": "train", "model": "smollm2-135m", "batch_size": batch_size, "timed_steps": steps,
               "lora_rank": LORA.rank, "torch_threads": torch.get_num_threads()}
     specials = tuple(lm.tokenizer.all_special_ids)
     peak = matmul_peak()
     log(f"matmul peak (jax, float32): {peak['gflops']} GFLOP/s")
     result["matmul_peak_gflops"] = peak["gflops"]
-    histories = max(1, batch_size // 2)
-    csft_padded, csft_warmup = _with_warmup(_csft_batches(lm, titles[1:], histories, steps), warmup)
-    csft_packed, csft_packed_warmup = _with_warmup(_csft_batches(lm, titles[1:], histories, steps, pack=True), warmup)
-    kinds = (("mntp", 0.0, batches, packed, warmup, packed_warmup),
-             ("contrastive", 0.2, batches, packed, warmup, packed_warmup),
-             ("csft", 0.0, csft_padded, csft_packed, csft_warmup, csft_packed_warmup))
-    for objective, dropout, padded_batches, packed_batches, padded_warmup, packed_warmup_steps in kinds:
-        jax_rate, jax_loss, jax_gflops = _jax_tokens_per_s(lm, objective, padded_batches, padded_warmup, dropout)
+    for objective in ("mntp", "contrastive", "csft"):
+        padded, padded_warmup = _with_warmup(step_batches(lm, titles, objective, "padded", batch_size, steps), warmup)
+        packed, packed_warmup = _with_warmup(step_batches(lm, titles, objective, "packed", batch_size, steps), warmup)
+        log(f"{objective}: {steps} timed steps after warm-up steps of every shape, padded shapes "
+            f"{sorted({b['input_ids'].shape for b in padded})}, packed {sorted({b['input_ids'].shape for b in packed})}")
+        jax_rate, jax_loss, jax_gflops = _jax_tokens_per_s(lm, objective, padded, padded_warmup)
         log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s, {jax_gflops:.1f} GFLOP/s (loss {jax_loss:.3f})")
-        torch_rate, torch_loss = _torch_tokens_per_s(objective, padded_batches, padded_warmup, dropout, pad, specials)
+        torch_rate, torch_loss = _torch_tokens_per_s(objective, padded, padded_warmup, DROPOUT[objective], pad, specials)
         log(f"{objective}: torch+peft {torch_rate:.0f} tokens/s (loss {torch_loss:.3f})")
+        packed_rate, packed_loss, packed_gflops = _jax_tokens_per_s(lm, objective, packed, packed_warmup)
+        log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s, {packed_gflops:.1f} GFLOP/s "
+            f"(loss {packed_loss:.3f})")
         result[f"{objective}_jaxrec_tokens_per_s"] = round(jax_rate, 1)
         result[f"{objective}_torch_tokens_per_s"] = round(torch_rate, 1)
         result[f"{objective}_speedup"] = round(jax_rate / torch_rate, 2)
         result[f"{objective}_jaxrec_gflops"] = round(jax_gflops, 1)
         result[f"{objective}_share_of_peak"] = round(jax_gflops / peak["gflops"], 3)
-        if packed_batches is not None:
-            packed_rate, packed_loss, packed_gflops = _jax_tokens_per_s(lm, objective, packed_batches,
-                                                                        packed_warmup_steps, dropout)
-            log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s, {packed_gflops:.1f} GFLOP/s "
-                f"(loss {packed_loss:.3f})")
-            result[f"{objective}_jaxrec_packed_tokens_per_s"] = round(packed_rate, 1)
-            result[f"{objective}_packed_speedup"] = round(packed_rate / torch_rate, 2)
-            result[f"{objective}_packed_share_of_peak"] = round(packed_gflops / peak["gflops"], 3)
+        result[f"{objective}_jaxrec_packed_tokens_per_s"] = round(packed_rate, 1)
+        result[f"{objective}_packed_speedup"] = round(packed_rate / torch_rate, 2)
+        result[f"{objective}_packed_share_of_peak"] = round(packed_gflops / peak["gflops"], 3)
     return result

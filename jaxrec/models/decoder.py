@@ -24,6 +24,13 @@ from jaxrec.models.layers import (
 )
 
 
+REMAT_POLICIES = {
+    "matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+"""What a layer keeps for the backward pass (see ``DecoderConfig.remat``)."""
+
+
 def abstract_variables(model: "Decoder") -> dict:
     """Shapes, dtypes and logical-axis metadata of every variable collection,
     without allocating anything."""
@@ -107,8 +114,8 @@ class Decoder(nn.Module):
         attn_mask = attention_mask_matrix(attention_mask, mask)
 
         layer = DecoderLayer
-        if c.remat:
-            layer = nn.remat(layer, prevent_cse=False)
+        if c.remat != "none":
+            layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
         layers = nn.scan(
             layer,
             variable_axes={True: 0},

@@ -7,6 +7,7 @@ Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import flax.linen as nn
@@ -35,6 +36,19 @@ class LoraSpec:
 _lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's Linear default
 
 
+def _flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
+    """``tensordot(x, kernel, contract_dims)`` as one 2-D matrix product on
+    [tokens, inputs] x [inputs, outputs]. The same math, but differentiated
+    as 2-D products: on CPU, XLA lowers the backward of the (batch, length)
+    tensordot's weight gradient with the output gradient transposed
+    element by element first, which cost a LoRA step more than its matmuls."""
+    lead, inputs = x.shape[: x.ndim - contract_dims], x.shape[x.ndim - contract_dims :]
+    outputs = kernel.shape[contract_dims:]
+    rows = x.reshape(-1, math.prod(inputs))
+    product = rows @ kernel.reshape(math.prod(inputs), math.prod(outputs))
+    return product.reshape(lead + outputs)
+
+
 class Projection(nn.Module):
     """Contract the last ``contract_dims`` axes of the input with a kernel of
     shape ``input_shape[-contract_dims:] + features``.
@@ -61,7 +75,7 @@ class Projection(nn.Module):
             in_shape + tuple(self.features),
             self.param_dtype,
         )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract_dims)
+        y = _flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.contract_dims)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -85,10 +99,10 @@ class Projection(nn.Module):
         b = self.variable("lora", "b", lambda: b_init(self.make_rng("params"), (spec.rank,) + tuple(self.features), jnp.float32))
         a, b = a.value, b.value
         x = nn.Dropout(spec.dropout, deterministic=self.deterministic)(x)
-        low = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), axes=self.contract_dims)
+        low = _flat_matmul(x.astype(self.dtype), a.astype(self.dtype), self.contract_dims)
         # scaling the rank x features factor, not the tokens x features product,
         # spares a pass over the output in the forward and the backward
-        return jnp.tensordot(low, (b * spec.scale).astype(self.dtype), axes=1)
+        return _flat_matmul(low, (b * spec.scale).astype(self.dtype), 1)
 
 
 class RMSNorm(nn.Module):

@@ -202,7 +202,7 @@ def load_lm(
     param_dtype: str | None = None,
     tokenizer: str | Path | None = None,
     attention_dropout: float | None = None,
-    remat: bool = False,
+    remat: str = "matmuls",
     shardings: Callable[[DecoderConfig], dict] | None = None,
 ) -> LM:
     """Load a LLaMA / Qwen2 decoder from a named asset (``smollm2-135m``), an HF

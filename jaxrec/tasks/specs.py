@@ -53,6 +53,10 @@ class ModelSpec:
     """Overrides the tokenizer that comes with the model (HF directory or GGUF file)."""
     attention_dropout: float | None = None
     """Attention dropout while training (default: the checkpoint's, usually 0)."""
+    remat: Literal["matmuls", "none", "full"] = "matmuls"
+    """What each layer keeps for the backward pass while training: "matmuls"
+    (the projections' and MLP's outputs; the rest is recomputed), "none"
+    (everything), "full" (only the layer's input: least memory, slowest)."""
 
     def __post_init__(self):
         require_rate("attention_dropout", self.attention_dropout)
@@ -63,13 +67,13 @@ class ModelSpec:
 
         if self.init_from is not None:
             lm = runs.load_trained_lm(self.init_from, self.dtype, role="model.init_from", tokenizer=self.tokenizer,
-                                      attention_dropout=self.attention_dropout, **runtime)
+                                      attention_dropout=self.attention_dropout, remat=self.remat, **runtime)
             if self.name is not None and not _same_file(self.name, lm.source):
                 raise ConfigError(f"model.name {self.name} is not the base model of model.init_from's run "
                                   f"({lm.source}); set model.name to that model or to null")
             return lm
         return runs.load_lm(self.name or DEFAULT_MODEL, self.dtype, tokenizer=self.tokenizer,
-                            attention_dropout=self.attention_dropout, **runtime)
+                            attention_dropout=self.attention_dropout, remat=self.remat, **runtime)
 
 
 def _same_file(name: str, source: str) -> bool:
