@@ -92,7 +92,7 @@ def run(objective: str, layout: str, batch_size: int = 32, steps: int = 3, top: 
     from jaxrec.models.lm import load_lm
 
     lm = load_lm("smollm2-135m")
-    batches = step_batches(lm, read_items("ml-100k").titles, objective, layout, batch_size, 4 * steps)
+    batches = step_batches(lm, read_items("ml-100k").titles, objective, batch_size, 4 * steps)[layout]
     shape = batches[0]["input_ids"].shape
     batches = [b for b in batches if b["input_ids"].shape == shape][:steps]  # one shape: one program
     engine = lora_engine(lm, objective)

@@ -40,12 +40,11 @@ def _selections(lm, titles, batch_size, steps, seed=0) -> list[list[list[int]]]:
     return [[ids[i] for i in rng.choice(len(ids), batch_size, replace=False)] for _ in range(steps)]
 
 
-def _csft_batches(lm, titles, batch_size, steps, pack: bool = False, seed=0) -> list[dict]:
-    """Batches of 10-title histories and their next title, as the csft task builds them."""
+def _csft_selections(lm, titles, batch_size, steps, seed=0) -> list[list]:
+    """Each step's examples of 10-title histories and their next title, as the csft task builds them."""
     rng = np.random.default_rng(seed)
-    pad = lm.config.pad_token_id or 0
-    return [csft.collate([csft_example(lm.tokenizer, list(rng.choice(titles, 10)), str(rng.choice(titles)), 256)
-                          for _ in range(batch_size)], pad, 256, pack) for _ in range(steps)]
+    return [[csft_example(lm.tokenizer, list(rng.choice(titles, 10)), str(rng.choice(titles)), 256)
+             for _ in range(batch_size)] for _ in range(steps)]
 
 
 def step_flops(config, batches: list[dict], objective: str) -> float:
@@ -92,16 +91,18 @@ def lora_engine(lm, objective: str):
     return session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
 
 
-def step_batches(lm, titles, objective: str, layout: str, batch_size: int, steps: int) -> list[dict]:
-    """The bench's batches of one step kind: ``batch_size`` titles (CSFT: half as
-    many 10-title histories), padded to the longest or packed several to a row."""
+def step_batches(lm, titles, objective: str, batch_size: int, steps: int) -> dict[str, list[dict]]:
+    """The bench's batches of one step kind, ``{"padded": ..., "packed": ...}``
+    from the same examples: ``batch_size`` titles (CSFT: half as many 10-title
+    histories), padded to the longest or packed several to a row."""
     pad = lm.config.pad_token_id or 0
     if objective == "csft":
-        return _csft_batches(lm, titles[1:], max(1, batch_size // 2), steps, pack=layout == "packed")
+        selections = _csft_selections(lm, titles[1:], max(1, batch_size // 2), steps)
+        return {layout: [csft.collate(s, pad, 256, layout == "packed") for s in selections]
+                for layout in ("padded", "packed")}
     selections = _selections(lm, titles, batch_size, steps)
-    if layout == "packed":
-        return [pack_sequences(s, 64, pad, max_segments=64) for s in selections]
-    return [pad_batch(s, pad, 64) for s in selections]
+    return {"padded": [pad_batch(s, pad, 64) for s in selections],
+            "packed": [pack_sequences(s, 64, pad, max_segments=64) for s in selections]}
 
 
 def _jax_tokens_per_s(lm, objective, batches, warmup):
@@ -118,7 +119,7 @@ def _jax_tokens_per_s(lm, objective, batches, warmup):
     return rate, float(metrics["loss"]), step_flops(lm.config, timed, objective) / seconds / 1e9
 
 
-def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, special_ids):
+def _torch_tokens_per_s(objective, batches, warmup, mask_token_id, special_ids):
     import peft
     import torch
     from transformers import AutoModelForCausalLM
@@ -127,7 +128,7 @@ def _torch_tokens_per_s(objective, batches, warmup, dropout, mask_token_id, spec
     path = assets.resolve_file("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32,
-        attention_dropout=dropout,
+        attention_dropout=DROPOUT[objective],
     )
     if objective != "csft":
         torch_reference.make_bidirectional(model)
@@ -193,14 +194,17 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     peak = matmul_peak()
     log(f"matmul peak (jax, float32): {peak['gflops']} GFLOP/s")
     result["matmul_peak_gflops"] = peak["gflops"]
-    for objective in ("mntp", "contrastive", "csft"):
-        padded, padded_warmup = _with_warmup(step_batches(lm, titles, objective, "padded", batch_size, steps), warmup)
-        packed, packed_warmup = _with_warmup(step_batches(lm, titles, objective, "packed", batch_size, steps), warmup)
+    title_batches = step_batches(lm, titles, "mntp", batch_size, steps)  # MNTP and contrastive: the same titles
+    kinds = {"mntp": title_batches, "contrastive": title_batches,
+             "csft": step_batches(lm, titles, "csft", batch_size, steps)}
+    for objective, layouts in kinds.items():
+        padded, padded_warmup = _with_warmup(layouts["padded"], warmup)
+        packed, packed_warmup = _with_warmup(layouts["packed"], warmup)
         log(f"{objective}: {steps} timed steps after warm-up steps of every shape, padded shapes "
             f"{sorted({b['input_ids'].shape for b in padded})}, packed {sorted({b['input_ids'].shape for b in packed})}")
         jax_rate, jax_loss, jax_gflops = _jax_tokens_per_s(lm, objective, padded, padded_warmup)
         log(f"{objective}: jaxrec {jax_rate:.0f} tokens/s, {jax_gflops:.1f} GFLOP/s (loss {jax_loss:.3f})")
-        torch_rate, torch_loss = _torch_tokens_per_s(objective, padded, padded_warmup, DROPOUT[objective], pad, specials)
+        torch_rate, torch_loss = _torch_tokens_per_s(objective, padded, padded_warmup, pad, specials)
         log(f"{objective}: torch+peft {torch_rate:.0f} tokens/s (loss {torch_loss:.3f})")
         packed_rate, packed_loss, packed_gflops = _jax_tokens_per_s(lm, objective, packed, packed_warmup)
         log(f"{objective}: jaxrec packed {packed_rate:.0f} tokens/s, {packed_gflops:.1f} GFLOP/s "

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.models.decoder_config import DecoderConfig
+from jaxrec.models.decoder_config import REMAT_POLICIES, DecoderConfig
 from jaxrec.models.layers import (
     Attention,
     constrain_batch,
@@ -22,13 +22,6 @@ from jaxrec.models.layers import (
     positions_from_mask,
     rope_tables,
 )
-
-
-REMAT_POLICIES = {
-    "matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
-"""What a layer keeps for the backward pass (see ``DecoderConfig.remat``)."""
 
 
 def abstract_variables(model: "Decoder") -> dict:
@@ -114,7 +107,7 @@ class Decoder(nn.Module):
         attn_mask = attention_mask_matrix(attention_mask, mask)
 
         layer = DecoderLayer
-        if c.remat != "none":
+        if REMAT_POLICIES[c.remat] is not None:
             layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
         layers = nn.scan(
             layer,

@@ -13,13 +13,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxrec.models.families import FAMILIES, family
 from jaxrec.models.layers import LoraSpec
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
-REMAT_CHOICES = ("matmuls", "none", "full")
+REMAT_POLICIES = {
+    "matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+"""``DecoderConfig.remat`` -> the policy its layers are rematerialised with (None: not at all)."""
 
 
 class UnsupportedConfigError(ValueError):
@@ -73,8 +79,8 @@ class DecoderConfig:
     """New input-only token embeddings at ids vocab_size .. vocab_size + extra_tokens - 1."""
 
     def __post_init__(self):
-        if self.remat not in REMAT_CHOICES:
-            raise ValueError(f"remat must be one of {REMAT_CHOICES}, got {self.remat!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
         if self.num_heads % self.num_kv_heads:
             raise UnsupportedConfigError(
                 f"num_attention_heads ({self.num_heads}) must be a multiple of "

@@ -202,20 +202,23 @@ def load_lm(
     param_dtype: str | None = None,
     tokenizer: str | Path | None = None,
     attention_dropout: float | None = None,
-    remat: str = "matmuls",
+    remat: str | None = None,
     shardings: Callable[[DecoderConfig], dict] | None = None,
 ) -> LM:
     """Load a LLaMA / Qwen2 decoder from a named asset (``smollm2-135m``), an HF
     model directory with safetensors, or a LLaMA GGUF file.
 
     ``dtype`` is the compute dtype; parameters are kept in ``param_dtype``
-    (default: the same as ``dtype``). ``shardings`` maps the model's config to
-    the shardings of its params: each process then reads only the shards its
-    devices hold (default: the whole model on the first local device).
+    (default: the same as ``dtype``); ``remat`` overrides ``DecoderConfig.remat``.
+    ``shardings`` maps the model's config to the shardings of its params: each
+    process then reads only the shards its devices hold (default: the whole
+    model on the first local device).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    runtime = {"dtype": dtype, "param_dtype": param_dtype or dtype, "remat": remat}
+    runtime = {"dtype": dtype, "param_dtype": param_dtype or dtype}
+    if remat is not None:  # else DecoderConfig's default
+        runtime["remat"] = remat
     path = assets.resolve_file(name_or_path)
     if path.is_dir():
         config = load_hf_config(path, **runtime)
