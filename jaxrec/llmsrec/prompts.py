@@ -114,11 +114,13 @@ class Prompts:
         ids = part + [self.history_id] + self.item_end
         return ids, [0] * len(part) + [item] + [0] * len(self.item_end)
 
-    def users(self, histories: np.ndarray, days: np.ndarray | None = None, multiple: int = 64) -> dict[str, np.ndarray]:
+    def users(self, histories: np.ndarray, days: np.ndarray | None = None, multiple: int = 16) -> dict[str, np.ndarray]:
         """Right-padded ``input_ids``, ``attention_mask`` and ``history_items``
         [rows, width] for a batch of histories (and their ``days``); the width
         is the longest prompt rounded up to ``multiple`` (at most
-        ``user_length``), so batches come in a few shapes, each compiled once."""
+        ``user_length``), so batches come in a few shapes, each compiled once.
+        (ml-100k with dates, batches of 20: widths 336-384, 352 on average,
+        against 384 for every batch when rounded up to 64.)"""
         row_days = days if days is not None else [None] * len(histories)
         prompts = [self.user(h, d) for h, d in zip(histories, row_days)]
         longest = max(len(ids) for ids, _ in prompts)
