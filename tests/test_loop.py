@@ -93,6 +93,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpoints.close()
 
 
+def test_a_fraction_of_an_epoch_checkpoints_within_the_epoch(tmp_path):
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)  # 16 steps per epoch
+    train(_toy_engine(), _toy_data(values), LoopSpec(epochs=1, save_every=0.25, keep_checkpoints=8), tmp_path, {"m": 1})
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert list(checkpoints.manager.all_steps()) == [4, 8, 12, 16]
+    checkpoints.close()
+    assert LoopSpec(epochs=3, save_every=2.0).save_every == 2
+    with pytest.raises(ValueError, match="save_every counts steps when epochs is not set"):
+        LoopSpec(steps=10, save_every=2.5)
+
+
 def test_resume_refuses_another_base(tmp_path):
     values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
     train(_toy_engine(), _toy_data(values), LoopSpec(steps=2, save_every=2), tmp_path, {"model": "a", "sha256": "1"})

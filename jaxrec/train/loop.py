@@ -30,7 +30,10 @@ class LoopSpec:
     """Passes over the training examples instead of ``steps``; ``save_every``
     and ``eval_every`` then count epochs too."""
     log_every: int = 10
-    save_every: int = 200
+    save_every: float = 200
+    """Checkpoint every this many steps (0: only at the end). With ``epochs``,
+    epochs, and a fraction checkpoints within an epoch: 0.2 saves about every
+    fifth of one, so a long epoch stopped midway loses little."""
     keep_checkpoints: int = 3
     eval_every: int = 0
     """Validate every this many steps (epochs) (0: never)."""
@@ -46,6 +49,10 @@ class LoopSpec:
         length = self.epochs if self.epochs is not None else self.steps
         if (length is not None and length < 1) or self.log_every < 1 or self.save_every < 0 or self.eval_every < 0:
             raise ValueError("steps / epochs and log_every must be >= 1; save_every and eval_every >= 0")
+        if float(self.save_every).is_integer():
+            self.save_every = int(self.save_every)
+        elif self.epochs is None:
+            raise ValueError(f"save_every counts steps when epochs is not set: a whole number, got {self.save_every}")
         if self.patience < 0 or self.keep_checkpoints < 1:
             raise ValueError(f"patience must be >= 0 (0: never stop early) and keep_checkpoints >= 1, "
                              f"got {self.patience} and {self.keep_checkpoints}")
@@ -56,7 +63,8 @@ class LoopSpec:
             return dataclasses.replace(self, steps=self.steps or 1000)
         return dataclasses.replace(
             self, steps=self.epochs * steps_per_epoch, epochs=None,
-            save_every=self.save_every * steps_per_epoch, eval_every=self.eval_every * steps_per_epoch,
+            save_every=max(1, round(self.save_every * steps_per_epoch)) if self.save_every else 0,
+            eval_every=self.eval_every * steps_per_epoch,
         )
 
     def improved(self, value: float, best: float | None) -> bool:
