@@ -10,7 +10,7 @@ import pytest
 
 from jaxrec.models.decoder_config import DecoderConfig
 from jaxrec.models.decoder import Decoder
-from jaxrec.models.layers import attention_mask_matrix, grouped_attention, positions_from_mask
+from jaxrec.models.layers import attention_mask_matrix, positions_from_mask
 
 CONFIG = DecoderConfig(
     model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
@@ -93,36 +93,3 @@ def test_mask_matrix_hides_padding_and_future():
     assert not causal[1:, 0].any() and not bidi[1:, 0].any()
     with pytest.raises(ValueError, match="mask must be one of"):
         attention_mask_matrix(mask, "prefix")
-
-
-def _numpy_attention(q, k, v, visible, keep=None, rate=0.0):
-    """Per query head softmax attention; query head h reads key/value head h // groups."""
-    groups = q.shape[2] // k.shape[2]
-    out = np.zeros_like(q)
-    for b in range(q.shape[0]):
-        for h in range(q.shape[2]):
-            kv = h // groups
-            logits = q[b, :, h] @ k[b, :, kv].T / np.sqrt(q.shape[-1])
-            logits = np.where(visible[b, 0], logits, -np.inf)
-            weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            weights /= weights.sum(axis=-1, keepdims=True)
-            if keep is not None:
-                weights = np.where(keep[b, kv, h % groups], weights / (1.0 - rate), 0.0)
-            out[b, :, h] = weights @ v[b, :, kv]
-    return out
-
-
-@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
-def test_grouped_attention_matches_per_head_softmax_on_packed_rows(kind):
-    rng = np.random.default_rng(0)
-    q, k, v = (rng.normal(size=(2, 7, heads, 4)).astype(np.float32) for heads in (6, 2, 2))
-    segments = jnp.asarray([[1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 0]])
-    visible = np.asarray(attention_mask_matrix(segments, kind))
-    got = grouped_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(visible))
-    np.testing.assert_allclose(np.asarray(got), _numpy_attention(q, k, v, visible), atol=1e-5)
-
-    rate, dropout_rng = 0.3, jax.random.key(3)
-    keep = np.asarray(jax.random.bernoulli(dropout_rng, 1.0 - rate, (2, 2, 3, 7, 7)))
-    got = grouped_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(visible),
-                            dropout_rate=rate, dropout_rng=dropout_rng)
-    np.testing.assert_allclose(np.asarray(got), _numpy_attention(q, k, v, visible, keep, rate), atol=1e-5)

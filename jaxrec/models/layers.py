@@ -212,34 +212,21 @@ def attention_mask_matrix(attention_mask: jax.Array, kind: str) -> jax.Array:
     return visible | jnp.eye(length, dtype=bool)[None, None]
 
 
-def grouped_attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, dtype="float32") -> jax.Array:
-    """Softmax attention with grouped query heads and optional dropout on the weights.
+def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -> jax.Array:
+    """Reference attention with explicit softmax, used when attention dropout is on.
 
     q [b, t, h, d], k/v [b, s, kv, d], mask [b, 1, t, s] -> [b, t, h, d].
-
-    Each key/value head's query group is laid out as one [groups * t, d]
-    matrix, so scores and weighting are plain batched matmuls over (b, kv):
-    on CPU this runs the forward and backward about 1.4x faster than
-    ``jax.nn.dot_product_attention``, whose grouped-head form XLA re-lays out
-    around every matmul.
     """
-    batch, length, heads, depth = q.shape
-    kv_heads, keys = k.shape[2], k.shape[1]
-    groups = heads // kv_heads
-    rows = jnp.transpose(q.reshape(batch, length, kv_heads, groups, depth), (0, 2, 3, 1, 4))
-    rows = rows.reshape(batch, kv_heads, groups * length, depth)
-    keys_first, values_first = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))
-    scale = 1.0 / jnp.sqrt(jnp.float32(depth))
-    logits = jnp.einsum("bkqd,bksd->bkqs", rows, keys_first).astype(jnp.float32) * scale
-    logits = logits.reshape(batch, kv_heads, groups, length, keys)
+    groups = q.shape[2] // k.shape[2]
+    q = q.reshape(q.shape[:2] + (k.shape[2], groups, q.shape[-1]))
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    probs = probs.reshape(batch, kv_heads, groups * length, keys).astype(dtype)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, values_first).reshape(batch, kv_heads, groups, length, depth)
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, length, heads, depth)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v)
+    return out.reshape(out.shape[:2] + (-1, out.shape[-1]))
 
 
 class Attention(nn.Module):
@@ -270,13 +257,15 @@ class Attention(nn.Module):
             head_norm = lambda name: RMSNorm(self.qk_norm_eps, self.dtype, self.param_dtype, "head_dim", name=name)
             q, k = head_norm("q_norm")(q), head_norm("k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        dropout = self.dropout_rate > 0.0 and not self.deterministic
-        out = grouped_attention(
-            q, k, v, mask,
-            dropout_rate=self.dropout_rate if dropout else 0.0,
-            dropout_rng=self.make_rng("dropout") if dropout else None,
-            dtype=self.dtype,
-        )
+        if self.dropout_rate > 0.0 and not self.deterministic:
+            out = dense_attention(
+                q, k, v, mask,
+                dropout_rate=self.dropout_rate,
+                dropout_rng=self.make_rng("dropout"),
+                dtype=self.dtype,
+            )
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         hidden = x.shape[-1]
         return proj("o", (hidden,), ("heads", "head_dim", "embed"), self.o_bias, contract=2)(out)
 
