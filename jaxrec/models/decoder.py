@@ -106,9 +106,9 @@ class Decoder(nn.Module):
         cos, sin = rope_tables(positions_from_mask(attention_mask), jnp.asarray(c.rope_inv_freq()))
         attn_mask = attention_mask_matrix(attention_mask, mask)
 
-        layer = DecoderLayer
-        if REMAT_POLICIES[c.remat] is not None:
-            layer = nn.remat(layer, prevent_cse=False, policy=REMAT_POLICIES[c.remat])
+        layer, policy = DecoderLayer, REMAT_POLICIES[c.remat]
+        if policy is not None:
+            layer = nn.remat(layer, prevent_cse=False, policy=policy)
         layers = nn.scan(
             layer,
             variable_axes={True: 0},
