@@ -45,6 +45,53 @@ def test_prompts_mark_each_history_item_and_end_with_the_output_token():
     assert len(prompts.titles[3]) == 8  # '"' + 7 characters: truncated to title_tokens
 
 
+def test_item_vectors_from_a_gradient_free_prompt_start_equal_the_whole_prompts_with_the_same_gradients():
+    """The item path runs each prompt's start forward only and continues it from
+    [HistoryEmb]: vectors and gradients (heads, added rows) equal those of the
+    whole prompts run at once."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from jaxrec.llmsrec.model import DistillHeads, Distiller
+    from jaxrec.llmsrec.prompts import EXTRA_TOKENS
+    from jaxrec.models.decoder import Decoder
+    from tests.test_properties import CONFIG
+
+    titles = ["", "Alpha", "Be", "A much longer title than the others", "Gamma ray"]
+    prompts = Prompts(_CharTokenizer(), titles, vocab_size=CONFIG.vocab_size, max_history=2, title_tokens=12)
+    model = Distiller(Decoder(CONFIG.replace(extra_tokens=EXTRA_TOKENS)), DistillHeads(CONFIG.hidden_size, 16, 8))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    llm = nn.unbox(model.decoder.init(jax.random.key(0), ids))["params"]
+    teacher = np.asarray(jax.random.normal(jax.random.key(1), (len(titles), 6)))
+    parts = prompts.item_parts(len(titles) - 1)
+    variables = {"params": {"llm": llm, "heads": model.init_heads(jax.random.key(2), 6)},
+                 "constants": {"teacher_items": teacher, **{f"item_{k}": v for k, v in parts.items()}}}
+    whole = {k: jnp.asarray(v) for k, v in prompts.all_items(len(titles) - 1).items()}
+    assert parts["start_ids"].shape[1] + len(parts["end_ids"]) == whole["input_ids"].shape[1]
+    items = jnp.array([3, 1, 4, 2, 3])
+
+    def merged(trainable):  # what LLM-SRec trains: the heads and the added rows
+        return {**variables, "params": {"heads": trainable["heads"], "llm": {**llm, "extra_embedding": trainable["extra"]}}}
+
+    def by_parts(trainable):
+        return model.item_vectors(merged(trainable), items)
+
+    def at_once(trainable):
+        return model.head(merged(trainable), "item", model.states(merged(trainable), {k: v[items] for k, v in whole.items()}))
+
+    # added rows of unit scale: at the init's 0.02 the first RMSNorm divides by
+    # their tiny norm, and float32 rounding alone moves their gradient by ~1e-3
+    trainable = {"heads": variables["params"]["heads"], "extra": jax.random.normal(jax.random.key(4), llm["extra_embedding"].shape)}
+    np.testing.assert_allclose(by_parts(trainable), at_once(trainable), rtol=1e-5, atol=1e-5)
+    weights = jax.random.normal(jax.random.key(3), (len(items), 8))
+    grads = [jax.grad(lambda t: jnp.sum(f(t) * weights))(trainable) for f in (by_parts, at_once)]
+    for path, value in jax.tree_util.tree_leaves_with_path(grads[1]):
+        parted = [leaf for p, leaf in jax.tree_util.tree_leaves_with_path(grads[0]) if p == path][0]
+        scale = float(np.abs(value).max())
+        np.testing.assert_allclose(parted, value, rtol=0, atol=1e-3 * scale + 1e-9, err_msg=jax.tree_util.keystr(path))
+    assert np.abs(grads[0]["extra"]).max() > 0 and np.abs(grads[0]["heads"]["history"]["Dense_0"]["kernel"]).max() > 0
+
+
 def _toy_data(sequences: list[list[int]], days: list[list[int]], num_items: int) -> SeqData:
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
     return SeqData(item_ids=np.array([""] + [f"i{i}" for i in range(1, num_items + 1)]),

@@ -93,3 +93,32 @@ def test_mask_matrix_hides_padding_and_future():
     assert not causal[1:, 0].any() and not bidi[1:, 0].any()
     with pytest.raises(ValueError, match="mask must be one of"):
         attention_mask_matrix(mask, "prefix")
+
+
+def test_continuing_past_keys_and_values_gives_the_states_of_the_whole_sequence(model_and_params):
+    """Right-padded starts of different lengths, run once with output="kv", then
+    continued: the continuation's states equal those of each whole (start +
+    continuation) sequence run at once."""
+    model, params = model_and_params
+    rng = np.random.default_rng(3)
+    lengths, width, ending = [5, 2, 7], 7, 4
+    starts = np.zeros((3, width), np.int32)
+    for row, n in enumerate(lengths):
+        starts[row, :n] = rng.integers(1, 64, n)
+    start_mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    endings = rng.integers(1, 64, (3, ending)).astype(np.int32)
+    past = model.apply(params, jnp.asarray(starts), jnp.asarray(start_mask), output="kv")
+    assert past["k"].shape == (CONFIG.num_layers, 3, width, CONFIG.num_kv_heads, CONFIG.head_dim)
+    continued = model.apply(params, jnp.asarray(endings), output="hidden", past={**past, "mask": jnp.asarray(start_mask)})
+    for row, n in enumerate(lengths):
+        whole = np.concatenate([starts[row, :n], endings[row]])[None]
+        expected = np.asarray(model.apply(params, jnp.asarray(whole), output="hidden"))[0, n:]
+        np.testing.assert_allclose(np.asarray(continued)[row], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_past_keys_and_values_need_a_causal_decoder(model_and_params):
+    model, params = model_and_params
+    ids = jnp.ones((1, 3), jnp.int32)
+    past = model.apply(params, ids, output="kv")
+    with pytest.raises(ValueError, match="causal"):
+        model.apply(params, ids, mask="bidirectional", past={**past, "mask": jnp.ones((1, 3), jnp.int32)})

@@ -6,8 +6,9 @@ Variables:
 - ``params/heads``: f_I (teacher item vector -> LLM width, injected at each
   [HistoryEmb]), f_user and f_item (LLM state at [UserOut] / [ItemOut] ->
   ``out_dim``), f_CF (teacher user vector -> ``out_dim``);
-- ``constants``: the teacher's item table and every item's prompt, so the
-  jitted step gathers candidate prompts by item id itself.
+- ``constants``: the teacher's item table and every item's prompt, split
+  where its recommender vector enters (``Prompts.item_parts``), so the jitted
+  step gathers candidate prompts by item id itself.
 """
 
 from __future__ import annotations
@@ -70,16 +71,17 @@ class Distiller:
         x = lambda d: jnp.zeros((1, d), jnp.float32)
         return self.heads.init(rng, x(teacher_dim), x(width), x(teacher_dim))["params"]
 
-    def states(self, variables: dict, prompts: dict[str, jax.Array]) -> jax.Array:
+    def states(self, variables: dict, prompts: dict[str, jax.Array], past: dict | None = None) -> jax.Array:
         """[rows, llm_dim] decoder states at each prompt's last real token, with
-        f_I of the teacher's item vectors injected at the [HistoryEmb] tokens."""
+        f_I of the teacher's item vectors injected at the [HistoryEmb] tokens;
+        ``past``: the keys and values of the prompts' starts (``Decoder``)."""
         params, teacher_items = variables["params"], variables["constants"]["teacher_items"]
         items = prompts["history_items"]
         injected = self.heads.apply({"params": params["heads"]}, teacher_items[items], method=lambda h, x: h.history(x))
         last = jnp.sum(prompts["attention_mask"], axis=1, keepdims=True) - 1
         states = self.decoder.apply(
             {"params": params["llm"]}, prompts["input_ids"], prompts["attention_mask"], output="hidden",
-            select=last, injected=injected, inject_mask=items > 0,
+            select=last, injected=injected, inject_mask=items > 0, past=past,
         )
         return states[:, 0].astype(jnp.float32)
 
@@ -90,10 +92,19 @@ class Distiller:
         return self.head(variables, "user", self.states(variables, prompts))
 
     def item_vectors(self, variables: dict, items: jax.Array) -> jax.Array:
-        """f_item of the [ItemOut] state of each item id's prompt."""
+        """f_item of the [ItemOut] state of each item id's prompt. The prompt's
+        start (template and title) is run forward only, outside the gradient:
+        it comes before anything trained, so only the rest ([HistoryEmb] to
+        [ItemOut]) is differentiated, which spares the backward pass and its
+        recomputation over most of each item prompt's tokens."""
         table = variables["constants"]
-        prompts = {k: table[f"item_{k}"][items] for k in ("input_ids", "attention_mask", "history_items")}
-        return self.head(variables, "item", self.states(variables, prompts))
+        start_mask = table["item_start_mask"][items]
+        frozen = jax.lax.stop_gradient(variables["params"]["llm"])
+        past = self.decoder.apply({"params": frozen}, table["item_start_ids"][items], start_mask, output="kv")
+        end = jnp.broadcast_to(table["item_end_ids"], (items.shape[0], table["item_end_ids"].shape[0]))
+        marks = jnp.zeros(end.shape, jnp.int32).at[:, 0].set(items)  # the [HistoryEmb] opens the rest
+        prompts = {"input_ids": end, "attention_mask": jnp.ones_like(end), "history_items": marks}
+        return self.head(variables, "item", self.states(variables, prompts, {**past, "mask": start_mask}))
 
 
 def make_objective(model: Distiller, spec: DistillSpec):

@@ -130,11 +130,24 @@ class Prompts:
         """The item prompt of every item id 0..num_items (row 0 is a dummy), [num_items + 1, item_length]."""
         return _pad([self.item(max(i, 1)) for i in range(num_items + 1)], self.item_length)
 
+    def item_parts(self, num_items: int) -> dict[str, np.ndarray]:
+        """Every item prompt (row 0 a dummy) split at its [HistoryEmb]: ``start_ids``
+        and ``start_mask`` [num_items + 1, width], the text before it (template and
+        title), right-padded; ``end_ids`` [end length], the rest from [HistoryEmb]
+        on, the same for every item. Nothing trained reaches the start of a
+        prompt through a causal decoder, so its keys and values can be computed
+        without a gradient (``Decoder`` ``output="kv"`` and ``past``)."""
+        width = self.item_length - 1 - len(self.item_end)
+        starts = _pad([(self.item_start + self.titles[max(i, 1)], []) for i in range(num_items + 1)], width)
+        return {"start_ids": starts["input_ids"], "start_mask": starts["attention_mask"],
+                "end_ids": np.array([self.history_id] + self.item_end, np.int32)}
+
 
 def _pad(prompts: list[tuple[list[int], list[int]]], length: int) -> dict[str, np.ndarray]:
     ids = np.zeros((len(prompts), length), np.int32)
     items = np.zeros_like(ids)
     mask = np.zeros_like(ids)
     for row, (prompt, prompt_items) in enumerate(prompts):
-        ids[row, : len(prompt)], items[row, : len(prompt)], mask[row, : len(prompt)] = prompt, prompt_items, 1
+        ids[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
+        items[row, : len(prompt_items)] = prompt_items
     return {"input_ids": ids, "attention_mask": mask, "history_items": items}

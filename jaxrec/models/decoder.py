@@ -19,6 +19,7 @@ from jaxrec.models.layers import (
     RMSNorm,
     SwiGLU,
     attention_mask_matrix,
+    past_attention_mask,
     positions_from_mask,
     rope_tables,
 )
@@ -32,11 +33,14 @@ def abstract_variables(model: "Decoder") -> dict:
 
 
 class DecoderLayer(nn.Module):
+    """One block; returns (output, (keys, values) after RoPE if ``keep_kv`` else None)."""
+
     config: DecoderConfig
     deterministic: bool = True
+    keep_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, past=None):
         c = self.config
         x = constrain_batch(x)
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
@@ -45,10 +49,11 @@ class DecoderLayer(nn.Module):
             c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, c.lora,
             c.rms_norm_eps if c.qk_norm else None, name="attn",
         )
-        x = x + attn(norm("input_norm")(x), cos, sin, mask)
+        attended, kv = attn(norm("input_norm")(x), cos, sin, mask, past)
+        x = x + attended
         mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, name="mlp")
         x = x + mlp(norm("post_attn_norm")(x))
-        return constrain_batch(x), None
+        return constrain_batch(x), kv if self.keep_kv else None
 
 
 class Decoder(nn.Module):
@@ -63,6 +68,13 @@ class Decoder(nn.Module):
     length, hidden] replaces the token embeddings where ``inject_mask``
     [batch, length] is true (LLM-SRec puts projected recommender item vectors
     at its [HistoryEmb] tokens).
+
+    ``output="kv"`` returns every layer's keys and values (after RoPE) instead,
+    ``{"k", "v"}`` [layers, batch, length, kv heads, head dim]. Given back as
+    ``past`` with ``{"mask": [batch, past length]}`` (0 at padding, the real
+    tokens first), the input continues those tokens: it attends to them and
+    its positions count on from them (causal, one sequence per row). A frozen, shared start of
+    many prompts is then run once, and outside the gradient.
     """
 
     config: DecoderConfig
@@ -79,8 +91,13 @@ class Decoder(nn.Module):
         select: jax.Array | None = None,
         injected: jax.Array | None = None,
         inject_mask: jax.Array | None = None,
-    ) -> jax.Array:
+        past: dict[str, jax.Array] | None = None,
+    ) -> jax.Array | dict[str, jax.Array]:
         c = self.config
+        if output not in ("logits", "hidden", "kv"):
+            raise ValueError(f"output must be 'logits', 'hidden' or 'kv', got {output!r}")
+        if past is not None and mask != "causal":
+            raise ValueError("past keys and values continue a causal decoder: mask must be 'causal'")
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         embed = nn.Embed(
@@ -103,8 +120,14 @@ class Decoder(nn.Module):
             x = jnp.where((input_ids >= c.vocab_size)[..., None], extra[rows].astype(x.dtype), x)
         if injected is not None:
             x = jnp.where(inject_mask[..., None], injected.astype(x.dtype), x)
-        cos, sin = rope_tables(positions_from_mask(attention_mask), jnp.asarray(c.rope_inv_freq()))
+        positions = positions_from_mask(attention_mask)
         attn_mask = attention_mask_matrix(attention_mask, mask)
+        past_kv = None
+        if past is not None:
+            positions = positions + jnp.sum(past["mask"] > 0, axis=-1, keepdims=True)
+            attn_mask = past_attention_mask(past["mask"], attn_mask)
+            past_kv = (past["k"], past["v"])
+        cos, sin = rope_tables(positions, jnp.asarray(c.rope_inv_freq()))
 
         layer, policy = DecoderLayer, REMAT_POLICIES[c.remat]
         if policy is not None:
@@ -113,19 +136,19 @@ class Decoder(nn.Module):
             layer,
             variable_axes={True: 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c, deterministic, name="layers")
-        x, _ = layers(x, cos, sin, attn_mask)
+        )(c, deterministic, output == "kv", name="layers")
+        x, kv = layers(x, cos, sin, attn_mask, past_kv)
+        if output == "kv":
+            return {"k": kv[0], "v": kv[1]}
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
         if select is not None:
             x = x.reshape(select.shape[0], -1, x.shape[-1])
             x = jnp.take_along_axis(x, select[..., None], axis=1)
         if output == "hidden":
             return x
-        if output != "logits":
-            raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
         if c.tie_word_embeddings:
             logits = embed.attend(x)
         else:

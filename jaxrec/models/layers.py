@@ -212,6 +212,14 @@ def attention_mask_matrix(attention_mask: jax.Array, kind: str) -> jax.Array:
     return visible | jnp.eye(length, dtype=bool)[None, None]
 
 
+def past_attention_mask(past_mask: jax.Array, mask: jax.Array) -> jax.Array:
+    """[batch, 1, query, past + key]: ``mask`` [batch, 1, query, key] with every
+    real token of the past (``past_mask`` [batch, past], 0 at padding) visible
+    to every query in front of it."""
+    visible = jnp.broadcast_to((past_mask > 0)[:, None, None, :], mask.shape[:3] + past_mask.shape[-1:])
+    return jnp.concatenate([visible, mask], axis=-1)
+
+
 def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -> jax.Array:
     """Reference attention with explicit softmax, used when attention dropout is on.
 
@@ -244,7 +252,11 @@ class Attention(nn.Module):
     """With a value, an RMSNorm over each head's query and key before RoPE (Qwen3)."""
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, past=None):
+        """-> (output, (keys, values) of ``x`` after RoPE). ``past``: (keys,
+        values) [batch, past length, kv heads, head dim] of earlier tokens that
+        ``x`` attends to before its own (``mask`` then covers both, past first)."""
+
         def proj(name, features, axes, bias, contract=1):
             return Projection(
                 features, axes, contract, bias, self.dtype, self.param_dtype, self.lora, self.deterministic, name=name
@@ -257,6 +269,9 @@ class Attention(nn.Module):
             head_norm = lambda name: RMSNorm(self.qk_norm_eps, self.dtype, self.param_dtype, "head_dim", name=name)
             q, k = head_norm("q_norm")(q), head_norm("k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        own = (k, v)
+        if past is not None:
+            k, v = (jnp.concatenate([earlier.astype(now.dtype), now], axis=1) for earlier, now in zip(past, own))
         if self.dropout_rate > 0.0 and not self.deterministic:
             out = dense_attention(
                 q, k, v, mask,
@@ -267,7 +282,7 @@ class Attention(nn.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         hidden = x.shape[-1]
-        return proj("o", (hidden,), ("heads", "head_dim", "embed"), self.o_bias, contract=2)(out)
+        return proj("o", (hidden,), ("heads", "head_dim", "embed"), self.o_bias, contract=2)(out), own
 
 
 class SwiGLU(nn.Module):

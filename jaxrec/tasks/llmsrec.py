@@ -57,7 +57,7 @@ def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_ite
     if added is None:
         added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
     llm = session.place(model.decoder, {**lm.params, "extra_embedding": added}, rng_tokens)["params"]
-    item_prompts = prompts.all_items(num_items)
+    item_prompts = prompts.item_parts(num_items)
     constants = {"teacher_items": teacher.item_table(), **{f"item_{k}": v for k, v in item_prompts.items()}}
     rest = session.replicate({"params": {"heads": model.init_heads(rng_heads, teacher.dim)}, "constants": constants})
     return {"params": {"llm": llm, **rest["params"]}, "constants": rest["constants"]}
