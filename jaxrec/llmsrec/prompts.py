@@ -137,10 +137,11 @@ class Prompts:
         on, the same for every item. Nothing trained reaches the start of a
         prompt through a causal decoder, so its keys and values can be computed
         without a gradient (``Decoder`` ``output="kv"`` and ``past``)."""
-        width = self.item_length - 1 - len(self.item_end)
-        starts = _pad([(self.item_start + self.titles[max(i, 1)], []) for i in range(num_items + 1)], width)
-        return {"start_ids": starts["input_ids"], "start_mask": starts["attention_mask"],
-                "end_ids": np.array([self.history_id] + self.item_end, np.int32)}
+        prompts = [self.item(max(i, 1)) for i in range(num_items + 1)]
+        splits = [ids.index(self.history_id) for ids, _ in prompts]
+        end = prompts[0][0][splits[0] :]
+        starts = _pad([(ids[:at], marks[:at]) for (ids, marks), at in zip(prompts, splits)], self.item_length - len(end))
+        return {"start_ids": starts["input_ids"], "start_mask": starts["attention_mask"], "end_ids": np.array(end, np.int32)}
 
 
 def _pad(prompts: list[tuple[list[int], list[int]]], length: int) -> dict[str, np.ndarray]:
@@ -148,6 +149,5 @@ def _pad(prompts: list[tuple[list[int], list[int]]], length: int) -> dict[str, n
     items = np.zeros_like(ids)
     mask = np.zeros_like(ids)
     for row, (prompt, prompt_items) in enumerate(prompts):
-        ids[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
-        items[row, : len(prompt_items)] = prompt_items
+        ids[row, : len(prompt)], items[row, : len(prompt)], mask[row, : len(prompt)] = prompt, prompt_items, 1
     return {"input_ids": ids, "attention_mask": mask, "history_items": items}
