@@ -128,7 +128,7 @@ class Prompts:
 
     def all_items(self, num_items: int) -> dict[str, np.ndarray]:
         """The item prompt of every item id 0..num_items (row 0 is a dummy), [num_items + 1, item_length]."""
-        return _pad([self.item(max(i, 1)) for i in range(num_items + 1)], self.item_length)
+        return _pad(self._every_item(num_items), self.item_length)
 
     def item_parts(self, num_items: int) -> dict[str, np.ndarray]:
         """Every item prompt (row 0 a dummy) split at its [HistoryEmb]: ``start_ids``
@@ -137,11 +137,14 @@ class Prompts:
         on, the same for every item. Nothing trained reaches the start of a
         prompt through a causal decoder, so its keys and values can be computed
         without a gradient (``Decoder`` ``output="kv"`` and ``past``)."""
-        prompts = [self.item(max(i, 1)) for i in range(num_items + 1)]
+        prompts = self._every_item(num_items)
         splits = [ids.index(self.history_id) for ids, _ in prompts]
         end = prompts[0][0][splits[0] :]
         starts = _pad([(ids[:at], marks[:at]) for (ids, marks), at in zip(prompts, splits)], self.item_length - len(end))
         return {"start_ids": starts["input_ids"], "start_mask": starts["attention_mask"], "end_ids": np.array(end, np.int32)}
+
+    def _every_item(self, num_items: int) -> list[tuple[list[int], list[int]]]:
+        return [self.item(max(i, 1)) for i in range(num_items + 1)]  # row 0 (padding) repeats item 1
 
 
 def _pad(prompts: list[tuple[list[int], list[int]]], length: int) -> dict[str, np.ndarray]:
