@@ -1,12 +1,17 @@
 """Typed configuration machinery: dataclasses filled from YAML (read with a
 SafeLoader: no objects are ever constructed) plus ``key.path=value`` overrides.
 
+A file may start from another: ``extends: base.yaml`` (relative to the file)
+reads the base first and merges this file over it, mappings key by key and
+every other value (lists included) replacing the base's.
+
 Unknown keys and values of the wrong type are errors that name the key and
 list the valid ones; nothing is silently ignored.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -112,19 +117,54 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[parts[-1]] = _safe_load(raw) if raw.strip() else None
 
 
+def merge_trees(base: dict, over: dict) -> dict:
+    """A new tree: ``over`` merged into ``base``, mappings key by key and anything
+    else replaced; it shares nothing with either."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_trees(merged[key], value) if both_mappings else copy.deepcopy(value)
+    return merged
+
+
+def _unshared(node):
+    """A copy in which no two places are the same object: a YAML alias (``*loop``)
+    becomes its own copy, so an override of one place leaves the others alone."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
+
+
+def _read_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    try:
+        tree = _safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        if extended_by:
+            raise ConfigError(f"{extended_by[-1]}: extends {path}, which does not exist") from None
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    tree = _unshared(tree)
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the path of a YAML config, got {base!r}")
+    base_path = path.parent / base
+    chain = (*extended_by, path)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError(f"{path}: extends {base}, which extends it back: "
+                          + " -> ".join(str(p) for p in (*chain, base_path)))
+    return merge_trees(_read_file(base_path, chain), tree)
+
+
 def read_tree(path: str | Path | None, overrides: list[str] = ()) -> dict:
     """A YAML config file (or nothing) as a nested dict, with ``key.path=value`` overrides applied."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            tree = _safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    tree = _read_file(Path(path)) if path is not None else {}
     for assignment in overrides:
         apply_override(tree, assignment)
     return tree

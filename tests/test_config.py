@@ -64,6 +64,38 @@ def test_missing_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_config_extends_another_mappings_merged_and_the_rest_replaced(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "task: seqrec\nseed: 3\nrecommender: {model: gru4rec, hidden: 32, layers: 2}\n"
+        "evaluation: {ks: [5, 10, 20]}\nrun_dir: runs/base\n")
+    (tmp_path / "middle.yaml").write_text("extends: base.yaml\nrecommender: {hidden: 16}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "top.yaml").write_text("extends: ../middle.yaml\nevaluation: {ks: [10]}\nrun_dir: runs/top\n")
+    config = load_config(tmp_path / "sub" / "top.yaml", ["recommender.layers=1"])
+    assert (config.recommender.model, config.recommender.hidden, config.recommender.layers) == ("gru4rec", 16, 1)
+    assert (config.evaluation.ks, config.seed, config.run_dir) == ([10], 3, "runs/top")
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntask: seqrec\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: extends .*b.yaml, which does not exist"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="which extends it back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="extends: expected the path"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_an_override_of_an_aliased_section_changes_only_the_place_it_names(tmp_path):
+    from jaxrec.config import read_tree
+
+    path = _write(tmp_path, "stages:\n  a: {loop: &loop {epochs: 3}}\n  b: {loop: *loop}\n")
+    tree = read_tree(path, ["stages.a.loop.epochs=1"])
+    assert (tree["stages"]["a"]["loop"]["epochs"], tree["stages"]["b"]["loop"]["epochs"]) == (1, 3)
+
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -29,7 +29,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from jaxrec.config import apply_override, read_tree
+from jaxrec.config import apply_override, merge_trees, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.tasks.specs import RUN_FIELDS
 
@@ -86,16 +86,6 @@ class Pipeline:
 
     def upstream(self, name: str) -> list[str]:
         return list(dict.fromkeys(self.stages[name].needs.values()))
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _task_sections(task: str, origin: str) -> list[str]:
@@ -158,7 +148,7 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
             if "task" in body and body["task"] != stages[name].task:
                 raise ConfigError(f"{where}: task {body['task']} differs from the included stage's "
                                   f"{stages[name].task}; give this stage another name")
-            stages[name].tree = _merge(stages[name].tree, {k: v for k, v in body.items() if k != "run_dir"})
+            stages[name].tree = merge_trees(stages[name].tree, {k: v for k, v in body.items() if k != "run_dir"})
             if body.get("run_dir"):
                 stages[name].run_dir = Path(body["run_dir"])
             continue
@@ -168,7 +158,7 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
         applied = {k: v for k, v in shared.items() if k in own}
         used.update(applied)
         stage_dir = Path(body["run_dir"]) if body.get("run_dir") else run_dir / name
-        stages[name] = Stage(name, _merge(applied, {k: v for k, v in body.items() if k != "run_dir"}), stage_dir, where)
+        stages[name] = Stage(name, merge_trees(applied, {k: v for k, v in body.items() if k != "run_dir"}), stage_dir, where)
 
     from jaxrec.tasks import TASKS, sections
 
