@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -159,7 +160,21 @@ def _read_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     if base_path.resolve() in {p.resolve() for p in chain}:
         raise ConfigError(f"{path}: extends {base}, which extends it back: "
                           + " -> ".join(str(p) for p in (*chain, base_path)))
-    return merge_trees(_read_file(base_path, chain), tree)
+    return merge_trees(_includes_seen_from(_read_file(base_path, chain), base_path.parent, path.parent), tree)
+
+
+def _includes_seen_from(tree: dict, base_dir: Path, here: Path) -> dict:
+    """A pipeline's ``include`` paths are relative to its file: a base's, as the
+    extending file in ``here`` reads them."""
+    def moved(file):
+        return file if not isinstance(file, str) or Path(file).is_absolute() else os.path.relpath(base_dir / file, here)
+
+    includes = tree.get("include")
+    if not includes or base_dir.resolve() == here.resolve():
+        return tree
+    entries = [includes] if isinstance(includes, (str, dict)) else includes
+    moved_entries = [{**e, "file": moved(e.get("file"))} if isinstance(e, dict) else moved(e) for e in entries]
+    return {**tree, "include": moved_entries}
 
 
 def read_tree(path: str | Path | None, overrides: list[str] = ()) -> dict:

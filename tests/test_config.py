@@ -76,6 +76,20 @@ def test_a_config_extends_another_mappings_merged_and_the_rest_replaced(tmp_path
     assert (config.evaluation.ks, config.seed, config.run_dir) == ([10], 3, "runs/top")
 
 
+def test_an_extended_pipelines_includes_stay_relative_to_its_own_file(tmp_path):
+    from jaxrec.pipelines.config import load_pipeline
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "shared.yaml").write_text(
+        "run_dir: runs/shared\nstages:\n  teacher: {task: seqrec, loop: {steps: 5}}\n")
+    (tmp_path / "base" / "pipeline.yaml").write_text(
+        "include: [shared.yaml]\nstages:\n  student: {task: seqrec, loop: {steps: 7}}\n")
+    (tmp_path / "variant.yaml").write_text("extends: base/pipeline.yaml\nstages:\n  student: {loop: {steps: 3}}\n")
+    pipeline = load_pipeline(tmp_path / "variant.yaml")
+    assert list(pipeline.stages) == ["teacher", "student"]
+    assert pipeline.stages["student"].tree["loop"] == {"steps": 3}
+
+
 def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\ntask: seqrec\n")
     with pytest.raises(ConfigError, match=r"a.yaml: extends .*b.yaml, which does not exist"):
