@@ -121,10 +121,12 @@ def apply_override(tree: dict, assignment: str) -> None:
 def merge_trees(base: dict, over: dict) -> dict:
     """A new tree: ``over`` merged into ``base``, mappings key by key and anything
     else replaced; it shares nothing with either."""
-    merged = copy.deepcopy(base)
-    for key, value in over.items():
-        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = merge_trees(merged[key], value) if both_mappings else copy.deepcopy(value)
+    merged = {}
+    for key in {**base, **over}:
+        if isinstance(over.get(key), dict) and isinstance(base.get(key), dict):
+            merged[key] = merge_trees(base[key], over[key])
+        else:
+            merged[key] = copy.deepcopy(over[key] if key in over else base[key])
     return merged
 
 
@@ -163,18 +165,24 @@ def _read_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     return merge_trees(_includes_seen_from(_read_file(base_path, chain), base_path.parent, path.parent), tree)
 
 
+def include_entries(includes) -> list:
+    """A pipeline's ``include``: one entry (FILE or {file: FILE, stages: [...]}) or a list of them, as a list."""
+    if isinstance(includes, list):
+        return includes
+    return [includes] if includes else []
+
+
 def _includes_seen_from(tree: dict, base_dir: Path, here: Path) -> dict:
     """A pipeline's ``include`` paths are relative to its file: a base's, as the
     extending file in ``here`` reads them."""
     def moved(file):
         return file if not isinstance(file, str) or Path(file).is_absolute() else os.path.relpath(base_dir / file, here)
 
-    includes = tree.get("include")
-    if not includes or base_dir.resolve() == here.resolve():
+    if not tree.get("include"):
         return tree
-    entries = [includes] if isinstance(includes, (str, dict)) else includes
-    moved_entries = [{**e, "file": moved(e.get("file"))} if isinstance(e, dict) else moved(e) for e in entries]
-    return {**tree, "include": moved_entries}
+    entries = [{**e, "file": moved(e.get("file"))} if isinstance(e, dict) else moved(e)
+               for e in include_entries(tree["include"])]
+    return {**tree, "include": entries}
 
 
 def read_tree(path: str | Path | None, overrides: list[str] = ()) -> dict:

@@ -72,8 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="YAML config file (omit to use every default); a line 'extends: base.yaml' in it starts "
-                        "from that file (relative to this one) and merges this one over it")
+    parser.add_argument("--config", type=Path,
+                        help="YAML config file (omit to use every default); a line 'extends: base.yaml' in it "
+                        "starts from that file (relative to this one) and merges this one over it")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config value, e.g. --set encode.batch_size=32 (repeatable; values are YAML)",

@@ -29,7 +29,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from jaxrec.config import apply_override, merge_trees, read_tree
+from jaxrec.config import apply_override, include_entries, merge_trees, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.tasks.specs import RUN_FIELDS
 
@@ -126,8 +126,7 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
 
     stages: dict[str, Stage] = {}
     passed_down = [o for o in overrides if _section(o) not in PIPELINE_KEYS]
-    includes = tree.get("include") or []
-    for entry in [includes] if isinstance(includes, (str, dict)) else includes:
+    for entry in include_entries(tree.get("include")):
         file, wanted = (entry, None) if isinstance(entry, str) else (entry.get("file"), entry.get("stages"))
         if not isinstance(file, str):
             raise ConfigError(f"{origin}: include: expected FILE or {{file: FILE, stages: [NAMES]}}, got {entry!r}")
