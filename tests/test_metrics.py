@@ -15,10 +15,25 @@ from jaxrec.eval.ranking import (
 )
 
 
-def test_ties_count_against_the_target():
+def test_ties_are_counted_at_their_expected_place():
     scores = jnp.asarray([[0.5, 0.9, 0.5, 0.1], [0.2, 0.2, 0.2, 0.2]])
     ranks = rank_of_target(scores, jnp.asarray([0, 3]))
-    assert ranks.tolist() == [2, 3]  # one higher + one tie; three ties
+    assert ranks.tolist() == [[1, 1], [0, 3]]  # (higher, tied): one higher + one tie; three ties
+
+
+def test_a_target_tied_with_three_others_scores_its_expected_rank():
+    # 5 candidates higher, the target tied with 3 others: places 5, 6, 7, 8 (0-based), a quarter each
+    scores = jnp.asarray([[9.0, 8.0, 7.0, 6.0, 5.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.1]])
+    ranks = rank_of_target(scores, jnp.asarray([7]))
+    assert ranks.tolist() == [[5, 3]]
+    m = {name: float(v[0]) for name, v in metrics_from_ranks(ranks, ks=(5, 7, 10)).items()}
+    assert m["recall@5"] == 0.0 and m["recall@7"] == pytest.approx(0.5) and m["recall@10"] == pytest.approx(1.0)
+    assert m["ndcg@7"] == pytest.approx((1 / np.log2(7) + 1 / np.log2(8)) / 4)
+    assert m["ndcg@10"] == pytest.approx(sum(1 / np.log2(r + 2) for r in (5, 6, 7, 8)) / 4)
+    # the same metrics as averaging the four tie-breaks' exact ranks
+    exact = metrics_from_ranks(jnp.asarray([5, 6, 7, 8]), ks=(5, 7, 10))
+    for name, values in exact.items():
+        assert m[name] == pytest.approx(float(np.mean(values)))
 
 
 def test_recall_and_ndcg_values():
@@ -33,14 +48,14 @@ def test_full_ranking_skips_padding_and_optionally_history():
     users = jnp.asarray([[1.0, 0.0]])
     items = jnp.asarray([[9.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.5, 0.0]])  # row 0 is padding
     history = jnp.asarray([[1, 0]])
-    assert full_ranking_ranks(users, items, jnp.asarray([3]), history).tolist() == [2]
-    assert full_ranking_ranks(users, items, jnp.asarray([3]), history, exclude_history=True).tolist() == [1]
+    assert full_ranking_ranks(users, items, jnp.asarray([3]), history).tolist() == [[2, 0]]
+    assert full_ranking_ranks(users, items, jnp.asarray([3]), history, exclude_history=True).tolist() == [[1, 0]]
 
 
 def test_k_beyond_the_catalogue():
     ranks = full_ranking_ranks(jnp.ones((1, 1)), jnp.arange(4.0)[:, None], jnp.asarray([1]), jnp.zeros((1, 1), jnp.int32))
     m = summarize(metrics_from_ranks(ranks, ks=(20,)))
-    assert ranks.tolist() == [2] and m["recall@20"] == 1.0
+    assert ranks.tolist() == [[2, 0]] and m["recall@20"] == 1.0
 
 
 def test_sampled_negatives_avoid_the_whole_sequence():
@@ -82,7 +97,9 @@ def test_sampled_negatives_exclude_items_beyond_the_history_window():
 def test_sampled_ranks_with_a_tie():
     items = jnp.asarray([[0.0], [1.0], [2.0], [1.0], [0.5]])
     ranks = sampled_ranks(jnp.asarray([[1.0]]), items, jnp.asarray([1]), jnp.asarray([[3, 4]]))
-    assert ranks.tolist() == [1]  # item 3 ties with the target and is counted ahead
+    assert ranks.tolist() == [[0, 1]]  # item 3 ties with the target: first or second, half each
+    m = metrics_from_ranks(ranks, ks=(1,))
+    assert float(m["recall@1"][0]) == pytest.approx(0.5)
 
 
 def test_popularity_and_history_groups():
@@ -129,11 +146,11 @@ def test_evaluate_full_sampled_and_shuffle_diagnostics():
     result = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), user_items,
                       spec, seed=0)
     # ranks: user 0 points at 3 = its target (0); user 1 at 5, target 1 scores 0.1 (1);
-    # user 2 at 3, target 4 scores 0 and ties with 2 and 5, counted against it (4)
+    # user 2 at 3, target 4 scores 0 behind 3 and 1 and ties with 2 and 5 (places 2, 3, 4: a third in the top 3)
     assert result["full"]["recall@1"] == pytest.approx(1 / 3)
-    assert result["full"]["recall@3"] == pytest.approx(2 / 3)
+    assert result["full"]["recall@3"] == pytest.approx((1 + 1 + 1 / 3) / 3)
     # one negative, never the user's: user 0 draws 4 or 5 (0 against its target's 1.0), user 1 can
-    # only draw 2 (0 against 0.1), user 2 draws 1, 3 or 5 (0.1, 1.0, or a tie at 0 counted against it)
+    # only draw 2 (0 against 0.1), user 2 draws 1, 3 or 5 (0.1, 1.0, or a tie at 0: first or second)
     assert result["sampled"]["recall@1"] == pytest.approx(2 / 3)
     groups = result["by_history_length"]
     assert groups["≤5"]["users"] == 3 and groups["≤5"]["sampled"] == pytest.approx(result["sampled"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_position
+from jaxrec.seqrec.spec import RecommenderSpec
+
 
 def last_state(states, history):
     """The state at each row's last real item, taken from every position's states."""
@@ -115,6 +118,61 @@ def test_adapters_give_tables_with_a_zero_padding_row():
     table = adapter.apply(params, frozen)
     assert table.shape == (6, 8) and not np.asarray(table[0]).any()
     assert set(params["params"]) == {"dense_0", "dense_1"}  # the frozen matrix is not a parameter
+
+
+def test_conditioning_of_frozen_matrices_matches_numpy():
+    from jaxrec.seqrec.item_vectors import condition
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(7, 5)) * [1.0, 10.0, 0.1, 3.0, 0.0] + [30.0, -4.0, 1.0, 0.0, 2.0]).astype(np.float32)
+    np.testing.assert_array_equal(condition(x, "none"), x)
+    scaled = condition(x, "scale")
+    np.testing.assert_allclose(scaled, x / np.mean(np.sqrt((x.astype(np.float64) ** 2).sum(1))), rtol=1e-6)
+    assert np.mean(np.linalg.norm(scaled, axis=1)) == pytest.approx(1.0, rel=1e-6)
+    centred = x - x.mean(0)
+    np.testing.assert_allclose(condition(x, "center_scale"), centred / np.linalg.norm(centred, axis=1).mean(),
+                               rtol=1e-5, atol=1e-6)
+    standard = condition(x, "standardize")
+    expected = centred[:, :4] / centred[:, :4].std(0) / np.sqrt(5)
+    np.testing.assert_allclose(standard[:, :4], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(standard[:, 4], 0.0)  # a constant dimension carries nothing
+    assert np.mean(np.sum(standard**2, axis=1)) == pytest.approx(4 / 5, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown conditioning 'whiten'"):
+        condition(x, "whiten")
+
+
+def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):
+    from jaxrec.seqrec.item_vectors import condition, pca
+    from jaxrec.tasks.seqrec import _llm_items
+    from jaxrec.tasks.seqrec import SeqrecConfig
+
+    rng = np.random.default_rng(1)
+    matrix = (rng.normal(size=(6, 8)) * 5 + 20).astype(np.float32)
+    np.save(tmp_path / "item_embeddings.npy", matrix)
+    (tmp_path / "item_ids.json").write_text(json.dumps([str(i) for i in range(1, 7)]))
+    config = SeqrecConfig()
+    config.recommender = RecommenderSpec(items="llm", embeddings=str(tmp_path), conditioning="center_scale", pca=3)
+    table = _llm_items(config, [""] + [str(i) for i in range(1, 7)])
+    assert table.shape == (7, 3) and not table[0].any()
+    np.testing.assert_allclose(table[1:], pca(condition(matrix, "center_scale"), 3), rtol=1e-5, atol=1e-6)
+
+
+def test_initialisation_options_of_positions_ids_and_adapter():
+    from jaxrec.seqrec.recommender import Recommender
+
+    spec = RecommenderSpec(hidden=64, max_history=50, items="id+llm", embeddings="x", embedding_init=1.0,
+                           adapter_init="xavier_normal", adapter_norm=True)
+    model = Recommender(spec, 400, llm_dim=300)
+    params = model.init(jax.random.key(0), jnp.ones((1, 50), jnp.int32))["params"]
+    positions = params["backbone"]["encoder"]["positions"]["embedding"]
+    assert np.std(positions) == pytest.approx(1.0, rel=0.05)
+    assert np.std(params["id_items"]["embedding"]) == pytest.approx(1.0, rel=0.05)
+    kernel = params["adapter"]["dense_0"]["kernel"]
+    assert np.std(kernel) == pytest.approx(np.sqrt(2 / (300 + 64)), rel=0.05)  # xavier normal
+    assert "norm" in params["adapter"]
+    default = Recommender(RecommenderSpec(hidden=64, max_history=50), 400)
+    params = default.init(jax.random.key(0), jnp.ones((1, 50), jnp.int32))["params"]
+    assert np.std(params["backbone"]["encoder"]["positions"]["embedding"]) == pytest.approx(0.02, rel=0.05)
 
 
 def test_next_item_losses_match_numpy():

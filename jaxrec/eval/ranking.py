@@ -1,8 +1,14 @@
 """Ranking metrics for next-item prediction: Recall@K (= HR@K with one
 target) and NDCG@K, by full ranking or against sampled negatives.
 
-A target's rank counts every other candidate scored at least as high, so ties
-never favour the target. Scores are computed batched over users inside jit.
+A target's place is given as two counts, the candidates scored higher and
+those scored equal (the target itself not counted), and each metric is its
+expectation when ties are broken at random: a target tied with t others is at
+each of the t + 1 places from its count of higher ones with probability
+1 / (t + 1). Items with identical titles get identical LLM vectors, so ties
+are real; counting them all ahead of the target would understate such models,
+counting them behind would overstate them. Scores are computed batched over
+users inside jit.
 """
 
 from __future__ import annotations
@@ -16,22 +22,29 @@ KS = (5, 10, 20)
 
 
 def rank_of_target(scores: jax.Array, target_index: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """0-based pessimistic rank of ``scores[u, target_index[u]]`` among the
-    candidates where ``valid`` is true (all by default)."""
+    """[U, 2]: how many candidates (where ``valid``, all by default) score
+    higher than ``scores[u, target_index[u]]``, and how many others score the same."""
     target = jnp.take_along_axis(scores, target_index[:, None], axis=1)
-    at_least = scores >= target
+    higher, equal = scores > target, scores == target
     if valid is not None:
-        at_least &= valid
-    return jnp.sum(at_least, axis=1) - 1  # the target itself is not ahead of itself
+        higher, equal = higher & valid, equal & valid
+    # the target itself is one of the equal scores
+    return jnp.stack([jnp.sum(higher, axis=1), jnp.sum(equal, axis=1) - 1], axis=1)
 
 
 def metrics_from_ranks(ranks: jax.Array, ks=KS) -> dict[str, jax.Array]:
-    """Per-user Recall@K and NDCG@K arrays."""
+    """Per-user Recall@K and NDCG@K arrays, expected under random tie-breaking,
+    from ``rank_of_target``'s [U, 2] counts (or [U] exact 0-based ranks)."""
+    ranks = jnp.asarray(ranks)
+    higher, tied = (ranks[:, 0], ranks[:, 1]) if ranks.ndim == 2 else (ranks, jnp.zeros_like(ranks))
+    places = (tied + 1).astype(jnp.float32)
     out = {}
     for k in ks:
-        hit = ranks < k
-        out[f"recall@{k}"] = hit.astype(jnp.float32)
-        out[f"ndcg@{k}"] = jnp.where(hit, 1.0 / jnp.log2(ranks.astype(jnp.float32) + 2.0), 0.0)
+        # gain[n]: the summed NDCG of places 0 .. n-1
+        gain = jnp.concatenate([jnp.zeros(1), jnp.cumsum(1.0 / jnp.log2(jnp.arange(k) + 2.0))])
+        first, end = jnp.minimum(higher, k), jnp.minimum(higher + tied + 1, k)  # places within the top k
+        out[f"recall@{k}"] = (end - first).astype(jnp.float32) / places
+        out[f"ndcg@{k}"] = (gain[end] - gain[first]) / places
     return out
 
 

@@ -16,6 +16,32 @@ import numpy as np
 from jaxrec.errors import DataError
 
 
+CONDITIONINGS = ("none", "scale", "center_scale", "standardize")
+
+
+def condition(x: np.ndarray, how: str) -> np.ndarray:
+    """Rescale the rows of a frozen item matrix once, before anything reads it.
+
+    none: as given (the authors' code); scale: divided by the mean row norm;
+    center_scale: the mean row subtracted, then divided by the mean row norm;
+    standardize: every dimension to zero mean and unit variance (a constant
+    dimension becomes 0), then divided by sqrt(dim), so rows have norm about 1.
+    """
+    if how not in CONDITIONINGS:
+        raise ValueError(f"unknown conditioning {how!r}; choose one of {', '.join(CONDITIONINGS)}")
+    x = np.asarray(x, np.float64)
+    if how == "none":
+        return x.astype(np.float32)
+    if how in ("center_scale", "standardize"):
+        x = x - x.mean(axis=0)
+    if how == "standardize":
+        std = x.std(axis=0)
+        x = x / np.where(std > 0, std, 1.0) / np.sqrt(x.shape[1])
+    else:
+        x = x / max(float(np.linalg.norm(x, axis=1).mean()), 1e-12)
+    return x.astype(np.float32)
+
+
 def pca(x: np.ndarray, dim: int) -> np.ndarray:
     """Project rows of ``x`` onto their top ``dim`` principal components."""
     if dim > min(x.shape):
@@ -48,23 +74,32 @@ def _zero_padding_row(table: jax.Array) -> jax.Array:
 class IDEmbedding(nn.Module):
     num_items: int
     hidden: int
+    init_std: float = 0.02
 
     @nn.compact
     def __call__(self) -> jax.Array:
-        table = self.param("embedding", nn.initializers.normal(0.02), (self.num_items + 1, self.hidden))
+        table = self.param("embedding", nn.initializers.normal(self.init_std), (self.num_items + 1, self.hidden))
         return _zero_padding_row(table)
+
+
+ADAPTER_INITS = {"lecun_normal": nn.initializers.lecun_normal(), "xavier_normal": nn.initializers.xavier_normal()}
 
 
 class FrozenTextAdapter(nn.Module):
     """Frozen item embeddings [num_items + 1, d] through Dense layers of the
-    given widths (one layer: LLM2Rec's linear adapter; 768 then 128: LLMEmb's).
-    The matrix is an input, not a parameter, and gets no gradient."""
+    given widths (one layer: LLM2Rec's linear adapter; 768 then 128: LLMEmb's),
+    optionally with a LayerNorm on the output. The matrix is an input, not a
+    parameter, and gets no gradient."""
 
     widths: tuple[int, ...]
+    initializer: str = "lecun_normal"
+    norm: bool = False
 
     @nn.compact
     def __call__(self, frozen: jax.Array) -> jax.Array:
         x = jax.lax.stop_gradient(jnp.asarray(frozen))
         for i, width in enumerate(self.widths):
-            x = nn.Dense(width, name=f"dense_{i}")(x)
+            x = nn.Dense(width, kernel_init=ADAPTER_INITS[self.initializer], name=f"dense_{i}")(x)
+        if self.norm:
+            x = nn.LayerNorm(name="norm")(x)
         return _zero_padding_row(x)

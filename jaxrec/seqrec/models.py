@@ -42,6 +42,8 @@ class SeqRecConfig:
     """LayerNorm on the summed item and position embeddings (RecBole's SASRec)."""
     scale_embeddings: bool = True
     """Item embeddings times sqrt(hidden) before positions are added."""
+    embedding_init: float = 0.02
+    """Standard deviation of the learned positions' normal initialisation."""
 
 
 # normal(0.02) weights for every attention-model layer and embedding, as BERT
@@ -175,7 +177,8 @@ class _AttentionEncoder(nn.Module):
         length = history.shape[1]
         real = history > 0
         x = item_table[history] * (jnp.sqrt(float(c.hidden)) if c.scale_embeddings else 1.0)
-        x = x + nn.Embed(c.max_history, c.hidden, embedding_init=_init, name="positions")(jnp.arange(length))[None]
+        x = x + nn.Embed(c.max_history, c.hidden, embedding_init=nn.initializers.normal(c.embedding_init),
+                         name="positions")(jnp.arange(length))[None]
         if c.input_norm:
             x = nn.LayerNorm(name="input_norm")(x)
         x = Dropout(c.dropout, deterministic)(x)

@@ -31,6 +31,9 @@ class RecommenderSpec:
     """Multiply item embeddings by sqrt(hidden) before adding positions (the SASRec paper's)."""
     max_history: int = 10
     """Most recent items of a history the model reads."""
+    embedding_init: float = 0.02
+    """Standard deviation of the normal initialisation of learned positions and ID item embeddings
+    (BERT's and RecBole's 0.02; LLM2Rec's SASRec keeps torch's nn.Embedding default, 1.0)."""
 
     items: Literal["id", "llm", "id+llm"] = "id"
     """Item representation: trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""
@@ -40,8 +43,17 @@ class RecommenderSpec:
     """For 'llm' / 'id+llm': an encode run directory (item_embeddings.npy + item_ids.json) or an .npy file with item_ids.json beside it."""
     pca: int | None = None
     """Reduce the LLM embeddings to this many principal components first (LLMEmb: 1536)."""
+    conditioning: Literal["none", "scale", "center_scale", "standardize"] = "none"
+    """Rescaling of the frozen LLM matrix, once, before PCA: none (the authors' code), scale (divide by
+    the mean row norm), center_scale (subtract the mean row first), standardize (per dimension, then
+    divide by sqrt(dim)). Mean-pooled LLM rows have norms of tens, which saturates the softmax at
+    initialisation; see the shipped configs for the measured effect."""
     adapter: list[int] = dataclasses.field(default_factory=list)
     """Hidden widths of the adapter before its last layer (of width hidden); [] is one linear layer (LLM2Rec), [768] is LLMEmb's."""
+    adapter_init: Literal["lecun_normal", "xavier_normal"] = "lecun_normal"
+    """Initialisation of the adapter's weights (Flax's default; the authors' LLM2Rec adapter: xavier_normal)."""
+    adapter_norm: bool = False
+    """LayerNorm (with a learned scale and bias) on the adapter's output."""
     align_to: str | None = None
     """LLMEmb's RAT: a seqrec run directory of an ID model whose item embeddings the adapter output is aligned to."""
     align_weight: float = 0.01
@@ -73,6 +85,8 @@ class RecommenderSpec:
         for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.embedding_init > 0:
+            raise ValueError(f"embedding_init must be > 0, got {self.embedding_init}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.mask_rate < 1:

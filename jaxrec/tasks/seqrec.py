@@ -27,7 +27,7 @@ from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
-from jaxrec.seqrec.item_vectors import pca
+from jaxrec.seqrec.item_vectors import condition, pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
 from jaxrec.tasks.specs import Task, TrainingConfig
@@ -45,10 +45,10 @@ def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     spec = config.recommender
     if spec.items == "id":
         return None
-    table = runs.item_embeddings(spec.embeddings, item_ids)
+    rows = condition(runs.item_embeddings(spec.embeddings, item_ids)[1:], spec.conditioning)
     if spec.pca is not None:
-        table = np.concatenate([np.zeros((1, spec.pca), np.float32), pca(table[1:], spec.pca)])
-    return table
+        rows = pca(rows, spec.pca)
+    return np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
 
 
 def _align_items(config: SeqrecConfig, item_ids: list[str], seed: int) -> np.ndarray | None:
