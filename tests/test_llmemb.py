@@ -28,7 +28,8 @@ ATTRIBUTES = {"brand": "Acme", "category": ["Skin", "Face"], "price": "12.5", "s
 
 def _scft_objective(views: str, items: int = 3):
     fake_lm = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0), config=SimpleNamespace(pad_token_id=0))
-    data = SimpleNamespace(titles=[""] + [f"Cream {i}" for i in range(items)], attributes=[{}] + [ATTRIBUTES] * items)
+    data = SimpleNamespace(titles=[""] + [f"Cream {i}" for i in range(items)], attributes=[{}] + [ATTRIBUTES] * items,
+                           warm_items=lambda: np.arange(1, items + 1))
     config = ScftConfig(seed=5)
     config.batch.domain, config.batch.attribute_drop, config.scft.views = "beauty", 0.4, views
     return Scft(config, fake_lm, data)

@@ -157,6 +157,10 @@ def test_evaluate_full_sampled_and_shuffle_diagnostics():
     popular = result["by_popularity"]["popular"]  # item 1 (all tie at one interaction): user 1's target
     assert popular["users"] == 1 and popular["full"]["recall@1"] == 0.0 and popular["sampled"]["recall@1"] == 1.0
     assert result["shuffled"]["cosine_to_original"] < 1.0 and set(result["shuffled"]) >= {"full", "sampled"}
+    with_cold = evaluate(last_item_plus_one, items, history, targets, np.array([2, 3, 1]), np.ones(6, int),
+                         user_items, spec, seed=0, held_out=np.array([3]))
+    cold = with_cold["by_popularity"]["held-out cold items"]  # item 3: user 0's target, ranked first
+    assert cold["users"] == 1 and cold["full"]["recall@1"] == 1.0
     order_free = lambda rows: items[rows].sum(axis=1)
     result = evaluate(order_free, items, history, targets, np.array([2, 3, 1]), np.ones(6, int), user_items,
                       spec, seed=0)

@@ -190,6 +190,15 @@ def test_next_item_losses_match_numpy():
     expected = -np.mean([logp[b, l, targets[b, l]] for b, l in zip(*np.nonzero(real))])
     got = full_softmax_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(targets))
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # held-out items (4 here, then never a target) leave the softmax: as if their rows were not there
+    warm_targets = np.where(targets == 4, 3, targets)
+    held = logits.copy()
+    held[..., 4] = -np.inf
+    logp = held - np.log(np.exp(held - held.max(-1, keepdims=True)).sum(-1, keepdims=True)) - held.max(-1, keepdims=True)
+    expected = -np.mean([logp[b, l, warm_targets[b, l]] for b, l in zip(*np.nonzero(real))])
+    held_out = jnp.arange(1, 6) == 4
+    got = full_softmax_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(warm_targets), held_out)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
     softplus = lambda x: np.log1p(np.exp(x))
     terms = [
         softplus(-states[b, l] @ table[targets[b, l]]) + softplus(states[b, l] @ table[negatives[b, l, 0]])
@@ -348,3 +357,22 @@ def test_query_residual_block_matches_the_public_pytorch_sasrec():
         seqs = seqs + dense(torch.relu(dense(seqs, b["Dense_0"])), b["Dense_1"])  # feed-forward, += inputs
     expected = norm(seqs, p["final_norm"]).detach().numpy()
     np.testing.assert_allclose(np.asarray(model.apply(params, history, TABLE)), expected, atol=1e-4)
+
+
+def test_bce_training_negatives_exclude_only_the_users_training_items():
+    """The authors' training negatives avoid the user's training items only: excluding the validation
+    and test items as well would let training read the held-out interactions."""
+    from jaxrec.tasks.seqrec import SeqrecConfig, _Setup
+
+    data = _toy_data()  # user a: items 1-4 train, 5 validation, 6 test (of 13 items)
+    config = SeqrecConfig()
+    config.recommender = RecommenderSpec(hidden=8, heads=1, max_history=3, loss="bce", negatives=1,
+                                         examples="sequences")
+    setup = _Setup(config, data)
+    rows = np.flatnonzero(setup.examples.users == 0)
+    drawn = set()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        batch = setup.batch(np.repeat(rows, 8), rng)
+        drawn |= set(batch["negatives"].ravel().tolist())
+    assert not drawn & {1, 2, 3, 4} and {5, 6} <= drawn  # held-out items are ordinary negatives

@@ -4,8 +4,15 @@ Steps, in order: rating threshold -> drop interactions with items that have no
 title (reported) -> iterative k-core on users and items -> drop users with
 fewer than 3 interactions (reported) -> seeded user subsampling -> stable
 chronological order (file order breaks timestamp ties) -> item ids remapped to
-1..n (0 is padding). A user's last item is the test target, the one before the
-validation target, everything earlier is training.
+1..n (0 is padding) -> optionally, cold items held out. A user's last item is
+the test target, the one before the validation target, everything earlier is
+training.
+
+Cold items (``cold_items``, a seeded share of the catalogue) keep their place
+in the catalogue but lose every interaction except those that are a user's
+test target: no training input of any stage and no validation target ever
+holds one, and the test cases whose target is cold measure how well a model
+ranks items it has never seen interacted with.
 
 The result is cached under ``$JAXREC_CACHE/datasets`` as ``arrays.npz`` +
 ``meta.json`` (no pickle), keyed by the source files' checksums and the options.
@@ -35,7 +42,7 @@ from jaxrec.errors import DataError
 from jaxrec.io import atomic_dir, sha256_file
 
 MIN_SEQUENCE = 3  # one training item, the validation target and the test target
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -49,6 +56,8 @@ class PrepSpec:
     """Keep a seeded random subset of this many items with all their interactions (after filtering, before
     sampling users); users left with too short a sequence are dropped. Unlike sampling users, this shrinks the
     catalogue while each kept item keeps (almost) its popularity."""
+    cold_items: float | None = None
+    """Hold out this share of the items (seeded): each keeps only the interactions that are a user's test target."""
     seed: int = 0
 
 
@@ -65,6 +74,8 @@ class SeqData:
     timestamps: np.ndarray  # [n_interactions]
     stats: dict
     report: dict
+    cold: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    """Held-out cold items (sorted ids): never in a training input, only ever a test target."""
 
     @property
     def num_users(self) -> int:
@@ -88,6 +99,10 @@ class SeqData:
 
     def train_sequences(self) -> list[np.ndarray]:
         return [self.sequence(u)[:-2] for u in range(self.num_users)]
+
+    def warm_items(self) -> np.ndarray:
+        """Ids of the items that training may read (all but the held-out cold ones)."""
+        return np.setdiff1d(np.arange(1, self.num_items + 1), self.cold).astype(np.int32)
 
 
 def _files(path: Path) -> tuple[Path, Path]:
@@ -197,11 +212,17 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
 
     log = log.take(stable_chronological_order(log.users, log.timestamps))
     item_ids, codes = np.unique(log.items, return_inverse=True)
+    items = (codes + 1).astype(np.int32)
+    cold = np.zeros(0, np.int32)
+    if spec.cold_items is not None:
+        cold = np.sort(np.random.default_rng([spec.seed, 7]).choice(
+            np.arange(1, len(item_ids) + 1), int(round(spec.cold_items * len(item_ids))), replace=False)).astype(np.int32)
+        keep = _without_cold(log.users, items, cold, report)
+        log, items = log.take(keep), items[keep]
     boundaries = np.flatnonzero(log.users[1:] != log.users[:-1]) + 1
     offsets = np.concatenate([[0], boundaries, [len(log)]]).astype(np.int64)
     row = {item_id: index for index, item_id in enumerate(table.ids)}
     order = [row[i] for i in item_ids]
-    items = (codes + 1).astype(np.int32)
     return SeqData(
         item_ids=np.concatenate([[""], item_ids]).astype(str),
         titles=[""] + [table.titles[r] for r in order],
@@ -212,7 +233,25 @@ def preprocess(log: InteractionLog, table: ItemTable, spec: PrepSpec, read_repor
         timestamps=log.timestamps,
         stats=_statistics(np.diff(offsets), items, len(item_ids)),
         report=report,
+        cold=cold,
     )
+
+
+def _without_cold(users: np.ndarray, items: np.ndarray, cold: np.ndarray, report: dict) -> np.ndarray:
+    """Rows to keep of a log sorted by user: every interaction with a warm item,
+    and a cold one only as its user's last; users left with fewer than
+    MIN_SEQUENCE interactions go entirely."""
+    last = np.r_[users[1:] != users[:-1], True]
+    is_cold = np.isin(items, cold)
+    keep = ~is_cold | last
+    _, user_codes = np.unique(users, return_inverse=True)
+    short = np.bincount(user_codes[keep], minlength=user_codes.max() + 1) < MIN_SEQUENCE
+    keep &= ~short[user_codes]
+    report["cold_items"] = len(cold)
+    report["interactions_with_cold_items_held_out"] = int((is_cold & ~keep & ~short[user_codes]).sum())
+    report["users_too_short_without_cold_items"] = int(short.sum())
+    report["test_targets_cold"] = int((is_cold & keep).sum())
+    return np.flatnonzero(keep)
 
 
 def _drop_short_users(log):
@@ -234,7 +273,7 @@ def _cache_key(sources: tuple[Path, ...], spec: PrepSpec) -> str:
 
 def _save(data: SeqData, directory: Path) -> None:
     np.savez(directory / "arrays.npz", item_ids=data.item_ids, user_ids=data.user_ids, offsets=data.offsets,
-             items=data.items, timestamps=data.timestamps)
+             items=data.items, timestamps=data.timestamps, cold=data.cold)
     meta = {"titles": data.titles, "attributes": data.attributes, "stats": data.stats, "report": data.report}
     (directory / "meta.json").write_text(json.dumps(meta))
 

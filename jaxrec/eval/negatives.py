@@ -21,21 +21,26 @@ class UserItems:
     """Each user's set of items, for membership tests and negative sampling.
     Item ids run 1..num_items (0 is padding and never drawn)."""
 
-    def __init__(self, offsets: np.ndarray, items: np.ndarray, num_items: int):
-        """User u's items are ``items[offsets[u]:offsets[u + 1]]`` (as in ``SeqData``)."""
+    def __init__(self, offsets: np.ndarray, items: np.ndarray, num_items: int, never: np.ndarray | None = None):
+        """User u's items are ``items[offsets[u]:offsets[u + 1]]`` (as in ``SeqData``);
+        ``never``: items no user may draw (held-out cold items), counted as everyone's."""
         self.num_items, self.stride = num_items, num_items + 1
+        self.never = np.zeros(0, np.int64) if never is None else np.unique(np.asarray(never, np.int64))
         users = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        keys = np.unique(users * self.stride + np.asarray(items, np.int64))
+        items = np.asarray(items, np.int64)
+        keys = np.unique(users * self.stride + items)
         self.keys = keys[keys % self.stride > 0]  # padding is never an item
-        counts = np.bincount(self.keys // self.stride, minlength=len(offsets) - 1)
-        self.allowed = num_items - counts
-        """Items each user never interacted with."""
+        own = self.keys[~np.isin(self.keys % self.stride, self.never)]
+        counts = np.bincount(own // self.stride, minlength=len(offsets) - 1)
+        self.allowed = num_items - len(self.never) - counts
+        """Items each user never interacted with (and may draw)."""
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Whether each ``items`` entry is one of ``users``' (broadcast)."""
+        """Whether each ``items`` entry is one of ``users``' (broadcast), or one no user may draw."""
         keys = np.asarray(users, np.int64) * self.stride + np.asarray(items, np.int64)
         found = np.searchsorted(self.keys, keys)
-        return self.keys[np.minimum(found, len(self.keys) - 1)] == keys if len(self.keys) else np.zeros(keys.shape, bool)
+        mine = self.keys[np.minimum(found, len(self.keys) - 1)] == keys if len(self.keys) else np.zeros(keys.shape, bool)
+        return mine | np.isin(items, self.never) if len(self.never) else mine
 
     def sample(self, rng: np.random.Generator, users: np.ndarray, count: int, distinct: bool = True) -> np.ndarray:
         """[len(users), count] items none of which the row's user interacted
@@ -68,6 +73,6 @@ class UserItems:
         for row in todo:
             mine = self.keys[np.searchsorted(self.keys, users[row] * self.stride):
                              np.searchsorted(self.keys, (users[row] + 1) * self.stride)] % self.stride
-            allowed = np.setdiff1d(np.arange(1, self.num_items + 1), mine)
+            allowed = np.setdiff1d(np.arange(1, self.num_items + 1), np.union1d(mine, self.never))
             out[row] = rng.choice(allowed, count, replace=not distinct)
         return out

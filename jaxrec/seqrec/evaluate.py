@@ -22,6 +22,10 @@ from jaxrec.seqrec.histories import shuffle_histories
 from jaxrec.seqrec.spec import EvalSpec
 
 
+COLD_GROUP = "held-out cold items"
+"""The popularity group of test targets that are held-out cold items (data.cold_items)."""
+
+
 def batched(fn: Callable[..., jax.Array], *arrays: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
     """``fn`` over the rows of ``arrays`` in batches of exactly ``batch_size``
     (the last padded with zeros), concatenated; with a ``progress`` label, a
@@ -110,10 +114,12 @@ def evaluate(
     spec: EvalSpec,
     seed: int,
     diagnostics: bool = True,
+    held_out: np.ndarray | None = None,
 ) -> dict:
     """``user_vectors(histories) -> [U, H]``; row u of the split is user u of
     ``user_items``. With ``diagnostics``: sampled metrics, groups and the
-    shuffle test as well as the overall full ranking."""
+    shuffle test as well as the overall full ranking. ``held_out``: the
+    data's cold items, a popularity group of their own (``COLD_GROUP``)."""
     users = user_vectors(history)
     per_user = {"full": full_ranking(users, item_vectors, targets, history, spec)}
     result = {"users": len(targets), "full": _mean(per_user["full"])}
@@ -125,7 +131,10 @@ def evaluate(
         negatives = user_items.sample(rng, np.arange(len(targets)), spec.sampled_negatives)
         per_user["sampled"] = sampled(users, item_vectors, targets, negatives, spec)
         result["sampled"] = _mean(per_user["sampled"])
-    by_item = {name: mask[targets] for name, mask in popularity_groups(popularity, spec).items()}
+    item_groups = popularity_groups(popularity, spec)
+    if held_out is not None and len(held_out):
+        item_groups[COLD_GROUP] = np.isin(np.arange(len(popularity)), held_out)
+    by_item = {name: mask[targets] for name, mask in item_groups.items()}
     result["by_popularity"] = _grouped(per_user, by_item)
     result["by_history_length"] = _grouped(per_user, history_groups(history_lengths, spec.history_bins))
     if spec.shuffle:

@@ -110,10 +110,12 @@ def evaluation_examples(data: SeqData, part: Literal["train", "valid", "test"], 
 
 def training_user_items(data: SeqData) -> UserItems:
     """Each user's training items (all but the validation and test items), for
-    negatives that avoid what the user had consumed by training time."""
+    training negatives that avoid what the user had consumed by training time
+    and never use a held-out item (validation and test items of the user stay
+    possible negatives, as in the authors' code: training must not read them)."""
     lengths = _train_lengths(data)
     positions, _, _ = _train_positions(data)
-    return UserItems(np.concatenate([[0], np.cumsum(lengths)]), data.items[positions], data.num_items)
+    return UserItems(np.concatenate([[0], np.cumsum(lengths)]), data.items[positions], data.num_items, data.cold)
 
 
 def item_popularity(data: SeqData) -> np.ndarray:

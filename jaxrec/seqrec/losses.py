@@ -13,11 +13,15 @@ import jax.numpy as jnp
 import optax
 
 
-def full_softmax_loss(states: jax.Array, item_table: jax.Array, targets: jax.Array) -> jax.Array:
-    """states [B, L, H], item_table [N + 1, H], targets [B, L] (0 = no target)."""
+def full_softmax_loss(states: jax.Array, item_table: jax.Array, targets: jax.Array,
+                      held_out: jax.Array | None = None) -> jax.Array:
+    """states [B, L, H], item_table [N + 1, H], targets [B, L] (0 = no target);
+    ``held_out`` [N] (optional): real items that are no candidate (held-out cold items)."""
     # logits over the real items only (row 0, padding, is never a candidate); the
     # target's logit as a row-wise dot, so no gather or scatter touches the logits
     logits = jnp.einsum("blh,nh->bln", states, item_table[1:]).astype(jnp.float32)
+    if held_out is not None:
+        logits = jnp.where(held_out, -jnp.inf, logits)
     target_logit = jnp.einsum("blh,blh->bl", states, item_table[targets]).astype(jnp.float32)
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     weights = (targets > 0).astype(jnp.float32)

@@ -109,12 +109,16 @@ class Recommender(nn.Module):
                               self.spec.align_normalize, valid=chosen > 0)
 
 
-def make_objective(model: Recommender):
+def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     """(init, loss) for the training engine. Batches: ``history`` [B, L] and
     ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
     loss ``negatives`` [B, L, negatives] (drawn on the host, never the user's
-    items); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item)."""
+    items); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item).
+    ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
+    excluded = None
+    if held_out is not None and len(held_out):
+        excluded = jnp.zeros(model.num_items, bool).at[jnp.asarray(held_out) - 1].set(True)
 
     def loss(variables, _objective_params, batch, rng):
         dropout_rng, mask_rng, align_rng = jax.random.split(rng, 3)
@@ -129,7 +133,7 @@ def make_objective(model: Recommender):
         if last_only:
             targets = jnp.max(targets, axis=1, keepdims=True)
         if spec.loss == "softmax":
-            next_item = full_softmax_loss(states, items, targets)
+            next_item = full_softmax_loss(states, items, targets, excluded)
         else:
             # prefixes keep one position per row; any of the row's negatives will do for it
             next_item = sampled_bce_loss(states, items, targets, batch["negatives"][:, : targets.shape[1]])

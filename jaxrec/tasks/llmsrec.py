@@ -72,6 +72,7 @@ class _Evaluator:
         self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
         self.user_items = UserItems(data.offsets, data.items, data.num_items)
+        self.cold = data.cold
         self.user_fn = jax.jit(model.user_vectors)
         self.item_fn = jax.jit(model.item_vectors)
 
@@ -86,7 +87,7 @@ class _Evaluator:
         users = lambda histories: batched(lambda h, u: self.user_fn(variables, prompt(h, u)), histories, rows,
                                           batch_size=spec.batch_size, progress=f"{part}: user vectors")
         return evaluate(users, items, history, targets, lengths, self.popularity, self.user_items, spec,
-                        self.config.seed, diagnostics)
+                        self.config.seed, diagnostics, held_out=self.cold)
 
 
 @dataclasses.dataclass

@@ -127,7 +127,8 @@ class _TitleObjective(Objective):
 
     def __init__(self, config, lm, data, blocks=1):
         super().__init__(config, lm, data, blocks)
-        self.titles = self.tok(data.titles[1:], add_special_tokens=True, truncation=True,
+        # held-out cold items' titles are never trained on
+        self.titles = self.tok([data.titles[i] for i in data.warm_items()], add_special_tokens=True, truncation=True,
                                max_length=self.spec.max_length)["input_ids"]
         self.count = len(self.titles)
         self.specials = tuple(int(i) for i in self.tok.all_special_ids)
@@ -165,7 +166,8 @@ class Scft(Objective):
 
     def __init__(self, config, lm, data, blocks=1):
         super().__init__(config, lm, data, blocks)
-        self.items = item_attributes(data.titles[1:], data.attributes[1:])
+        warm = data.warm_items()
+        self.items = item_attributes([data.titles[i] for i in warm], [data.attributes[i] for i in warm])
         self.count = len(self.items)
 
     def example(self, index, rng):

@@ -26,7 +26,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
-from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples
+from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples, training_user_items
 from jaxrec.seqrec.item_vectors import condition, pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
@@ -82,6 +82,7 @@ class _Setup:
         # BERT4Rec: every window a second time, masking only its last item
         self.count = len(self.examples) * (2 if bert and spec.mask_last_examples else 1)
         self.user_items = UserItems(data.offsets, data.items, data.num_items)
+        self.training_items = training_user_items(data)  # BCE negatives: never a held-out interaction
         eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
         self.splits = {part: evaluation_examples(data, part, eval_length) for part in ("valid", "test")}
         self.popularity = item_popularity(data)
@@ -94,7 +95,7 @@ class _Setup:
         eval_spec = self.config.evaluation
         users = lambda rows: batched(lambda h: self.user_fn(variables, h, items), rows, batch_size=eval_spec.batch_size)
         return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, self.user_items,
-                        eval_spec, seed, diagnostics)
+                        eval_spec, seed, diagnostics, held_out=self.data.cold)
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Training rows ``indices`` of ``count`` (indices past the examples are BERT4Rec's last-item copies)."""
@@ -105,7 +106,7 @@ class _Setup:
         if self.spec.loss == "bce":
             shape = batch["history"].shape
             users = np.repeat(self.examples.users[rows], shape[1])  # one row of negatives per position
-            negatives = self.user_items.sample(rng, users, self.spec.negatives, distinct=False)
+            negatives = self.training_items.sample(rng, users, self.spec.negatives, distinct=False)
             batch["negatives"] = negatives.reshape(*shape, self.spec.negatives).astype(np.int32)
         return batch
 
@@ -126,7 +127,7 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     batches = IndexBatches(
         setup.count, config.batch.size, setup.batch, seed=seed, process_index=block, process_count=blocks,
     )
-    engine = session.engine(setup.model, variables, make_objective(setup.model), ("^params/",), batches.steps_per_epoch)
+    engine = session.engine(setup.model, variables, make_objective(setup.model, setup.data.cold), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)
     mesh = session.mesh
     log(f"seed {seed}: {setup.count} training examples ({batches.steps_per_epoch} steps per epoch), "

@@ -99,6 +99,10 @@ class DataSpec:
     sample_items: int | None = None
     """Keep a seeded random subset of this many items, each with all its interactions (null: all); a smaller
     catalogue whose items keep their popularity, for quick runs."""
+    cold_items: float | None = None
+    """Hold out a seeded share of the items as cold: they stay in the catalogue and keep only the
+    interactions that are a user's test target, so no stage trains or validates on them, and the
+    test reports how every model ranks them (null: none)."""
 
     def __post_init__(self):
         if self.k_core < 1:
@@ -107,11 +111,13 @@ class DataSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
+        if self.cold_items is not None and not 0 < self.cold_items < 1:
+            raise ValueError(f"data.cold_items must be a share in (0, 1) or null, got {self.cold_items}")
 
     def prep(self, seed: int):
         from jaxrec.data.prep import PrepSpec
 
-        return PrepSpec(self.min_rating, self.k_core, self.sample_users, self.sample_items, seed=seed)
+        return PrepSpec(self.min_rating, self.k_core, self.sample_users, self.sample_items, self.cold_items, seed=seed)
 
     def load(self, seed: int, log=print):
         """The preprocessed dataset; what was dropped and why is logged."""
