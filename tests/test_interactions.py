@@ -144,12 +144,19 @@ def test_csft_example_truncates_history_from_the_left(tiny_checkpoints):
     import jaxrec
 
     tok = jaxrec.load_lm(tiny_checkpoints("llama-tied-gqa")[0]).tokenizer
-    ids, target = csft_example(tok, ["toy story", "star wars", "space quest"], "call of duty", max_length=9)
+    history = ["toy story", "star wars", "space quest"]
     target_ids = tok("call of duty\n", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    history_ids = tok("toy story, star wars, space quest, ", add_special_tokens=False)["input_ids"]
-    keep = 9 - len(target_ids)
-    assert ids == history_ids[-keep:] + target_ids  # the oldest history tokens are cut
-    assert target == [0] * keep + [1] * len(target_ids)
+    for separator in ("", ", "):  # the authors' code: nothing between the history and the target
+        ids, target = csft_example(tok, history, "call of duty", max_length=9, separator=separator)
+        history_ids = tok("toy story, star wars, space quest" + separator, add_special_tokens=False)["input_ids"]
+        keep = 9 - len(target_ids)
+        assert ids == history_ids[-keep:] + target_ids  # the oldest history tokens are cut
+        assert target == [0] * keep + [1] * len(target_ids)
+    # the exact ids of the default: the titles' words, two commas, then the target's words, newline, EOS
+    ids, _ = csft_example(tok, ["toy story", "star wars"], "space quest", max_length=64)
+    words = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == words("toy story") + words(",") + words("star wars") + words("space quest") + words("\n") + [tok.eos_token_id]
+    assert ids != csft_example(tok, ["toy story", "star wars"], "space quest", 64, separator=", ")[0]
 
 
 def test_user_sampling_is_seeded_and_history_windows_cut_old_items(tmp_path):

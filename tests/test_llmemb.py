@@ -46,11 +46,13 @@ def test_attribute_prompt_and_views():
     orders = set()
     for _ in range(50):
         view = attribute_view(items[0], rng, 0.4)
-        assert len(view) == 4  # 6 attributes, round(40%) = 2 dropped
+        assert len(view) == 4  # 6 attributes, floor(40%) = 2 dropped
         assert all(view[k] == items[0][k] for k in view)
         orders.add(tuple(view))
     assert len(orders) > 10  # shuffled and dropped independently
     assert attribute_view({"title": "only"}, rng, 0.4) == {"title": "only"}  # at least one attribute stays
+    four = dict(list(items[0].items())[:4])  # 40% of 4 = 1.6: the authors drop floor(1.6) = 1, rounding would drop 2
+    assert len(attribute_view(four, rng, 0.4)) == 3 and len(attribute_view(four, rng, 0.4, "round")) == 2
 
 
 def test_scft_views_are_drawn_once_per_item():
@@ -65,21 +67,58 @@ def test_scft_views_are_drawn_once_per_item():
     assert len(drawn) > 1
 
 
-def test_bce_negatives_are_never_the_users_items():
+class _WordTokenizer:
+    """Word ids from 10 on; BOS 1 only with add_special_tokens (as LLaMA's tokenizer), EOS 2."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __init__(self):
+        self.words: dict[str, int] = {}
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None):
+        rows = []
+        for text in texts:
+            row = ([1] if add_special_tokens else []) + [self.words.setdefault(w, 10 + len(self.words)) for w in text.split()]
+            rows.append(row[:max_length] if truncation else row)
+        return {"input_ids": rows}
+
+
+@pytest.mark.parametrize("special_tokens", ["eos", "bos"])
+def test_scft_prompts_end_in_eos_without_bos_as_the_authors(special_tokens):
+    objective = _scft_objective("fixed")
+    objective.tok = _WordTokenizer()
+    objective.config.scft.special_tokens = special_tokens
+    batch = objective.collate([objective.example(i, np.random.default_rng(0)) for i in range(3)])
+    for view in ("view_a", "view_b"):
+        ids, mask = batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"]
+        last = ids[np.arange(len(ids)), mask.sum(axis=1) - 1]
+        if special_tokens == "eos":  # the authors': no BOS, EOS last (inside the mask, so it is pooled)
+            assert (ids[:, 0] != 1).all() and (last == 2).all()
+        else:
+            assert (ids[:, 0] == 1).all() and (last != 2).all()
+
+
+def test_bce_negatives_are_never_the_users_training_items():
+    """As the authors' code: training negatives avoid the user's training items only. Avoiding its
+    validation and test items as well would let training read the held-out interactions."""
     from jaxrec.tasks.seqrec import SeqrecConfig, _Setup
 
-    data = _toy_data()
+    data = _toy_data()  # user a: items 1-4 train, 5 validation, 6 test (of 13 items)
     config = SeqrecConfig()
     config.recommender.loss, config.recommender.negatives, config.recommender.max_history = "bce", 3, 3
     config.recommender.examples = "chunks"
     setup = _Setup(config, data)
+    drawn_by_a = set()
     for step in range(30):
         indices = np.arange(setup.count)
         batch = setup.batch(indices, np.random.default_rng(step))
         assert batch["negatives"].shape == (*batch["history"].shape, 3)
         for user, negatives in zip(setup.examples.users[indices], batch["negatives"]):
-            assert not set(negatives.ravel().tolist()) & set(data.sequence(user).tolist())
+            assert not set(negatives.ravel().tolist()) & set(data.sequence(user)[:-2].tolist())
             assert negatives.min() >= 1 and negatives.max() <= data.num_items
+            if user == 0:
+                drawn_by_a |= set(negatives.ravel().tolist())
+    assert {5, 6} <= drawn_by_a  # the held-out items are ordinary negatives
 
 
 def test_bert4rec_examples_come_twice_with_the_last_item_copies():
@@ -143,7 +182,7 @@ def test_llmemb_pipeline_end_to_end_with_its_long_tail_report(beauty_slice, tmp_
                      f"stages.{stage}.recommender.hidden=32", f"stages.{stage}.recommender.max_history=20",
                      f"stages.{stage}.evaluation.seeds=[0, 1]",
                      # 60 users: few items have many interactions
-                     f"stages.{stage}.evaluation.tail_threshold=0", f"stages.{stage}.evaluation.popularity_edges=[1, 2]"]
+                     f"stages.{stage}.evaluation.tail_threshold=1", f"stages.{stage}.evaluation.popularity_edges=[1, 2]"]
     assert launch.main(["--config", str(QUICK)] + [a for s in settings for a in ("--set", s)]) == 0
 
     for stage in ("scft", "embed", "sasrec_id", "llmemb"):

@@ -114,16 +114,16 @@ def test_popularity_and_history_groups():
     cold = popularity_groups(popularity, EvalSpec(popular_share=0.3, cold_share=0.3))["cold"]
     assert np.flatnonzero(cold).tolist() == [2, 5, 7]  # the three least popular
     absolute = popularity_groups(popularity, EvalSpec(tail_threshold=4, popularity_edges=[2, 9]))
-    assert np.flatnonzero(absolute["tail"]).tolist() == [2, 4, 5, 7, 9]  # at most 4 interactions
-    assert np.flatnonzero(absolute["popular"]).tolist() == [1, 3, 6, 8, 10]
+    assert np.flatnonzero(absolute["tail"]).tolist() == [2, 4, 5, 7]  # fewer than 4: item 9 (4) is popular
+    assert np.flatnonzero(absolute["popular"]).tolist() == [1, 3, 6, 8, 9, 10]
     assert {k: np.flatnonzero(v).tolist() for k, v in absolute.items() if "interactions" in k} == {
-        "≤2 interactions": [2, 5, 7], "3-9 interactions": [3, 4, 8, 9], ">9 interactions": [1, 6, 10]}
+        "<2 interactions": [2, 5], "2-8 interactions": [3, 4, 7, 9], "≥9 interactions": [1, 6, 8, 10]}
     bins = [name for name in groups if name.startswith("bin")]
     assert bins == ["bin1 (0-4 interactions)", "bin2 (7-50 interactions)"]
     assert np.flatnonzero(groups[bins[0]]).tolist() == [2, 4, 5, 7, 9]  # the five least popular
     lengths = np.array([1, 5, 6, 10, 11, 400])
     by_length = history_groups(lengths, [5, 10])
-    assert {k: np.flatnonzero(v).tolist() for k, v in by_length.items()} == {"≤5": [0, 1], "6-10": [2, 3], ">10": [4, 5]}
+    assert {k: np.flatnonzero(v).tolist() for k, v in by_length.items()} == {"<5": [0], "5-9": [1, 2], "≥10": [3, 4, 5]}
 
 
 def test_evaluate_full_sampled_and_shuffle_diagnostics():
@@ -153,7 +153,7 @@ def test_evaluate_full_sampled_and_shuffle_diagnostics():
     # only draw 2 (0 against 0.1), user 2 draws 1, 3 or 5 (0.1, 1.0, or a tie at 0: first or second)
     assert result["sampled"]["recall@1"] == pytest.approx(2 / 3)
     groups = result["by_history_length"]
-    assert groups["≤5"]["users"] == 3 and groups["≤5"]["sampled"] == pytest.approx(result["sampled"])
+    assert groups["<5"]["users"] == 3 and groups["<5"]["sampled"] == pytest.approx(result["sampled"])
     popular = result["by_popularity"]["popular"]  # item 1 (all tie at one interaction): user 1's target
     assert popular["users"] == 1 and popular["full"]["recall@1"] == 0.0 and popular["sampled"]["recall@1"] == 1.0
     assert result["shuffled"]["cosine_to_original"] < 1.0 and set(result["shuffled"]) >= {"full", "sampled"}

@@ -24,7 +24,8 @@ from tests.conftest import build_torch_model, save_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 GAMES = ROOT.parent / "shared" / "data" / "amazon2018_video_games"
-STAGES = ["csft", "mntp", "contrastive", "embed_untrained", "embed", "sasrec_id", "sasrec_untrained", "sasrec_llm2rec"]
+STAGES = ["csft", "mntp", "contrastive", "embed_untrained", "embed", "sasrec_id", "sasrec_untrained", "sasrec_llm2rec",
+          "sasrec_id_llm2rec"]
 
 
 def real_slice(dataset: Path, root: Path, users: int) -> tuple[Path, Path]:
@@ -71,7 +72,7 @@ def _quickstart_args(run_dir: Path, data: Path, model_dir: Path) -> list[str]:
         settings += [f"stages.{stage}.batch.size=8", f"stages.{stage}.loop.steps=3", f"stages.{stage}.loop.save_every=1"]
     for stage in ("embed", "embed_untrained"):
         settings.append(f"stages.{stage}.encode.batch_size=16")
-    for stage in ("sasrec_id", "sasrec_untrained", "sasrec_llm2rec"):
+    for stage in ("sasrec_id", "sasrec_untrained", "sasrec_llm2rec", "sasrec_id_llm2rec"):
         settings += [f"stages.{stage}.loop.epochs=2", f"stages.{stage}.evaluation.seeds=[0, 1]",
                      f"stages.{stage}.batch.size=16", f"stages.{stage}.recommender.hidden=32"]
     return ["--config", str(QUICKSTART)] + [a for s in settings for a in ("--set", s)]
@@ -109,13 +110,18 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     assert trained.shape == untrained.shape and np.abs(trained - untrained).max() > 1e-4
     table = _results(first)
     assert list(table) == ["SASRec, ID only", "SASRec on untrained SmolLM2 (bidirectional, mean)",
-                           "SASRec on LLM2Rec embeddings"]
+                           "SASRec on LLM2Rec embeddings", "SASRec on ID + LLM2Rec embeddings"]
     for metrics in table.values():
         assert set(metrics) == {"recall@10", "ndcg@10", "recall@20", "ndcg@20"}
         assert all(0.0 <= m["mean"] <= 1.0 and m["std"] >= 0.0 for m in metrics.values())
     report = (first / "results.md").read_text()
     assert "| SASRec, ID only | " in report and "mean ± std over 2 seeds" in report
-    for png in ("training_curves.png", "metrics.png"):
+    # the settings every row shares are stated once, and what differs per row
+    assert "Every row trained and tested with: " in report and "recommender.hidden 32" in report
+    assert "- SASRec on LLM2Rec embeddings: recommender.embeddings embed, recommender.items llm" in report
+    slices = json.loads((first / "results.json").read_text())["rows"][0]["slices"]
+    assert set(slices) == {"held-out cold items", "tail"} and "overall Recall@10 | overall NDCG@10" in report
+    for png in ("training_curves.png", "metrics.png", "slices.png"):
         assert (first / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "SASRec on LLM2Rec embeddings" in capsys.readouterr().err  # the table is printed
 
@@ -169,9 +175,10 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     assert launch.main(changed) == 0
     assert _actions(first) == {"csft": "skip", "mntp": "rerun", "contrastive": "rerun", "embed_untrained": "skip",
                                "embed": "rerun", "sasrec_id": "skip", "sasrec_untrained": "skip",
-                               "sasrec_llm2rec": "rerun"}
+                               "sasrec_llm2rec": "rerun", "sasrec_id_llm2rec": "rerun"}
     now = _started(first)
-    assert {s for s in STAGES if now[s] != started[s]} == {"mntp", "contrastive", "embed", "sasrec_llm2rec"}
+    assert {s for s in STAGES if now[s] != started[s]} == {"mntp", "contrastive", "embed", "sasrec_llm2rec",
+                                                           "sasrec_id_llm2rec"}
     assert json.loads((first / "mntp" / "summary.json").read_text())["steps"] == 4
     assert (first / "mntp.replaced" / "manifest.json").is_file()  # the previous run is kept aside
 

@@ -358,21 +358,3 @@ def test_query_residual_block_matches_the_public_pytorch_sasrec():
     expected = norm(seqs, p["final_norm"]).detach().numpy()
     np.testing.assert_allclose(np.asarray(model.apply(params, history, TABLE)), expected, atol=1e-4)
 
-
-def test_bce_training_negatives_exclude_only_the_users_training_items():
-    """The authors' training negatives avoid the user's training items only: excluding the validation
-    and test items as well would let training read the held-out interactions."""
-    from jaxrec.tasks.seqrec import SeqrecConfig, _Setup
-
-    data = _toy_data()  # user a: items 1-4 train, 5 validation, 6 test (of 13 items)
-    config = SeqrecConfig()
-    config.recommender = RecommenderSpec(hidden=8, heads=1, max_history=3, loss="bce", negatives=1,
-                                         examples="sequences")
-    setup = _Setup(config, data)
-    rows = np.flatnonzero(setup.examples.users == 0)
-    drawn = set()
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        batch = setup.batch(np.repeat(rows, 8), rng)
-        drawn |= set(batch["negatives"].ravel().tolist())
-    assert not drawn & {1, 2, 3, 4} and {5, 6} <= drawn  # held-out items are ordinary negatives

@@ -30,12 +30,14 @@ def attribute_text(attributes: dict, domain: str, value_chars: int = 100) -> str
     return f"The {domain} item has the following attributes:\n" + "; ".join(parts)
 
 
-def attribute_view(attributes: dict, rng: np.random.Generator, drop: float) -> dict:
+def attribute_view(attributes: dict, rng: np.random.Generator, drop: float, rounding: str = "floor") -> dict:
     """One SCFT augmentation: the attributes shuffled and a share ``drop`` of
-    them removed (at least one kept)."""
+    them removed, that count rounded down (the authors' code) or to the
+    nearest ("round"); at least one kept."""
     keys = list(attributes)
     rng.shuffle(keys)
-    keep = max(1, len(keys) - int(round(drop * len(keys))))
+    dropped = int(np.floor(drop * len(keys))) if rounding == "floor" else int(round(drop * len(keys)))
+    keep = max(1, len(keys) - dropped)
     return {k: attributes[k] for k in keys[:keep]}
 
 
@@ -47,12 +49,14 @@ def csft_targets(sequences: list[list[int]], holdout: int = 2) -> np.ndarray:
     return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
-def csft_example(tokenizer, history: list[str], target: str, max_length: int) -> tuple[list[int], list[int]]:
-    """History titles joined with ", ", then the target title, a newline and
-    EOS; the history is cut from the left to fit ``max_length``. Returns
-    (ids, target mask)."""
+def csft_example(tokenizer, history: list[str], target: str, max_length: int,
+                 separator: str = "") -> tuple[list[int], list[int]]:
+    """History titles joined with ", ", ``separator``, then the target title, a
+    newline and EOS (the history's tokens and the target's are tokenized apart
+    and concatenated, as the authors' code does); the history is cut from the
+    left to fit ``max_length``. Returns (ids, target mask)."""
     target_ids = tokenizer(target + "\n", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    history_ids = tokenizer(", ".join(history) + ", ", add_special_tokens=False)["input_ids"]
+    history_ids = tokenizer(", ".join(history) + separator, add_special_tokens=False)["input_ids"]
     room = max(max_length - len(target_ids), 0)
     history_ids = history_ids[len(history_ids) - room :] if room else []
     ids = (history_ids + target_ids)[-max_length:]

@@ -59,6 +59,11 @@ class ScftSpec:
     views: Literal["fixed", "per_epoch"] = "fixed"
     """fixed: each item's two views are drawn once (seeded by the item), as the authors' code does;
     per_epoch: drawn afresh every time the item is batched."""
+    special_tokens: Literal["eos", "bos"] = "eos"
+    """eos: prompts tokenized without special tokens and EOS appended (and pooled), as the authors' code;
+    bos: the tokenizer's own special tokens (a BOS for LLaMA), no EOS."""
+    drop_rounding: Literal["floor", "round"] = "floor"
+    """How batch.attribute_drop x the item's attribute count becomes a count: the authors floor it."""
 
 
 def _apply(model: Decoder, variables, ids, mask, kind: str, output: str, rng):

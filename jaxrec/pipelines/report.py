@@ -14,10 +14,12 @@ The ``report`` section of a pipeline config::
       groups: [by_popularity, by_history_length]   # optional: per-group tables and chart
       hit_ratio: false             # true: call Recall@K HR@K (the same number with one target)
       shuffle: false               # true: the shuffle diagnostics (stages tested with evaluation.shuffle)
+      slices: [held-out cold items, tail]   # optional: popularity groups shown beside the overall figures
 
 Compared stages are seqrec or llmsrec stages. Written into the pipeline
 directory: ``results.json``, ``results.md``, ``training_curves.png``,
-``metrics.png``, with ``groups`` ``groups.png`` (the first metric per group,
+``metrics.png``, with ``slices`` ``slices.png`` (overall and each slice side
+by side, the first metric), with ``groups`` ``groups.png`` (the first metric per group,
 each compared model side by side) and with ``shuffle`` ``shuffle.png`` (the
 cosine between each user's vector from the original and from the shuffled
 history, and the relative drop of the first metric, per model).
@@ -35,6 +37,7 @@ from jaxrec import runs
 from jaxrec.config import build
 from jaxrec.errors import ConfigError
 from jaxrec.io import write_bytes_atomic, write_json_atomic
+from jaxrec.seqrec.evaluate import COLD_GROUP
 
 
 @dataclasses.dataclass
@@ -56,6 +59,9 @@ class ReportSpec:
     shuffle: bool = False
     """Tabulate the shuffle test: the metrics on randomly permuted test histories, their drop, and the cosine
     between user vectors from the original and the shuffled histories."""
+    slices: list[str] = dataclasses.field(default_factory=list)
+    """Target-item popularity groups (by_popularity names: 'held-out cold items' with data.cold_items,
+    'tail', 'popular', ...) tabulated beside the overall metrics, each model's row in one table."""
 
     def __post_init__(self):
         unknown = set(self.groups) - set(GROUP_KINDS)
@@ -63,10 +69,16 @@ class ReportSpec:
             raise ValueError(f"groups: unknown {sorted(unknown)}; choose from {list(GROUP_KINDS)}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        unknown = set(self.slices) - set(SLICES)
+        if unknown:
+            raise ValueError(f"slices: unknown {sorted(unknown)}; choose from {list(SLICES)}")
 
 
 GROUP_KINDS = {"by_popularity": "target item's training interactions", "by_history_length": "user's earlier interactions"}
 PROTOCOLS = ("full", "sampled")
+SLICES = (COLD_GROUP, "tail", "popular", "cold")
+"""Popularity groups a report can show beside the overall figures ('cold': the least popular share
+of evaluation.cold_share; the held-out ones need data.cold_items)."""
 COMPARABLE_TASKS = ("seqrec", "llmsrec")
 
 
@@ -122,6 +134,48 @@ def _shuffle_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
             "cosine": _over_seeds([t["shuffled"]["cosine_to_original"] for t in tests])}
 
 
+def _slice_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
+    """slice -> {"users", metric -> mean/std over seeds (None: no test user's target is in it)}
+    under the report's protocol."""
+    out = {}
+    for name in spec.slices:
+        per_seed = [r["test"].get("by_popularity", {}).get(name) for r in summary["per_seed"]]
+        if any(group is None for group in per_seed):  # groups without test users are left out
+            out[name] = {"users": 0, **{m: None for m in spec.metrics}}
+            continue
+        if any(spec.protocol not in group for group in per_seed):
+            raise ConfigError(f"report.slices: stage {stage} was not tested under the {spec.protocol} protocol")
+        out[name] = {"users": per_seed[0]["users"],
+                     **{m: _over_seeds([g[spec.protocol][m] for g in per_seed]) for m in spec.metrics}}
+    return out
+
+
+SETTING_SECTIONS = ("recommender", "optimizer", "loop", "batch", "evaluation", "data")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings(pipeline, spec: ReportSpec) -> dict:
+    """The compared stages' configured settings: those every row shares, and per row those that differ
+    (so a reader sees that ID and LLM rows trained alike, or exactly how not)."""
+    flats = []
+    for entry in spec.compare:
+        tree = pipeline.stages[entry.stage].tree
+        flats.append(_flat({k: tree[k] for k in SETTING_SECTIONS if isinstance(tree.get(k), dict)}))
+    keys = sorted(set().union(*flats)) if flats else []
+    shared = {k: flats[0][k] for k in keys if all(k in f and f[k] == flats[0][k] for f in flats)}
+    differing = [{k: f[k] for k in keys if k in f and k not in shared} for f in flats]
+    return {"shared": shared, "per_row": differing}
+
+
 def results(pipeline, spec: ReportSpec) -> dict:
     rows = []
     for entry in spec.compare:
@@ -138,8 +192,14 @@ def results(pipeline, spec: ReportSpec) -> dict:
                      "groups": _group_results(summary, spec)})
         if spec.shuffle:
             rows[-1]["shuffled"] = _shuffle_results(summary, spec, entry.stage)
+        if spec.slices:
+            rows[-1]["slices"] = _slice_results(summary, spec, entry.stage)
+    configured = settings(pipeline, spec)
+    for row, differing in zip(rows, configured["per_row"]):
+        row["settings"] = differing
     return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows,
-            "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle}
+            "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle, "slices": spec.slices,
+            "settings": configured["shared"]}
 
 
 def metric_name(metric: str, hit_ratio: bool = False) -> str:
@@ -198,17 +258,49 @@ def _shuffle_table(table: dict) -> list[str]:
     return lines
 
 
+def _settings_lines(table: dict) -> list[str]:
+    shared = table.get("settings")
+    if not shared:
+        return []
+    text = lambda settings: ", ".join(f"{k} {v}" for k, v in settings.items())
+    lines = ["Every row trained and tested with: " + text(shared) + ".", ""]
+    differing = [(r["label"], r["settings"]) for r in table["rows"] if r.get("settings")]
+    if differing:
+        lines += ["Rows differ only in:", ""] + [f"- {label}: {text(s)}" for label, s in differing] + [""]
+    return lines
+
+
+def _slice_table(table: dict) -> list[str]:
+    slices, rows, metrics = table.get("slices") or [], table["rows"], table["metrics"]
+    if not slices:
+        return []
+    name = lambda m: metric_name(m, table.get("hit_ratio", False))
+    users = ", ".join(f"{s}: {rows[0]['slices'][s]['users']}" for s in slices)
+    lines = ["", f"### Overall and by target item ({_protocol_text(table['protocol'])})", "",
+             f"Test users whose target is in each slice: {users}.", "",
+             "| | " + " | ".join(f"{part} {name(m)}" for part in ("overall", *slices) for m in metrics[:2]) + " |",
+             "|---|" + "---|" * (len(metrics[:2]) * (1 + len(slices)))]
+    for row in rows:
+        cells = [_cell(row["metrics"][m], len(row["seeds"])) for m in metrics[:2]]
+        cells += [_cell(row["slices"][s][m], len(row["seeds"])) for s in slices for m in metrics[:2]]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(table: dict, stages: list[dict]) -> str:
     metrics = table["metrics"]
     seeds = max((len(r["seeds"]) for r in table["rows"]), default=1)
     lines = [f"# {table['title']}", "",
              f"Test split, {_protocol_text(table['protocol'])}"
-             + (f"; mean ± std over {seeds} seeds" if seeds > 1 else "") + ".", "",
+             + (f"; mean ± std over {seeds} seeds" if seeds > 1 else "")
+             + "; a target tied with other items counts at its expected place under random tie-breaking.", "",
+             *_settings_lines(table),
              "| | " + " | ".join(metric_name(m, table.get("hit_ratio", False)) for m in metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for row in table["rows"]:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row["metrics"][m], len(row["seeds"])) for m in metrics)
                      + " |")
+    lines += _slice_table(table)
     lines += _shuffle_table(table)
     lines += _group_tables(table)
     lines += ["", "Stages:", "", "| stage | task | this launch | seconds | run directory |", "|---|---|---|---|---|"]
@@ -274,6 +366,29 @@ def metrics_png(table: dict) -> bytes:
     ax.set_ylabel(f"test ({table['protocol']} ranking)")
     ax.set_title(table["title"])
     ax.legend(fontsize=8, loc="upper left")
+    return _png(figure)
+
+
+def slices_png(table: dict) -> bytes | None:
+    """Overall and each slice side by side: the first metric, one bar per model, ± std."""
+    from matplotlib.figure import Figure
+
+    slices, rows = table.get("slices") or [], table["rows"]
+    if not slices or not rows:
+        return None
+    metric = table["metrics"][0]
+    parts = ["overall", *slices]
+    figure = Figure(figsize=(3.2 * len(parts) + 1.5, 3.9), layout="constrained")
+    axes = figure.subplots(1, len(parts), squeeze=False).ravel()
+    for ax, part in zip(axes, parts):
+        values = [(r["metrics"][metric] if part == "overall" else r["slices"][part][metric]) or {} for r in rows]
+        ax.bar(range(len(rows)), [v.get("mean", 0.0) for v in values], yerr=[v.get("std", 0.0) for v in values],
+               capsize=3, color=[f"C{i}" for i in range(len(rows))])
+        users = "" if part == "overall" else f" ({rows[0]['slices'][part]['users']} users)"
+        ax.set_title(part + users, fontsize=9)
+        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=25, ha="right", fontsize=7)
+    axes[0].set_ylabel(f"test {metric_name(metric, table.get('hit_ratio', False))} ({table['protocol']})")
+    figure.suptitle(table["title"])
     return _png(figure)
 
 
@@ -353,7 +468,8 @@ def write_report(pipeline, record: list[dict], log=print) -> dict | None:
             write_bytes_atomic(out / "training_curves.png", figure)
         write_bytes_atomic(out / "metrics.png", metrics_png(table))
         written = ["results.json", "metrics.png"] + (["training_curves.png"] if figure else [])
-        for name, png in (("groups.png", groups_png(table)), ("shuffle.png", shuffle_png(table))):
+        for name, png in (("slices.png", slices_png(table)), ("groups.png", groups_png(table)),
+                          ("shuffle.png", shuffle_png(table))):
             if png is not None:
                 write_bytes_atomic(out / name, png)
                 written.append(name)

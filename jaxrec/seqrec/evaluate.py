@@ -55,14 +55,17 @@ def full_ranking(user_vectors, item_vectors, targets, history, spec: EvalSpec) -
 
 
 def popularity_groups(popularity: np.ndarray, spec: EvalSpec) -> dict[str, np.ndarray]:
-    """Item id -> group masks: 'popular' / 'tail' (by ``tail_threshold``
-    interactions if set, else by ``popular_share``), 'cold' by ``cold_share``
-    if set, and groups by interaction count (split at ``popularity_edges`` if
-    set, else ``popularity_bins`` groups of equally many items, least popular first)."""
+    """Item id -> group masks: 'popular' / 'tail' (tail: fewer than
+    ``tail_threshold`` interactions if set, else outside the top
+    ``popular_share``), 'cold' by ``cold_share`` if set, and groups by
+    interaction count (split at ``popularity_edges`` if set, else
+    ``popularity_bins`` groups of equally many items, least popular first).
+    Edges are strict as in the authors' code: a count equal to an edge belongs
+    to the group above it."""
     real = np.arange(len(popularity)) > 0
     order = np.argsort(-popularity[1:], kind="stable") + 1  # most popular first
     if spec.tail_threshold is not None:
-        popular = real & (popularity > spec.tail_threshold)
+        popular = real & (popularity >= spec.tail_threshold)
     else:
         popular = np.zeros(len(popularity), bool)
         popular[order[: int(np.ceil(spec.popular_share * len(order)))]] = True
@@ -83,12 +86,12 @@ def popularity_groups(popularity: np.ndarray, spec: EvalSpec) -> dict[str, np.nd
 
 
 def _count_groups(counts: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
-    """Masks of ``counts`` in [0, e1], (e1, e2], ..., (e_last, inf), named "≤5", "6-10", ..., ">40"."""
-    bounds = [-1, *edges, None]
+    """Masks of ``counts`` in [0, e1), [e1, e2), ..., [e_last, inf), named "<5", "5-9", ..., "≥40"."""
+    bounds = [0, *edges, None]
     groups = {}
     for low, high in zip(bounds[:-1], bounds[1:]):
-        name = f"≤{high}" if low < 0 else f"{low + 1}-{high}" if high is not None else f">{low}"
-        groups[name] = (counts > low) & (counts <= high if high is not None else True)
+        name = f"<{high}" if low == 0 else f"{low}-{high - 1}" if high is not None else f"≥{low}"
+        groups[name] = (counts >= low) & (counts < high if high is not None else True)
     return groups
 
 

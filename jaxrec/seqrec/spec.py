@@ -119,14 +119,15 @@ class EvalSpec:
     """Also a 'cold' group: items in the bottom this share by training interactions
     (LLM-SRec's warm / cold split is popular_share 0.35 and cold_share 0.35)."""
     tail_threshold: int | None = None
-    """Items with at most this many training interactions are 'tail', the others 'popular'
-    (LLMEmb's absolute threshold per dataset: Beauty 4, Fashion 4, Yelp 13); null: by popular_share."""
+    """Items with fewer than this many training interactions are 'tail', the others 'popular' (LLMEmb's
+    absolute threshold per dataset, strict as in its code: Beauty 4, Fashion 4, Yelp 13); null: by popular_share."""
     popularity_bins: int = 5
     """Item groups of equally many items, least popular first (when popularity_edges is null)."""
     popularity_edges: list[int] | None = None
-    """Item groups by training interactions split at these counts (LLMEmb: [5, 10, 20, 40])."""
+    """Item groups by training interactions split at these counts, each edge starting the group above it
+    (LLMEmb: [5, 10, 20, 40], i.e. <5, 5-9, 10-19, 20-39, ≥40)."""
     history_bins: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
-    """Upper edges of the user groups by number of earlier interactions."""
+    """Edges of the user groups by number of earlier interactions (each edge starts the group above it)."""
     shuffle: bool = True
     """Shuffle diagnostics on the test split: metrics with each history permuted, and the
     cosine between each user's representation from the original and the permuted history."""
@@ -142,8 +143,8 @@ class EvalSpec:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.batch_size < 1 or self.popularity_bins < 1 or self.sampled_negatives < 0:
             raise ValueError("batch_size and popularity_bins must be >= 1, sampled_negatives >= 0")
-        if self.tail_threshold is not None and self.tail_threshold < 0:
-            raise ValueError(f"tail_threshold must be >= 0, got {self.tail_threshold}")
+        if self.tail_threshold is not None and self.tail_threshold < 1:
+            raise ValueError(f"tail_threshold must be >= 1 (tail: fewer interactions than it), got {self.tail_threshold}")
         for name in ("popularity_edges", "history_bins"):
             edges = getattr(self, name)
             if edges is not None and (not edges or min(edges) < 1 or sorted(set(edges)) != list(edges)):

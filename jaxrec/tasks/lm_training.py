@@ -173,16 +173,24 @@ class Scft(Objective):
     def example(self, index, rng):
         if self.config.scft.views == "fixed":
             rng = np.random.default_rng([self.config.seed, 3, index])
-        return tuple(attribute_text(attribute_view(self.items[index], rng, self.spec.attribute_drop), self.spec.domain)
-                     for _ in range(2))
+        scft = self.config.scft
+        return tuple(attribute_text(attribute_view(self.items[index], rng, self.spec.attribute_drop, scft.drop_rounding),
+                                    self.spec.domain) for _ in range(2))
 
     def collate(self, examples):
         batch = {}
         for view, texts in zip(("view_a", "view_b"), zip(*examples)):
-            ids = self.tok(list(texts), truncation=True, max_length=self.spec.max_length)["input_ids"]
+            ids = self.tokenize(list(texts))
             padded = pad_batch(ids, self.pad_id, self.spec.max_length)
             batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
         return batch
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Prompt ids within max_length: with scft.special_tokens=eos, no special tokens and EOS last."""
+        if self.config.scft.special_tokens == "bos":
+            return self.tok(texts, truncation=True, max_length=self.spec.max_length)["input_ids"]
+        ids = self.tok(texts, add_special_tokens=False, truncation=True, max_length=self.spec.max_length - 1)["input_ids"]
+        return [row + [self.tok.eos_token_id] for row in ids]
 
     def loss(self, model):
         return model_losses.make_scft(model, self.config.scft)
@@ -204,7 +212,8 @@ class Csft(Objective):
 
     def _example(self, user: int, position: int):
         history = self.sequences[user][max(0, position - self.spec.max_history) : position]
-        return csft_example(self.tok, history, self.sequences[user][position], self.spec.max_length)
+        return csft_example(self.tok, history, self.sequences[user][position], self.spec.max_length,
+                            self.spec.csft_separator)
 
     def collate(self, examples):
         return csft.collate(examples, self.pad_id, self.spec.max_length, self.spec.pack, self.blocks)

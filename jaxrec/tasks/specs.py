@@ -138,6 +138,9 @@ class BatchSpec:
     max_length: int = 64
     max_history: int = 10
     """CSFT: most recent items in a history."""
+    csft_separator: str = ""
+    """CSFT: text between the history's last title and the target's. The authors' code concatenates the
+    two token sequences with nothing between them; ", " makes the target read as one more list item."""
     domain: str = "movie"
     """SCFT: the <domain> in "The <domain> item has the following attributes:"."""
     attribute_drop: float = 0.4
