@@ -358,3 +358,42 @@ def test_query_residual_block_matches_the_public_pytorch_sasrec():
     expected = norm(seqs, p["final_norm"]).detach().numpy()
     np.testing.assert_allclose(np.asarray(model.apply(params, history, TABLE)), expected, atol=1e-4)
 
+
+
+def test_bias_free_gru4rec_without_output_layer_matches_torch_gru():
+    """The authors' GRU4Rec: torch's GRU(bias=False), its last layer's states read out directly."""
+    import torch
+
+    config = SeqRecConfig(hidden=16, layers=2, dropout=0.0, max_history=8, gru_bias=False, output_layer=False)
+    model = GRU4Rec(config)
+    history = jnp.asarray([[3, 7, 1, 9, 0, 0, 0, 0], [2, 4, 6, 8, 10, 12, 14, 16]])
+    params = model.init(jax.random.key(0), history, TABLE)["params"]
+    assert "out" not in params and all("bias" not in str(path) for path in jax.tree_util.tree_leaves_with_path(params))
+    gru = torch.nn.GRU(16, 16, num_layers=2, bias=False, batch_first=True)
+    with torch.no_grad():
+        for layer in range(2):
+            cell = params[f"gru_{layer}"]
+            for kind, weight in (("i", gru.__getattr__(f"weight_ih_l{layer}")), ("h", gru.__getattr__(f"weight_hh_l{layer}"))):
+                weight.copy_(torch.cat([torch.from_numpy(np.asarray(cell[f"{kind}{g}"]["kernel"]).T.copy()) for g in "rzn"]))
+    inputs = torch.from_numpy(np.asarray(TABLE)[np.asarray(history)])
+    expected, _ = gru(inputs)
+    got = model.apply({"params": params}, history, TABLE)
+    real = np.asarray(history) > 0  # padding comes after the real items and never reaches their states
+    np.testing.assert_allclose(np.asarray(got)[real], expected.detach().numpy()[real], atol=1e-5)
+    last = model.apply({"params": params}, history, TABLE, last_only=True)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(last_state(got, history)), atol=1e-6)
+
+
+def test_weight_decay_on_every_parameter_as_an_option():
+    from jaxrec.train.optim import OptimizerSpec, make_optimizer
+
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for decay_all, bias_after in ((False, 1.0), (True, 1.0 - 0.1 * 0.5)):
+        tx = make_optimizer(OptimizerSpec(learning_rate=0.1, weight_decay=0.5, decay="constant", clip_norm=None,
+                                          decay_all=decay_all), 10)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        new = jax.tree.map(lambda p, u: p + u, params, updates)
+        assert float(new["bias"][0]) == pytest.approx(bias_after) and float(new["kernel"][0, 0]) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
+        OptimizerSpec(b2=1.0)

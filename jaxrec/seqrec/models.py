@@ -42,6 +42,10 @@ class SeqRecConfig:
     """LayerNorm on the summed item and position embeddings (RecBole's SASRec)."""
     scale_embeddings: bool = True
     """Item embeddings times sqrt(hidden) before positions are added."""
+    gru_bias: bool = True
+    """GRU4Rec: biases in the GRU cells (torch's GRU(bias=False), as the authors' code: none)."""
+    output_layer: bool = True
+    """GRU4Rec: a dense layer on the last GRU's states (the authors' GRU4Rec has none)."""
     embedding_init: float = 0.02
     """Standard deviation of the learned positions' normal initialisation."""
 
@@ -254,9 +258,27 @@ class GRU4Rec(nn.Module):
                  last_only: bool = False) -> jax.Array:
         c = self.config
         x = Dropout(c.dropout, deterministic)(item_table[history])
+        cell = nn.GRUCell if c.gru_bias else _BiasFreeGRUCell
         for i in range(c.layers):
-            x = nn.RNN(nn.GRUCell(c.hidden), name=f"gru_{i}")(x)
-        return nn.Dense(c.hidden, name="out")(_at(x, last_position(history) if last_only else None))
+            x = nn.RNN(cell(c.hidden, name=f"gru_{i}"))(x)
+        x = _at(x, last_position(history) if last_only else None)
+        return nn.Dense(c.hidden, name="out")(x) if c.output_layer else x
+
+
+class _BiasFreeGRUCell(nn.GRUCell):
+    """torch's GRU(bias=False): the GRU equations with no bias anywhere
+    (Flax's cell has one on each input projection and on the candidate's recurrent one)."""
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+        h = carry
+        dense = lambda name, init: nn.Dense(h.shape[-1], use_bias=False, kernel_init=init, name=name)
+        i_r, i_z, i_n = (dense(f"i{g}", self.kernel_init)(inputs) for g in "rzn")
+        h_r, h_z, h_n = (dense(f"h{g}", self.recurrent_kernel_init)(h) for g in "rzn")
+        r, z = self.gate_fn(i_r + h_r), self.gate_fn(i_z + h_z)
+        n = self.activation_fn(i_n + r * h_n)
+        new_h = (1.0 - z) * n + z * h
+        return new_h, new_h
 
 
 def last_position(history: jax.Array) -> jax.Array:

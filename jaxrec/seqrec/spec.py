@@ -31,6 +31,10 @@ class RecommenderSpec:
     """Multiply item embeddings by sqrt(hidden) before adding positions (the SASRec paper's)."""
     max_history: int = 10
     """Most recent items of a history the model reads."""
+    gru_bias: bool = True
+    """GRU4Rec: biases in the GRU cells (the LLM2Rec and LLMEmb authors' GRU4Rec: none)."""
+    output_layer: bool = True
+    """GRU4Rec: a dense layer on the last GRU's states (the authors' GRU4Rec: none)."""
     embedding_init: float = 0.02
     """Standard deviation of the normal initialisation of learned positions and ID item embeddings
     (BERT's and RecBole's 0.02; LLM2Rec's SASRec keeps torch's nn.Embedding default, 1.0)."""

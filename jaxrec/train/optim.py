@@ -17,6 +17,9 @@ class OptimizerSpec:
     warmup_steps: int = 0
     decay: Literal["linear", "cosine", "constant"] = "linear"
     weight_decay: float = 0.0
+    decay_all: bool = False
+    """Weight decay on every parameter, biases and norm scales included (torch's AdamW given all
+    parameters, as the LLM2Rec authors' recommenders do); false: matrices only."""
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -28,6 +31,9 @@ class OptimizerSpec:
             raise ValueError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
         if self.accumulate_steps < 1 or self.warmup_steps < 0:
             raise ValueError("learning_rate must be > 0, accumulate_steps >= 1, warmup_steps >= 0")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def schedule(spec: OptimizerSpec, total_steps: int) -> optax.Schedule:
@@ -58,7 +64,7 @@ def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTrans
     parts.append(
         optax.adamw(
             schedule(spec, total_steps), b1=spec.b1, b2=spec.b2, eps=spec.eps,
-            weight_decay=spec.weight_decay, mask=decay_mask,
+            weight_decay=spec.weight_decay, mask=None if spec.decay_all else decay_mask,
         )
     )
     tx = optax.chain(*parts)
