@@ -397,3 +397,42 @@ def test_weight_decay_on_every_parameter_as_an_option():
         assert float(new["bias"][0]) == pytest.approx(bias_after) and float(new["kernel"][0, 0]) == pytest.approx(0.95)
     with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
         OptimizerSpec(b2=1.0)
+
+
+def test_recency_positions_and_xavier_init_of_the_public_pytorch_sasrec():
+    from jaxrec.seqrec.models import position_ids
+    from jaxrec.seqrec.recommender import Recommender
+
+    config = dataclasses.replace(CONFIG, max_history=4, positions="from_end")
+    history = jnp.asarray([[3, 7, 1, 0], [2, 4, 0, 0], [5, 6, 8, 9]])
+    # as rows left-padded to 4 with absolute positions: the last real item is always at 3
+    assert position_ids(history, config).tolist() == [[1, 2, 3, 3], [2, 3, 3, 3], [0, 1, 2, 3]]
+    assert position_ids(history, CONFIG).tolist() == [[0, 1, 2, 3]]
+    # so a history's user state is the same whatever the width its row is padded to
+    model = SASRec(config)
+    params = model.init(jax.random.key(0), history, TABLE)
+    short = model.apply(params, history[:, :3][1:2], TABLE, last_only=True)
+    np.testing.assert_allclose(np.asarray(short), np.asarray(model.apply(params, history[1:2], TABLE, last_only=True)),
+                               atol=1e-6)
+    spec = RecommenderSpec(hidden=64, max_history=128, weight_init="xavier_normal")
+    params = Recommender(spec, 2000).init(jax.random.key(0), jnp.ones((1, 128), jnp.int32))["params"]
+    assert np.std(params["id_items"]["embedding"]) == pytest.approx(np.sqrt(2 / (2001 + 64)), rel=0.05)
+    assert np.std(params["backbone"]["encoder"]["positions"]["embedding"]) == pytest.approx(np.sqrt(2 / 192), rel=0.1)
+    qkv = params["backbone"]["encoder"]["block_0"]["_SelfAttention_0"]["qkv"]["kernel"]
+    assert np.std(qkv) == pytest.approx(np.sqrt(2 / (64 + 192)), rel=0.05)
+
+
+def test_batches_drawn_with_replacement_are_seeded_and_split_over_processes():
+    from jaxrec.data.batches import IndexBatches
+
+    take = lambda indices, rng: {"rows": indices}
+    one = IndexBatches(10, 8, take, seed=3, with_replacement=True)
+    batches = [next(one)["rows"] for _ in range(6)]
+    drawn = np.concatenate(batches)
+    assert one.steps_per_epoch == 1 and any(len(set(b.tolist())) < len(b) for b in batches)  # repeats happen
+    assert drawn.min() >= 0 and drawn.max() <= 9
+    halves = [IndexBatches(10, 8, take, seed=3, process_index=p, process_count=2, with_replacement=True) for p in (0, 1)]
+    for expected in batches:
+        np.testing.assert_array_equal(np.concatenate([next(h)["rows"] for h in halves]), expected)
+    again = IndexBatches(10, 8, take, seed=3, with_replacement=True)
+    np.testing.assert_array_equal(next(again)["rows"], batches[0])

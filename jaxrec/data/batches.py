@@ -95,7 +95,10 @@ class IndexBatches(_Batches):
     (seed, step, process), for random parts of a batch (sampled negatives)
     that a resumed run draws again identically. Each epoch is a fresh seeded
     permutation; batches run on across epoch boundaries, and the row layout
-    over processes is the same as ``GrainBatches``'."""
+    over processes is the same as ``GrainBatches``'. With ``with_replacement``
+    every global batch is instead drawn uniformly with replacement, seeded by
+    (seed, step) (the sampler of the authors' SASRec); an epoch is then just
+    ``num_examples // global_batch_size`` steps."""
 
     def __init__(
         self,
@@ -106,14 +109,20 @@ class IndexBatches(_Batches):
         process_index: int = 0,
         process_count: int = 1,
         workers: int = 0,
+        with_replacement: bool = False,
     ):
         self.steps_per_epoch = _steps_per_epoch(num_examples, global_batch_size, process_count)
         local = global_batch_size // process_count
         order = _EpochOrder(num_examples, seed)
 
+        def indices(step: int) -> np.ndarray:
+            if with_replacement:  # the whole global batch, so every process draws the same one
+                drawn = np.random.default_rng([seed, step, 1]).integers(0, num_examples, global_batch_size)
+                return drawn[process_index * local : (process_index + 1) * local]
+            return order(step * global_batch_size + process_index * local + np.arange(local))
+
         def batch(step: int) -> dict[str, np.ndarray]:
-            positions = step * global_batch_size + process_index * local + np.arange(local)
-            return collate(order(positions), np.random.default_rng([seed, step, process_index]))
+            return collate(indices(step), np.random.default_rng([seed, step, process_index]))
 
         # an iterator over the steps of ~forever (2**62 steps), indexed lazily
         self._iterator = _iterate(grain.MapDataset.range(1 << 62).map(batch), workers)

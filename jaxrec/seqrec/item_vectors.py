@@ -75,10 +75,13 @@ class IDEmbedding(nn.Module):
     num_items: int
     hidden: int
     init_std: float = 0.02
+    xavier: bool = False
+    """Xavier-normal instead of normal(init_std) (the public PyTorch SASRec initialises every matrix so)."""
 
     @nn.compact
     def __call__(self) -> jax.Array:
-        table = self.param("embedding", nn.initializers.normal(self.init_std), (self.num_items + 1, self.hidden))
+        init = nn.initializers.xavier_normal() if self.xavier else nn.initializers.normal(self.init_std)
+        table = self.param("embedding", init, (self.num_items + 1, self.hidden))
         return _zero_padding_row(table)
 
 

@@ -48,12 +48,17 @@ class SeqRecConfig:
     """GRU4Rec: a dense layer on the last GRU's states (the authors' GRU4Rec has none)."""
     embedding_init: float = 0.02
     """Standard deviation of the learned positions' normal initialisation."""
+    weight_init: Literal["normal", "xavier_normal"] = "normal"
+    """Every attention-model matrix: normal(0.02) (BERT, RecBole), or xavier normal, embeddings included
+    (the public PyTorch SASRec, which LLM-SRec's teacher is)."""
+    positions: Literal["from_start", "from_end"] = "from_start"
+    """Position of each history item: counted from its first item, or by recency so the last item is
+    always at max_history - 1 (the public PyTorch SASRec's left-padded rows)."""
 
 
 # normal(0.02) weights for every attention-model layer and embedding, as BERT
 # and RecBole do: items (IDEmbedding) and positions then start at one scale
-_init = nn.initializers.normal(0.02)
-_Dense = functools.partial(nn.Dense, kernel_init=_init)
+WEIGHT_INITS = {"normal": nn.initializers.normal(0.02), "xavier_normal": nn.initializers.xavier_normal()}
 
 
 class Dropout(nn.Module):
@@ -82,10 +87,11 @@ class _Projection(nn.Module):
     slice of its output columns alone."""
 
     features: int
+    kernel_init: str = "normal"
 
     @nn.compact
     def __call__(self, x: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
-        kernel = self.param("kernel", _init, (x.shape[-1], self.features))
+        kernel = self.param("kernel", WEIGHT_INITS[self.kernel_init], (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if columns is not None:
             kernel, bias = kernel[:, columns[0]:columns[1]], bias[columns[0]:columns[1]]
@@ -99,6 +105,7 @@ class _SelfAttention(nn.Module):
 
     heads: int
     dropout: float
+    kernel_init: str = "normal"
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None, kv: jax.Array | None = None):
@@ -109,7 +116,7 @@ class _SelfAttention(nn.Module):
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
-        projection = _Projection(3 * hidden, name="qkv")
+        projection = _Projection(3 * hidden, self.kernel_init, name="qkv")
         if at is None and kv is None:
             q, k, v = jnp.split(projection(x), 3, axis=-1)
         else:
@@ -123,7 +130,7 @@ class _SelfAttention(nn.Module):
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], hidden)
-        return _Dense(hidden, name="out")(out)
+        return nn.Dense(hidden, kernel_init=WEIGHT_INITS[self.kernel_init], name="out")(out)
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -144,14 +151,15 @@ class _Block(nn.Module):
     def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
         """``at`` [batch]: compute the output at that position of each row only."""
         c = self.config
-        attention = _SelfAttention(c.heads, c.dropout)
+        attention = _SelfAttention(c.heads, c.dropout, c.weight_init)
+        dense = functools.partial(nn.Dense, kernel_init=WEIGHT_INITS[c.weight_init])
         attend = lambda h, kv=None: attention(h, mask, deterministic, at, kv)
         act = _gelu if c.activation == "gelu" else nn.relu
         drop = lambda h: Dropout(c.dropout, deterministic)(h)
 
         def feed_forward(h):
-            h = act(_Dense(c.ffn or c.hidden)(h))
-            return _Dense(c.hidden)(drop(h) if c.activation_dropout else h)
+            h = act(dense(c.ffn or c.hidden)(h))
+            return dense(c.hidden)(drop(h) if c.activation_dropout else h)
 
         if c.norm_first and c.query_residual:
             # the public PyTorch SASRec: queries and both residuals from the
@@ -181,8 +189,8 @@ class _AttentionEncoder(nn.Module):
         length = history.shape[1]
         real = history > 0
         x = item_table[history] * (jnp.sqrt(float(c.hidden)) if c.scale_embeddings else 1.0)
-        x = x + nn.Embed(c.max_history, c.hidden, embedding_init=nn.initializers.normal(c.embedding_init),
-                         name="positions")(jnp.arange(length))[None]
+        init = nn.initializers.normal(c.embedding_init) if c.weight_init == "normal" else WEIGHT_INITS[c.weight_init]
+        x = x + nn.Embed(c.max_history, c.hidden, embedding_init=init, name="positions")(position_ids(history, c))
         if c.input_norm:
             x = nn.LayerNorm(name="input_norm")(x)
         x = Dropout(c.dropout, deterministic)(x)
@@ -279,6 +287,18 @@ class _BiasFreeGRUCell(nn.GRUCell):
         n = self.activation_fn(i_n + r * h_n)
         new_h = (1.0 - z) * n + z * h
         return new_h, new_h
+
+
+def position_ids(history: jax.Array, config: SeqRecConfig) -> jax.Array:
+    """[1, length] positions counted from each row's start, or [batch, length]
+    counted back from its last real item (which gets max_history - 1)."""
+    length = history.shape[1]
+    if config.positions == "from_start":
+        return jnp.arange(length)[None]
+    if length > config.max_history:
+        raise ValueError(f"histories of {length} items are longer than max_history {config.max_history}")
+    real = jnp.sum(history > 0, axis=1, keepdims=True)
+    return jnp.clip(config.max_history - real + jnp.arange(length)[None], 0, config.max_history - 1)
 
 
 def last_position(history: jax.Array) -> jax.Array:

@@ -53,7 +53,7 @@ class Recommender(nn.Module):
         self.backbone = BACKBONES[s.model](SeqRecConfig(**backbone))
         id_width, llm_width = _widths(s)
         if id_width:
-            self.id_items = IDEmbedding(self.num_items, id_width, s.embedding_init)
+            self.id_items = IDEmbedding(self.num_items, id_width, s.embedding_init, s.weight_init == "xavier_normal")
         if llm_width:
             self.llm_matrix = self.variable("constants", "llm_items", jnp.zeros, (self.num_items + 1, self.llm_dim))
             self.adapter = FrozenTextAdapter((*s.adapter, llm_width), s.adapter_init, s.adapter_norm)

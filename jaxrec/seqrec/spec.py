@@ -38,6 +38,12 @@ class RecommenderSpec:
     embedding_init: float = 0.02
     """Standard deviation of the normal initialisation of learned positions and ID item embeddings
     (BERT's and RecBole's 0.02; LLM2Rec's SASRec keeps torch's nn.Embedding default, 1.0)."""
+    weight_init: Literal["normal", "xavier_normal"] = "normal"
+    """Attention models' matrices: normal(0.02) (BERT, RecBole; positions and ID items by embedding_init),
+    or xavier normal for every matrix, embeddings included (the public PyTorch SASRec: LLM-SRec's teacher)."""
+    positions: Literal["from_start", "from_end"] = "from_start"
+    """Learned positions counted from a history's first item, or by recency so that its last item is always
+    at max_history - 1 (the public PyTorch SASRec pads rows on the left: LLM-SRec's teacher)."""
 
     items: Literal["id", "llm", "id+llm"] = "id"
     """Item representation: trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""

@@ -235,6 +235,9 @@ PACKABLE = ("csft", "mntp", "contrastive")
 def run(config: LMTrainingConfig, run: Run, log=print) -> dict:
     if config.batch.pack and config.task not in PACKABLE:
         raise ConfigError(f"batch.pack works for the {', '.join(PACKABLE)} tasks; set batch.pack=false")
+    if config.batch.with_replacement:
+        raise ConfigError(f"batch.with_replacement is a seqrec option; the {config.task} task passes over its "
+                          "examples in shuffled epochs: set batch.with_replacement=false")
     mode = config.trainable.mode
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     lm = config.model.load(param_dtype="float32" if mode != "lora" else config.model.dtype,

@@ -126,6 +126,7 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     block, blocks = session.batch_block
     batches = IndexBatches(
         setup.count, config.batch.size, setup.batch, seed=seed, process_index=block, process_count=blocks,
+        with_replacement=config.batch.with_replacement,
     )
     engine = session.engine(setup.model, variables, make_objective(setup.model, setup.data.cold), ("^params/",), batches.steps_per_epoch)
     trainable = trainable_count(engine)

@@ -152,6 +152,9 @@ class BatchSpec:
     within an example) instead of one padded row per example."""
     workers: int = 0
     """Grain worker processes that prepare batches ahead (0: in the training process)."""
+    with_replacement: bool = False
+    """seqrec: draw every batch's examples uniformly with replacement (the sampler of the authors' SASRec,
+    which LLM-SRec's teacher uses) instead of a shuffled pass over all of them each epoch."""
 
     def __post_init__(self):
         require_positive(self, "size", "max_length", "max_history", "eval_batches")
