@@ -135,7 +135,7 @@ def test_bert4rec_examples_come_twice_with_the_last_item_copies():
     assert batch["mask_last"].tolist() == [False, True]
 
 
-@pytest.mark.parametrize("limit", [64, 5])
+@pytest.mark.parametrize("limit", [None, 64, 5])
 def test_rat_alignment_covers_the_batchs_target_items(limit):
     from jaxrec.seqrec.recommender import Recommender, init_variables
     from jaxrec.seqrec.spec import RecommenderSpec
@@ -150,7 +150,7 @@ def test_rat_alignment_covers_the_batchs_target_items(limit):
     targets = np.array([[3, 7, 0, 0, 0], [2, 3, 9, 1, 0]], np.int32)  # 6 target positions, padding elsewhere
     loss = float(model.apply(variables, jnp.asarray(targets), jax.random.key(1), method=Recommender.alignment_loss))
     real = targets[targets > 0]
-    if limit >= len(real):  # every target position, duplicates included, and nothing else
+    if limit is None or limit >= len(real):  # every target position, duplicates included, and nothing else
         np.testing.assert_allclose(loss, _soft_clip_numpy(adapted[real], aligned[real], 2.0), rtol=1e-5)
     else:  # a subset of the target positions: one of the 6-choose-5 losses
         candidates = [_soft_clip_numpy(adapted[np.delete(real, i)], aligned[np.delete(real, i)], 2.0) for i in range(6)]

@@ -230,6 +230,9 @@ def test_training_and_evaluation_examples():
     sequences = training_examples(data, 2, "sequences")
     np.testing.assert_array_equal(sequences.history, [[2, 3], [10, 0]])
     np.testing.assert_array_equal(sequences.targets, [[3, 4], [11, 0]])
+    last = training_examples(data, 2, "last")  # the loss at each user's last position only
+    np.testing.assert_array_equal(last.history, sequences.history)
+    np.testing.assert_array_equal(last.targets, [[0, 4], [11, 0]])
     windows = training_examples(data, 3, "windows")
     np.testing.assert_array_equal(windows.history, [[2, 3, 4], [7, 0, 0], [10, 11, 0]])
     chunks = training_examples(data, 2, "chunks")  # every training item after a user's first is a target once

@@ -63,11 +63,12 @@ def _chunks(data: SeqData, length: int) -> Examples:
 
 
 def training_examples(data: SeqData, length: int,
-                      mode: Literal["prefixes", "sequences", "chunks", "windows"]) -> Examples:
+                      mode: Literal["prefixes", "sequences", "last", "chunks", "windows"]) -> Examples:
     """prefixes: one example per training item after a user's first, its
     target at the last real position; sequences: one example per user, the
     latest window of its training items with a target at every position
-    (the next item); chunks: every user's training items in consecutive
+    (the next item); last: the sequences with a target at their last
+    position only (LLMEmb's GRU4Rec); chunks: every user's training items in consecutive
     chunks, a target at every position, each training item a target once
     (a tenth of the prefixes' work for the same targets, with shorter
     histories on average); windows: each user's latest ``length`` training
@@ -91,7 +92,10 @@ def training_examples(data: SeqData, length: int,
     users = np.flatnonzero(train_lengths >= 2)
     last = data.offsets[users] + train_lengths[users] - 1  # global position of each user's last training item
     counts = np.minimum(train_lengths[users] - 1, length)
-    return Examples(_windows(data.items, last, counts, length), _windows(data.items, last + 1, counts, length), users)
+    targets = _windows(data.items, last + 1, counts, length)
+    if mode == "last":
+        targets = np.where(np.arange(length)[None] == counts[:, None] - 1, targets, 0)
+    return Examples(_windows(data.items, last, counts, length), targets, users)
 
 
 HELD_OUT = {"train": 3, "valid": 2, "test": 1}

@@ -100,10 +100,11 @@ class Recommender(nn.Module):
     def alignment_loss(self, targets: jax.Array, rng: jax.Array) -> jax.Array:
         """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
         the items at the batch's target positions (at most ``align_items`` of
-        them, at randomly chosen positions; padding takes no part)."""
-        flat = targets.reshape(-1)
-        order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
-        chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
+        them, at randomly chosen positions, or all; padding takes no part)."""
+        chosen = flat = targets.reshape(-1)
+        if self.spec.align_items is not None:
+            order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
+            chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
         return soft_clip_loss(self.adapted_llm_items()[chosen], self.align_table.value[chosen], tau,
                               self.spec.align_normalize, valid=chosen > 0)

@@ -68,14 +68,17 @@ class RecommenderSpec:
     """LLMEmb's RAT: a seqrec run directory of an ID model whose item embeddings the adapter output is aligned to."""
     align_weight: float = 0.01
     align_tau: float = 2.0
-    align_items: int = 256
-    """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch."""
+    align_items: int | None = 256
+    """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch;
+    null: the target of every position, as the authors' code (a [positions x positions] similarity matrix
+    a step: 25,600 x 25,600 for their batch of 128 histories of 200)."""
     align_normalize: bool = False
     """L2-normalise both sides of the alignment loss (the authors' code aligns raw vectors)."""
 
-    examples: Literal["prefixes", "sequences", "chunks"] = "prefixes"
+    examples: Literal["prefixes", "sequences", "last", "chunks"] = "prefixes"
     """prefixes: every training position is an example predicting its item from the ones before (RecBole);
     sequences: one example per user, the loss at every position of its latest window (the SASRec paper);
+    last: one example per user, the loss at the last position of its latest window only (LLMEmb's GRU4Rec);
     chunks: each user's training items in consecutive windows of max_history, the loss at every position
     (every item a target once, about a tenth of the prefixes' compute)."""
     loss: Literal["softmax", "bce"] = "softmax"
@@ -93,7 +96,7 @@ class RecommenderSpec:
 
     def __post_init__(self):
         for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.embedding_init > 0:
             raise ValueError(f"embedding_init must be > 0, got {self.embedding_init}")
