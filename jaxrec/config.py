@@ -142,13 +142,16 @@ def _unshared(node):
 
 def _read_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     try:
-        tree = _safe_load(path.read_text()) or {}
+        tree = _safe_load(path.read_text())
     except FileNotFoundError:
         if extended_by:
             raise ConfigError(f"{extended_by[-1]}: extends {path}, which does not exist") from None
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if tree is None:
+        raise ConfigError(f"{path}: the file is empty; write at least task: <name> (or stages: for a pipeline); "
+                          "python -m jaxrec.launch --help lists the tasks")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     tree = _unshared(tree)

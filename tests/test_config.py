@@ -155,10 +155,30 @@ def test_a_section_the_task_does_not_use_names_the_tasks_that_do(tmp_path):
     ("optimizer.learning_rate=0", "learning_rate must be a positive finite number"),
     ("model.attention_dropout=1.0", r"attention_dropout must be in \[0, 1\)"),
     ("trainable.lora_dropout=-0.1", r"lora_dropout must be in \[0, 1\)"),
+    ("masking.rate=0", r"rate must be a share in \(0, 1\)"),
+    ("masking.rate=1.5", r"rate must be a share in \(0, 1\)"),
+    ("optimizer.b1=1.0", r"b1 must be in \[0, 1\)"),
+    ("optimizer.b2=-0.1", r"b2 must be in \[0, 1\)"),
 ])
 def test_out_of_range_values_are_config_errors(setting, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(None, ["task=mntp", setting])
+
+
+@pytest.mark.parametrize("task,setting,expected", [
+    ("contrastive", "contrastive.temperature=0", "temperature must be > 0"),
+    ("seqrec", "evaluation.seeds=[0, 0]", "seeds must be distinct"),
+    ("seqrec", "data.cold_items=1.0", r"cold_items must be a share in \(0, 1\)"),
+    ("seqrec", "evaluation.tail_threshold=0", "tail_threshold must be >= 1"),
+])
+def test_values_that_would_fail_later_are_refused_before_any_work(task, setting, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [f"task={task}", setting])
+
+
+def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(_write(tmp_path, "# nothing but a comment\n"))
 
 
 def test_seqrec_dropout_range():

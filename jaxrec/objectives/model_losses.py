@@ -42,12 +42,20 @@ class MaskingSpec:
     mask_token_id: int | None = None
     """A token id used instead of ``mask_token`` (for tokenizers without a single-token "_")."""
 
+    def __post_init__(self):
+        if not 0.0 < self.rate < 1.0:
+            raise ValueError(f"rate must be a share in (0, 1) of the tokens to mask, got {self.rate}")
+
 
 @dataclasses.dataclass
 class ContrastiveSpec:
     temperature: float = 0.1
     views: Literal["dropout", "masking"] = "dropout"
     symmetric: bool = False
+
+    def __post_init__(self):
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0 (it divides the similarities), got {self.temperature}")
 
 
 @dataclasses.dataclass

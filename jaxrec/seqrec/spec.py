@@ -150,6 +150,8 @@ class EvalSpec:
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (each trains its own model), got {self.seeds}")
         for name in ("popular_share", "cold_share"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
