@@ -176,6 +176,16 @@ def test_values_that_would_fail_later_are_refused_before_any_work(task, setting,
         load_config(None, [f"task={task}", setting])
 
 
+def test_a_recommenders_monitor_is_one_of_its_validation_metrics():
+    config = load_config(None, ["task=seqrec"])  # the loop's default (loss) is nothing a ranking validation records
+    assert (config.loop.monitor, config.loop.monitor_mode) == ("recall@20", "max")
+    assert load_config(None, ["task=llmsrec", "evaluation.ks=[10]"]).loop.monitor == "recall@10"
+    assert load_config(None, ["task=seqrec", "loop.monitor=ndcg@10", "loop.monitor_mode=max"]).loop.monitor == "ndcg@10"
+    with pytest.raises(ConfigError, match=r"loop.monitor 'ndcg@50' is not a validation metric of this task; choose one of "
+                                          r"recall@5, ndcg@5"):
+        load_config(None, ["task=seqrec", "loop.monitor=ndcg@50"])
+
+
 def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
     with pytest.raises(ConfigError, match="the file is empty"):
         load_config(_write(tmp_path, "# nothing but a comment\n"))

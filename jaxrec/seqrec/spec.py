@@ -164,3 +164,20 @@ class EvalSpec:
             edges = getattr(self, name)
             if edges is not None and (not edges or min(edges) < 1 or sorted(set(edges)) != list(edges)):
                 raise ValueError(f"{name} must be increasing positive counts, got {edges}")
+
+    def metric_names(self) -> list[str]:
+        """The validation metrics a ranking evaluation records (what loop.monitor may name)."""
+        return [f"{name}@{k}" for k in self.ks for name in ("recall", "ndcg")]
+
+
+def ranking_monitor(loop, evaluation: EvalSpec):
+    """``loop`` with a monitor that the ranking validation records: the loop's default
+    (loss, which a recommender's validation does not compute) becomes Recall at the largest
+    cut-off, maximised; any other name must be one of the evaluation's metrics."""
+    if (loop.monitor, loop.monitor_mode) == ("loss", "min"):
+        return dataclasses.replace(loop, monitor=f"recall@{max(evaluation.ks)}", monitor_mode="max")
+    if loop.monitor not in evaluation.metric_names():
+        raise ValueError(f"loop.monitor {loop.monitor!r} is not a validation metric of this task; choose one of "
+                         f"{', '.join(evaluation.metric_names())} (evaluation.ks sets the cut-offs)")
+    return loop
+

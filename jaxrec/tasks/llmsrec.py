@@ -36,7 +36,7 @@ from jaxrec.runs import Run
 from jaxrec.eval.negatives import UserItems
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_user_items
-from jaxrec.seqrec.spec import EvalSpec
+from jaxrec.seqrec.spec import EvalSpec, ranking_monitor
 from jaxrec.tasks.specs import ModelSpec, Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
 
@@ -47,6 +47,9 @@ class LlmsrecConfig(TrainingConfig):
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     distill: DistillSpec = dataclasses.field(default_factory=DistillSpec)
     evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+
+    def __post_init__(self):
+        self.loop = ranking_monitor(self.loop, self.evaluation)
 
 
 def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: LlmsrecConfig,

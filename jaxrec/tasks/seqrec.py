@@ -29,7 +29,7 @@ from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples, training_user_items
 from jaxrec.seqrec.item_vectors import condition, pca
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
-from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec
+from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
 
@@ -39,6 +39,9 @@ class SeqrecConfig(TrainingConfig):
     task: str = "seqrec"
     recommender: RecommenderSpec = dataclasses.field(default_factory=RecommenderSpec)
     evaluation: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+
+    def __post_init__(self):
+        self.loop = ranking_monitor(self.loop, self.evaluation)
 
 
 def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
