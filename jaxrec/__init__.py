@@ -1,6 +1,6 @@
 """jaxrec: large language models as sequential recommenders, in JAX/Flax."""
 
-__all__ = ["LM", "load_lm"]
+__all__ = ["LM", "Recommender", "load_lm"]
 __version__ = "0.1.0"
 
 
@@ -11,6 +11,10 @@ def __getattr__(name: str):
         from jaxrec.models.lm import LM
 
         return LM
+    if name == "Recommender":
+        from jaxrec.recommend import Recommender
+
+        return Recommender
     if name == "load_lm":
         from jaxrec.runs import load_lm
 

@@ -1,0 +1,72 @@
+"""Recommendations out of a finished run: the API and the command score
+exactly as the run's own evaluation did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jaxrec
+from jaxrec import recommend
+from jaxrec.data.prep import load_dataset
+from jaxrec.seqrec.histories import evaluation_examples
+from tests.test_seqrec_task import seqrec_run  # noqa: F401  (the fixture)
+
+
+def _test_recall(rec: recommend.Recommender, k: int) -> float:
+    """Full-ranking Recall@k of the test split, scored through the API (ties at their expected place)."""
+    history, targets, _ = evaluation_examples(rec.data, "test", rec.max_history)
+    histories = [[rec.item_ids[i] for i in row[row > 0]] for row in history]
+    scores = rec.scores(histories)
+    target = scores[np.arange(len(targets)), targets][:, None]
+    higher, tied = (scores > target).sum(1), (scores == target).sum(1) - 1
+    return float(np.mean(np.clip(k - higher, 0, tied + 1) / (tied + 1)))
+
+
+@pytest.mark.parametrize("items", ["id", "llm"])
+def test_api_scores_equal_the_runs_evaluation(seqrec_run, items, tmp_path, capsys):  # noqa: F811
+    run, tmp = seqrec_run
+    overrides = ["loop.epochs=3", "evaluation.seeds=[0, 1]"]
+    if items == "llm":
+        rng = np.random.default_rng(0)
+        np.save(tmp / "emb.npy", rng.normal(size=(30, 12)).astype(np.float32) * 20)
+        (tmp / "item_ids.json").write_text(json.dumps([f"i{i}" for i in range(30)]))
+        overrides += ["recommender.items=llm", f"recommender.embeddings={tmp / 'emb.npy'}",
+                      "recommender.conditioning=standardize"]
+    summary = run(tmp / "run", *overrides)
+    rec = jaxrec.Recommender.load(tmp / "run")
+    best = max(summary["per_seed"], key=lambda r: r["training"]["best_validation_recall@5"])
+    assert rec.location == tmp / "run" / f"seed-{best['seed']}"  # the best seed by validation
+    assert _test_recall(rec, 5) == pytest.approx(best["test"]["full"]["recall@5"], abs=1e-6)
+    assert _test_recall(rec, 10) == pytest.approx(best["test"]["full"]["recall@10"], abs=1e-6)
+    one_seed = jaxrec.Recommender.load(tmp / "run" / "seed-0")
+    assert _test_recall(one_seed, 5) == pytest.approx(summary["per_seed"][0]["test"]["full"]["recall@5"], abs=1e-6)
+
+    # ids and exact titles name the same items; the top k is sorted and can leave out the history
+    top = rec.recommend(["i3", "Item number 4", "i5"], k=5)
+    assert [r.score for r in top] == sorted((r.score for r in top), reverse=True) and len(top) == 5
+    assert top == rec.recommend(["i3", "i4", "i5"], k=5)
+    kept = rec.recommend(["i3", "i4", "i5"], k=29, exclude_history=True)
+    assert {"i3", "i4", "i5"}.isdisjoint(r.item_id for r in kept) and len(kept) == 27
+    assert rec.recommend_batch([["i3"], ["i7", "i8"]], k=3)[1] == rec.recommend(["i7", "i8"], k=3)
+    with pytest.raises(KeyError, match="unknown item 'nope'"):
+        rec.recommend(["nope"])
+    with pytest.raises(ValueError, match="k must be in 1..30"):
+        rec.recommend(["i3"], k=31)
+    with pytest.raises(ValueError, match="history 0 is empty"):
+        rec.recommend([])
+
+    # the command: a table for one history, every user's top k to a file
+    assert recommend.main(["--run", str(tmp / "run"), "--history", "i3,i4,i5", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:2] == ["1", top[0].item_id]
+    users = tmp_path / "top.jsonl"
+    assert recommend.main(["--run", str(tmp / "run"), "--all-users", "--to", str(users), "-k", "4"]) == 0
+    rows = [json.loads(line) for line in users.read_text().splitlines()]
+    assert len(rows) == rec.data.num_users and all(len(r["items"]) == 4 for r in rows)
+    first = rows[0]
+    assert [r["item_id"] for r in first["items"]] == [r.item_id for r in rec.recommend(rec.user_history(first["user"]), 4)]
+    assert recommend.main(["--run", str(tmp / "run"), "--user", "nobody"]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
