@@ -112,6 +112,9 @@ class Recommender:
             return self._by_title[key]
         raise KeyError(f"unknown item {item!r}: neither an item id nor an exact title of {self.config.data.name}")
 
+    def knows(self, item: str | int) -> bool:
+        return str(item) in self._index or str(item) in self._by_title
+
     def _histories(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
         rows = np.zeros((len(histories), self.max_history), np.int32)
         for r, history in enumerate(histories):
@@ -139,15 +142,17 @@ class Recommender:
         leaves out the history's own items, ``exclude`` these items for every history."""
         if not 1 <= k <= len(self.item_ids) - 1:
             raise ValueError(f"k must be in 1..{len(self.item_ids) - 1} (the catalogue), got {k}")
-        scores = self.scores(histories)
-        excluded = [self.item_index(item) for item in exclude]
-        scores[:, excluded] = -np.inf
-        if exclude_history:
-            for row, history in enumerate(histories):
-                scores[row, [self.item_index(item) for item in history]] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[Recommendation(self.item_ids[i], self.titles[i], float(scores[r, i]))
-                 for i in row if math.isfinite(scores[r, i])] for r, row in enumerate(top)]
+        exclude = list(exclude)
+        return [self.top_k(row, k, [*exclude, *(history if exclude_history else ())])
+                for row, history in zip(self.scores(histories), histories)]
+
+    def top_k(self, scores: np.ndarray, k: int, exclude: Iterable[str | int] = ()) -> list[Recommendation]:
+        """The ``k`` best items of one row of ``scores``, leaving out ``exclude``."""
+        scores = scores.copy()
+        scores[[self.item_index(item) for item in exclude]] = -np.inf
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((top, -scores[top]))]  # best first; equal scores by item row
+        return [Recommendation(self.item_ids[i], self.titles[i], float(scores[i])) for i in top if math.isfinite(scores[i])]
 
     def recommend(self, history: Sequence[str | int], k: int = 10, exclude_history: bool = False,
                   exclude: Iterable[str | int] = ()) -> list[Recommendation]:
