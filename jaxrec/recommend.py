@@ -29,7 +29,10 @@ from jaxrec import runs
 from jaxrec.errors import ConfigError, DataError, RunError
 
 USER_BATCH = 256
-"""Histories scored per call: a fixed size, so scoring compiles once."""
+"""Most histories scored per call."""
+BATCH_BUCKETS = (1, 8, 32, USER_BATCH)
+"""Call sizes: a call is padded to the smallest that holds it, so scoring compiles once per bucket
+(a single request does not pay for 256 rows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,11 @@ class Recommender:
             return self._by_title[key]
         raise KeyError(f"unknown item {item!r}: neither an item id nor an exact title of {self.config.data.name}")
 
+    def warm_up(self) -> None:
+        """Compile every call size now rather than at the first requests of each size."""
+        for size in BATCH_BUCKETS:
+            self.scores([[self.item_ids[1]]] * size)
+
     def knows(self, item: str | int) -> bool:
         return str(item) in self._index or str(item) in self._by_title
 
@@ -127,12 +135,14 @@ class Recommender:
     def scores(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
         """[len(histories), num_items + 1] scores (column 0, padding, is -inf)."""
         rows = self._histories(histories)
-        count = len(rows)
-        padded = np.concatenate([rows, np.zeros((-count % USER_BATCH, rows.shape[1]), np.int32)])
-        padded[count:, 0] = 1  # filler rows: any real item
-        out = [np.asarray(self._scores(self._variables, padded[i : i + USER_BATCH]))
-               for i in range(0, len(padded), USER_BATCH)]
-        scores = np.concatenate(out)[:count]
+        out = []
+        for start in range(0, len(rows), USER_BATCH):
+            chunk = rows[start : start + USER_BATCH]
+            size = next(b for b in BATCH_BUCKETS if b >= len(chunk))
+            padded = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), np.int32)])
+            padded[len(chunk):, 0] = 1  # filler rows: any real item
+            out.append(np.asarray(self._scores(self._variables, padded))[: len(chunk)])
+        scores = np.concatenate(out)
         scores[:, 0] = -np.inf
         return scores
 

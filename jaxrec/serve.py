@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print('error: the service needs its extra: pip install -e ".[serve]"', file=sys.stderr)
         return 2
     rec = Recommender.load(args.run)
-    rec.scores([[rec.item_ids[1]]])  # compile before the first request
+    rec.warm_up()  # compile before the first request
     uvicorn.run(create_app(rec, args.batch_wait_ms), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     recbole.add_argument("--only", choices=["jaxrec", "recbole"], help="run one side only")
     recbole.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override jaxrec's side of configs/sasrec_ml100k.yaml, e.g. mesh.cpu_devices=2")
+    recommend = sub.add_parser("recommend", help="a finished seqrec run's recommendations: API and HTTP latency, "
+                                                 "batch users/s")
+    recommend.add_argument("--run", required=True, help="a finished seqrec run directory")
+    recommend.add_argument("--requests", type=int, default=300)
+    recommend.add_argument("--batch-users", type=int, default=8192)
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sides = (args.only,) if args.only else ("jaxrec", "recbole")
         result = run(args.seeds, args.max_epochs, args.work_dir, sides, args.overrides, log=log)
+    elif args.bench == "recommend":
+        from jaxrec.bench.recommend import run
+
+        result = run(args.run, args.requests, args.batch_users, log=log)
     print(json.dumps(result))
     return 0
 
