@@ -118,7 +118,8 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     assert "| SASRec, ID only | " in report and "mean ± std over 2 seeds" in report
     # the settings every row shares are stated once, and what differs per row
     assert "Every row trained and tested with: " in report and "recommender.hidden 32" in report
-    assert "- SASRec on LLM2Rec embeddings: recommender.embeddings embed, recommender.items llm" in report
+    assert "- SASRec on LLM2Rec embeddings: recommender.conditioning standardize, recommender.embeddings embed, "\
+           "recommender.items llm" in report
     slices = json.loads((first / "results.json").read_text())["rows"][0]["slices"]
     assert set(slices) == {"held-out cold items", "tail"} and "overall Recall@10 | overall NDCG@10" in report
     for png in ("training_curves.png", "metrics.png", "slices.png"):
