@@ -200,5 +200,28 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def non_default_fields(spec) -> dict:
+    """The fields of dataclass ``spec`` whose values differ from the class defaults
+    (nested dataclasses likewise). What identifies a run by its settings this way
+    stays the same when a later version adds an option at its default."""
+    out = {}
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if dataclasses.is_dataclass(value):
+            nested = non_default_fields(value)
+            if nested:
+                out[field.name] = nested
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            out[field.name] = value
+    return out
+
+
 def to_yaml(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)

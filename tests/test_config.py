@@ -255,3 +255,15 @@ def test_shipped_configs_follow_the_authors_where_they_say_so():
     assert (teacher.recommender.positions, teacher.recommender.weight_init) == ("from_end", "xavier_normal")
     assert teacher.batch.with_replacement and teacher.optimizer.b2 == 0.98
     assert (teacher.loop.epochs, teacher.loop.patience, teacher.loop.eval_every) == (200, 0, 0)
+
+
+def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():
+    from jaxrec.config import non_default_fields
+    from jaxrec.seqrec.spec import RecommenderSpec
+    from jaxrec.tasks.seqrec import SeqrecConfig
+
+    spec = RecommenderSpec(hidden=128, conditioning="standardize", adapter=[768])
+    assert non_default_fields(spec) == {"hidden": 128, "conditioning": "standardize", "adapter": [768]}
+    config = SeqrecConfig(recommender=spec)
+    assert non_default_fields(config)["recommender"] == non_default_fields(spec)
+    assert "recommender" not in non_default_fields(SeqrecConfig())

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import runs
+from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.errors import ConfigError
 from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
@@ -159,7 +160,7 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     log(f"trainable: {trainable:,} parameters (heads and {EXTRA_TOKENS} added token embeddings)")
 
     identity = {**lm.identity(), "task": "llmsrec", "teacher": training.teacher.source,
-                "distill": dataclasses.asdict(spec)}
+                "distill": non_default_fields(spec)}  # options added later at their defaults keep it resumable
     validate = lambda: training.evaluator(engine.variables(), "valid", diagnostics=False)["full"]
     fitted = training.session.fit(engine, training.batches, run.path, identity, validate=validate, log=log,
                                   count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxrec import runs
+from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
 from jaxrec.errors import ConfigError
@@ -115,8 +116,10 @@ class _Setup:
 
 
 def _identity(config: SeqrecConfig, seed: int) -> dict:
+    # only the settings away from their defaults: an option added later, at its
+    # default, leaves the checkpoints of earlier runs resumable
     return {"task": "seqrec", "data": str(config.data.name), "seed": seed,
-            "recommender": dataclasses.asdict(config.recommender)}
+            "recommender": non_default_fields(config.recommender)}
 
 
 def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=print) -> dict:
