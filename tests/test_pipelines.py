@@ -232,3 +232,18 @@ def test_included_stages_run_in_their_own_pipeline_directory(tmp_path):
     assert embed.tree["data"] == {"name": "two"}
     assert embed.resolved_tree(pipeline.stages)["model"]["init_from"] == str(tmp_path / "base" / "train")
     assert base.exists()
+
+
+def test_a_typo_in_a_stage_name_is_found_before_any_work(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"--set stages.mntpp.loop.steps=3: .*quickstart.yaml has no stage 'mntpp' "
+                                          r"\(did you mean 'mntp'\?\); its stages: contrastive, csft"):
+        load_pipeline(QUICKSTART, ["stages.mntpp.loop.steps=3"])
+    with pytest.raises(ConfigError, match=r"stages.mntp: model.init_from: 'cfst' is neither a stage of this pipeline "
+                                          r"\(did you mean 'csft'\?\) nor an existing run directory or file"):
+        load_pipeline(QUICKSTART, ["stages.mntp.model.init_from=cfst"])
+    # --dry-run finds them too, before anything runs
+    assert launch.main(["--config", str(QUICKSTART), "--set", "stages.mntp.model.init_from=cfst", "--dry-run"]) == 2
+    assert "did you mean 'csft'" in capsys.readouterr().err
+    (tmp_path / "elsewhere").mkdir()  # an existing directory is taken as a run directory, as before
+    pipeline = load_pipeline(QUICKSTART, [f"stages.mntp.model.init_from={tmp_path / 'elsewhere'}"])
+    assert "model.init_from" not in pipeline.stages["mntp"].needs

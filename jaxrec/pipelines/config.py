@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from pathlib import Path
 
 from jaxrec.config import apply_override, include_entries, merge_trees, read_tree
@@ -110,6 +111,7 @@ def _section(assignment: str) -> str:
 def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
           inherited: list[str] = ()) -> tuple[dict[str, Stage], dict, Path]:
     tree = read_tree(path)
+    own_stages = set(tree.get("stages") or {}) if isinstance(tree.get("stages"), dict) else set()
     overrides = [*(o for o in inherited if _section(o) in tree), *overrides]
     for assignment in overrides:
         try:
@@ -135,6 +137,15 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
             raise ConfigError(f"{origin}: include {file} includes itself")
         theirs = _read(included, [], (*seen, included.resolve()), passed_down)[0]
         stages.update(_with_upstream(theirs, wanted, f"{origin}: include {file}"))
+
+    known_stages = own_stages | set(stages)
+    for assignment in overrides:
+        parts = assignment.split("=", 1)[0].split(".")
+        if parts[0] == "stages" and len(parts) > 1 and parts[1] not in known_stages:
+            close = difflib.get_close_matches(parts[1], sorted(known_stages), n=1)
+            raise ConfigError(f"--set {assignment}: {path} has no stage {parts[1]!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; its stages: {', '.join(sorted(known_stages))}")
 
     used: set[str] = set()
     for name, body in tree["stages"].items():
@@ -181,6 +192,23 @@ def _references(stage: Stage, names) -> dict[str, str]:
     return found
 
 
+READ_FIELDS = tuple(field for field in RUN_FIELDS if field != ("model", "name"))
+"""The fields that only ever read an earlier run (model.name may also name an asset)."""
+
+
+def _check_unresolved_references(stage: Stage, names: list[str]) -> None:
+    """A field that reads a run and names neither a stage nor an existing path is a typo, found now
+    rather than when that stage starts."""
+    for section, key in READ_FIELDS:
+        value = (stage.tree.get(section) or {}).get(key)
+        if not isinstance(value, str) or _stage_name(value, names) is not None or Path(value).exists():
+            continue
+        close = difflib.get_close_matches(value.split("/", 1)[0], names, n=1)
+        raise ConfigError(f"{stage.origin}: {section}.{key}: {value!r} is neither a stage of this pipeline"
+                          + (f" (did you mean {close[0]!r}?)" if close else f" ({', '.join(names)})")
+                          + " nor an existing run directory or file")
+
+
 def _with_upstream(stages: dict[str, Stage], wanted: list[str] | None, where: str) -> dict[str, Stage]:
     """``wanted`` stages (all when None) and every stage they read, in their order."""
     if wanted is None:
@@ -201,6 +229,8 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     path = Path(path)
     stages, report, run_dir = _read(path, list(overrides), (path.resolve(),))
     names = list(stages)
+    for stage in stages.values():
+        _check_unresolved_references(stage, names)
     for position, stage in enumerate(stages.values()):
         for field, target in _references(stage, names).items():
             if names.index(target) >= position:
