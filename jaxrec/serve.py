@@ -136,6 +136,33 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0):
     return app
 
 
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1"):
+    """Serve ``app`` on a free port of ``host`` in a background thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the service did not start on {host}:{port}")
+            time.sleep(0.05)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxrec.serve",
                                      description="Serve a finished seqrec run's recommendations over HTTP.")

@@ -3,8 +3,6 @@ bad request a 4xx with a reason, and a bounded load test on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import numpy as np
@@ -17,7 +15,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="the service's extra: pip instal
 from fastapi.testclient import TestClient  # noqa: E402
 
 import jaxrec  # noqa: E402
-from jaxrec.serve import MAX_BODY_BYTES, create_app  # noqa: E402
+from jaxrec.serve import MAX_BODY_BYTES, create_app, serving  # noqa: E402
 from tests.test_seqrec_task import seqrec_run  # noqa: E402,F401  (the fixture)
 
 
@@ -56,27 +54,12 @@ def test_requests_answered_and_bad_ones_refused_with_a_reason(service):
         assert client.get("/health").json()["status"] == "ok"  # still serving
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_load_on_localhost_loses_no_request(service):
     """2,000 requests from 8 concurrent clients against a real server on 127.0.0.1 (bounded in count and time)."""
     import asyncio
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
-        url = f"http://127.0.0.1:{port}/recommend"
+    with serving(create_app(service)) as base:
+        url = f"{base}/recommend"
         expected = {i: [r.item_id for r in service.recommend([f"i{i}", f"i{(i + 1) % 30}"], k=3)] for i in range(30)}
 
         async def client(n: int, times: list, wrong: list):
@@ -98,8 +81,5 @@ def test_load_on_localhost_loses_no_request(service):
         assert len(times) == 2000 and not wrong
         p50, p99 = np.percentile(times, [50, 99]) * 1000
         print(f"\n2000 requests, 8 clients: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
-        assert health["requests"] == 2000 + 0 and health["batches"] < 2000  # concurrent requests shared batches
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        health = httpx.get(f"{base}/health").json()
+        assert health["requests"] == 2000 and health["batches"] < 2000  # concurrent requests shared batches

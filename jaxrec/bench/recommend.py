@@ -3,8 +3,6 @@ API and through the HTTP service (on 127.0.0.1), and batch throughput."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import numpy as np
@@ -26,30 +24,17 @@ def _histories(rec: Recommender, count: int, seed: int = 0) -> list[list[str]]:
 
 def _http_latency(rec: Recommender, histories: list[list[str]], k: int) -> dict:
     import httpx
-    import uvicorn
 
-    from jaxrec.serve import create_app
+    from jaxrec.serve import create_app, serving
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(rec), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        times = []
-        with httpx.Client(timeout=30) as client:
-            for history in histories:
-                start = time.perf_counter()
-                response = client.post(f"http://127.0.0.1:{port}/recommend", json={"history": history, "k": k})
-                times.append(time.perf_counter() - start)
-                response.raise_for_status()
-        return _percentiles(times)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    times = []
+    with serving(create_app(rec)) as url, httpx.Client(timeout=30) as client:
+        for history in histories:
+            start = time.perf_counter()
+            response = client.post(f"{url}/recommend", json={"history": history, "k": k})
+            times.append(time.perf_counter() - start)
+            response.raise_for_status()
+    return _percentiles(times)
 
 
 def run(run_dir: str, requests: int = 300, batch_users: int = 8192, k: int = 10, log=print) -> dict:
