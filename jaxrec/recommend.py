@@ -72,8 +72,8 @@ class Recommender:
                 self._by_title.setdefault(title, i)
         self._user_row = {str(u): row for row, u in enumerate(data.user_ids)}
         self._items = jnp.asarray(item_vectors)
-        users = jax.jit(lambda v, h, items: model.apply(v, h, items, method=Module.user_vectors))
-        self._scores = jax.jit(lambda v, h: users(v, h, self._items) @ self._items.T)
+        self._scores = jax.jit(
+            lambda v, h, items: model.apply(v, h, items, method=Module.user_vectors) @ items.T)
         self._variables = variables
 
     @classmethod
@@ -141,7 +141,7 @@ class Recommender:
             size = next(b for b in BATCH_BUCKETS if b >= len(chunk))
             padded = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), np.int32)])
             padded[len(chunk):, 0] = 1  # filler rows: any real item
-            out.append(np.asarray(self._scores(self._variables, padded))[: len(chunk)])
+            out.append(np.asarray(self._scores(self._variables, padded, self._items))[: len(chunk)])
         scores = np.concatenate(out)
         scores[:, 0] = -np.inf
         return scores

@@ -32,6 +32,7 @@ import io
 import math
 
 import numpy as np
+from flax import traverse_util
 
 from jaxrec import runs
 from jaxrec.config import build
@@ -153,23 +154,14 @@ def _slice_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
 SETTING_SECTIONS = ("recommender", "optimizer", "loop", "batch", "evaluation", "data")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def settings(pipeline, spec: ReportSpec) -> dict:
     """The compared stages' configured settings: those every row shares, and per row those that differ
     (so a reader sees that ID and LLM rows trained alike, or exactly how not)."""
     flats = []
     for entry in spec.compare:
         tree = pipeline.stages[entry.stage].tree
-        flats.append(_flat({k: tree[k] for k in SETTING_SECTIONS if isinstance(tree.get(k), dict)}))
+        flats.append(traverse_util.flatten_dict({k: tree[k] for k in SETTING_SECTIONS if isinstance(tree.get(k), dict)},
+                                                sep="."))
     keys = sorted(set().union(*flats)) if flats else []
     shared = {k: flats[0][k] for k in keys if all(k in f and f[k] == flats[0][k] for f in flats)}
     differing = [{k: f[k] for k in keys if k in f and k not in shared} for f in flats]

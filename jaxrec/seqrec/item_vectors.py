@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -74,14 +74,11 @@ def _zero_padding_row(table: jax.Array) -> jax.Array:
 class IDEmbedding(nn.Module):
     num_items: int
     hidden: int
-    init_std: float = 0.02
-    xavier: bool = False
-    """Xavier-normal instead of normal(init_std) (the public PyTorch SASRec initialises every matrix so)."""
+    initializer: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self) -> jax.Array:
-        init = nn.initializers.xavier_normal() if self.xavier else nn.initializers.normal(self.init_std)
-        table = self.param("embedding", init, (self.num_items + 1, self.hidden))
+        table = self.param("embedding", self.initializer, (self.num_items + 1, self.hidden))
         return _zero_padding_row(table)
 
 

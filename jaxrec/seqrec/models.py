@@ -61,6 +61,11 @@ class SeqRecConfig:
 WEIGHT_INITS = {"normal": nn.initializers.normal(0.02), "xavier_normal": nn.initializers.xavier_normal()}
 
 
+def embedding_initializer(weight_init: str, std: float):
+    """Learned positions and ID items: normal(``std``), or xavier normal with the other matrices."""
+    return nn.initializers.normal(std) if weight_init == "normal" else WEIGHT_INITS[weight_init]
+
+
 class Dropout(nn.Module):
     """Inverted dropout drawing one random byte per element (four per 32-bit
     draw): about ten times cheaper than ``nn.Dropout`` on CPU, where random
@@ -189,7 +194,7 @@ class _AttentionEncoder(nn.Module):
         length = history.shape[1]
         real = history > 0
         x = item_table[history] * (jnp.sqrt(float(c.hidden)) if c.scale_embeddings else 1.0)
-        init = nn.initializers.normal(c.embedding_init) if c.weight_init == "normal" else WEIGHT_INITS[c.weight_init]
+        init = embedding_initializer(c.weight_init, c.embedding_init)
         x = x + nn.Embed(c.max_history, c.hidden, embedding_init=init, name="positions")(position_ids(history, c))
         if c.input_norm:
             x = nn.LayerNorm(name="input_norm")(x)

@@ -18,7 +18,7 @@ import numpy as np
 from jaxrec.objectives.scft import soft_clip_loss
 from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
-from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, mask_items
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, embedding_initializer, mask_items
 from jaxrec.seqrec.spec import RecommenderSpec
 
 BACKBONES = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
@@ -53,7 +53,7 @@ class Recommender(nn.Module):
         self.backbone = BACKBONES[s.model](SeqRecConfig(**backbone))
         id_width, llm_width = _widths(s)
         if id_width:
-            self.id_items = IDEmbedding(self.num_items, id_width, s.embedding_init, s.weight_init == "xavier_normal")
+            self.id_items = IDEmbedding(self.num_items, id_width, embedding_initializer(s.weight_init, s.embedding_init))
         if llm_width:
             self.llm_matrix = self.variable("constants", "llm_items", jnp.zeros, (self.num_items + 1, self.llm_dim))
             self.adapter = FrozenTextAdapter((*s.adapter, llm_width), s.adapter_init, s.adapter_norm)
