@@ -30,7 +30,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from jaxrec import runs
-from jaxrec.errors import ConfigError, RunError
+from jaxrec.errors import ConfigError, DataError, RunError
 from jaxrec.io import atomic_dir
 from jaxrec.models.convert import params_to_hf, rules_for
 from jaxrec.models.decoder_config import config_to_hf, load_hf_config
@@ -104,6 +104,8 @@ def save_peft_adapter(run_dir: str | Path, out: str | Path) -> Path:
     if int(meta.get("extra_tokens", 0)):
         raise RunError(f"{run_dir} added tokens, which a LoRA adapter cannot carry; export it with --merge-lora")
     base = Path(run.manifest["base"]["model"])
+    if not base.exists():
+        raise RunError(f"the base model of {run_dir}, {base}, no longer exists; put it back there to export")
     if not (base.is_dir() and (base / "config.json").is_file()):
         raise RunError(f"the base of {run_dir} is {base}, not an HF model directory; a PEFT adapter needs one "
                        "(export with --merge-lora instead)")
@@ -167,11 +169,16 @@ def save_recommender(run_dir: str | Path, out: str | Path) -> Path:
 
 def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--to {out} is a file; an export is a directory: choose a new one")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--to {out} exists and is not empty; choose a new directory")
-    if peft:
-        return save_peft_adapter(run_dir, out)
     task = runs.open_run(run_dir, "--run").task
+    if peft:
+        if task in ("encode", "seqrec"):
+            raise ConfigError(f"--peft exports the LoRA adapters of an LM run; {run_dir} is not one (its task is "
+                              f"{task}): export it without --peft")
+        return save_peft_adapter(run_dir, out)
     if task == "encode":
         return save_item_embeddings(run_dir, out)
     if task == "seqrec":
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_run(args.run, args.to, peft=args.peft)
-    except (ConfigError, RunError) as err:
+    except (ConfigError, DataError, OSError) as err:  # DataError: a run or its files are not as expected
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.run} -> {out}" + (" (PEFT adapter)" if args.peft else " (HF model directory)"))

@@ -25,8 +25,8 @@ pipelines:
   so pipelines share stages instead of training them twice.
   Launched again, a finished stage whose config and inputs are unchanged is skipped, an
   interrupted one resumes from its checkpoint, and a stage whose config or inputs changed
-  runs again (its old directory kept as <stage>.replaced) together with every stage after
-  it that reads it. --dry-run prints that plan and runs nothing; --stages runs a subset.
+  runs again (its old directory kept as <stage>.replaced-<n>) together with every stage
+  after it that reads it. One launch at a time holds a pipeline's directory. --dry-run prints that plan and runs nothing; --stages runs a subset.
   Overrides: --set data.name=PATH (a shared section), --set stages.csft.loop.steps=50.
   Results: RUN_DIR/pipeline.json (each stage's action, status, seconds), and with a
   'report' section RUN_DIR/results.json, results.md and plots (*.png).
@@ -35,7 +35,11 @@ run directories:
   Every run directory holds config.yaml and manifest.json (task, config hash, status,
   base model, the runs it was initialised from, its inputs and outputs with checksums).
   Training tasks also write checkpoints/, metrics.jsonl and tensorboard/ and resume from
-  their latest intact checkpoint when started again.
+  their latest intact checkpoint when started again; SIGTERM or Ctrl-C saves the current
+  step first. A run directory takes one launch at a time, and only the run it holds: a
+  launch with another task or a changed config is refused (only loop.steps, loop.epochs
+  and loop.patience may change, to train longer) unless --replace keeps the old run as
+  RUN_DIR.replaced-<n>.
 
 chaining runs by hand:
   A later stage starts from what an earlier one trained with model.init_from: RUN_DIR
@@ -86,6 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would run, resume or be skipped (pipelines: every stage, its inputs and "
                         "run directory), then exit")
+    parser.add_argument("--replace", action="store_true",
+                        help="single tasks: when run_dir holds another task's run, or this task's run made with "
+                        "another config, keep it as RUN_DIR.replaced-<n> and start anew (without it such a launch "
+                        "is refused; pipelines do this for every stage whose config or inputs changed)")
     parser.add_argument(
         "--distributed", action="store_true",
         help="join a multi-process JAX job (TPU pod, SLURM, or the JAXREC_COORDINATOR / JAXREC_NUM_PROCESSES / "
@@ -131,9 +139,17 @@ def _start_runtime(args, cpu_devices) -> None:
 
 
 def _exit_code(work) -> int:
-    """Run ``work()``: a config error exits 2, an input or runtime error 1, each as one line on stderr."""
+    """Run ``work()``: a config error exits 2, an input or runtime error 1, a
+    signal 128 + its number, each as one line on stderr."""
+    from jaxrec.train.interrupt import exit_status, sigterm_raises
+
     try:
-        return work() or 0
+        with sigterm_raises():
+            return work() or 0
+    except KeyboardInterrupt as err:
+        print(f"interrupted: {err or 'stopped by SIGINT'}; launch the same command again to resume",
+              file=sys.stderr)
+        return exit_status(err)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -146,6 +162,9 @@ def _main_pipeline(args) -> int | None:
     from jaxrec.pipelines.config import load_pipeline, stage_config
     from jaxrec.pipelines.runner import run_pipeline
 
+    if args.replace:
+        raise ConfigError("--replace is for single tasks: a pipeline keeps the old run of every stage that runs "
+                          "again as <stage>.replaced-<n> by itself")
     pipeline = load_pipeline(args.config, args.overrides)
     if args.print_config:
         for name in pipeline.stages:
@@ -167,10 +186,18 @@ def _main_task(args) -> int | None:
         print(to_yaml(config), end="")
         return 0
     if args.dry_run:
-        print(f"task {config.task} would run in {config.run_dir or default_run_dir(config)}\n{to_yaml(config)}", end="")
+        from jaxrec.config import to_dict
+        from jaxrec.tasks.run_dir import check_relaunch
+        from jaxrec.tasks.specs import check_inputs
+
+        check_inputs(config)  # what the launch itself checks before it loads anything
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        if not args.replace:
+            check_relaunch(to_dict(config), config.task, run_dir)
+        print(f"task {config.task} would run in {run_dir}\n{to_yaml(config)}", end="")
         return 0
     _start_runtime(args, getattr(getattr(config, "mesh", None), "cpu_devices", None))
-    run_task(config, log=_logger(config.task))
+    run_task(config, log=_logger(config.task), replace=args.replace)
 
 
 def main(argv: list[str] | None = None) -> int:

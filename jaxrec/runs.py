@@ -2,7 +2,7 @@
 
 Every task writes one run directory with a ``manifest.json``:
 
-- ``task``, ``status`` (``running`` / ``finished`` / ``failed``, with ``error``),
+- ``task``, ``status`` (``running`` / ``finished`` / ``failed`` / ``interrupted``, with ``error``),
   the effective ``config`` and its ``config_hash``;
 - ``base``: the base model's identity (path, sha256 of its files, tokenizer),
   ``init_from``: the run whose trained LM this one started from, and
@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ class Run:
     """
 
     def __init__(self, path: str | Path, task: str, config: dict, config_text: str, writer: bool = True,
-                 inputs: dict | None = None):
+                 inputs: dict | None = None, relaunched_with: list[dict] | None = None):
         self.path = Path(path)
         self.writer = writer
         self._previous = {name: _read_bytes(self.path / name) for name in (MANIFEST, CONFIG)}
@@ -77,6 +78,8 @@ class Run:
             "base": None, "init_from": None, "chain": [], "inputs": inputs or {}, "outputs": {}, "started": _now(),
             "ended": None, "config": config,
         }
+        if relaunched_with:  # relaunches that resumed it with a longer schedule (see tasks.run_dir)
+            self.manifest["relaunched_with"] = relaunched_with
 
     def open(self) -> "Run":
         """Write ``config.yaml`` and the manifest with status ``running``."""
@@ -131,8 +134,20 @@ class Run:
         self._write()
 
     def fail(self, error: BaseException | str) -> None:
-        self.manifest.update(status="failed", error=str(error), ended=_now())
-        self._write()
+        self._end("failed", str(error))
+
+    def interrupt(self, signal: BaseException | str) -> None:
+        """Stopped by a signal; the next launch resumes it from the checkpoint saved on the way out."""
+        self._end("interrupted", str(signal) or "interrupted")
+
+    def _end(self, status: str, error: str) -> None:
+        """Record how the run ended, if the disk still takes it: the error that
+        ended it (often a full disk) must not be hidden by a second one."""
+        self.manifest.update(status=status, error=error, ended=_now())
+        try:
+            self._write()
+        except OSError as err:
+            print(f"warning: could not mark {self.path / MANIFEST} {status}: {err}", file=sys.stderr)
 
     def restore_previous(self) -> None:
         """Put back the manifest and config.yaml found at start (a refused
@@ -230,6 +245,13 @@ def missing_outputs(path: str | Path) -> list[str]:
     """Outputs a run's manifest lists whose files are gone."""
     manifest = read_manifest(path) or {}
     return [name for name, entry in manifest.get("outputs", {}).items() if not (Path(path) / entry["path"]).is_file()]
+
+
+def changed_outputs(path: str | Path) -> list[str]:
+    """Outputs a finished run's manifest lists whose files no longer match their checksums."""
+    manifest = read_manifest(path) or {}
+    return [name for name, entry in manifest.get("outputs", {}).items()
+            if (Path(path) / entry["path"]).is_file() and sha256_file(Path(path) / entry["path"]) != entry["sha256"]]
 
 
 def training_curves(path: str | Path) -> dict[str, list[dict]]:
@@ -374,6 +396,9 @@ def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "th
         base = manifest["base"]
         if kwargs.get("tokenizer") is None:  # the tokenizer the chain was trained with
             kwargs["tokenizer"] = base.get("tokenizer")
+        if not Path(base["model"]).exists() and not _is_asset(base["model"]):
+            raise RunError(f"{run.path} was trained on {base['model']}, which no longer exists; put the base model "
+                           "back there (its checksum is in the run's manifest)")
         lm = load_base(base["model"], dtype, **kwargs)
         if lm.base_identity()["sha256"] != base["sha256"]:
             raise RunError(f"{run.path} was trained on {base['model']}, whose files have changed since "
@@ -382,6 +407,12 @@ def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "th
     lm = apply_trained(lm, file, entry)
     return lm.with_lineage({"run": str(run.path.absolute()), "task": run.task,
                             "config_hash": manifest["config_hash"], "lm_sha256": entry["sha256"]})
+
+
+def _is_asset(name: str) -> bool:
+    from jaxrec.assets import REGISTRY
+
+    return name in REGISTRY
 
 
 def apply_trained(lm, file: Path, meta: dict):

@@ -91,6 +91,26 @@ def test_export_refusals_name_the_fix(lora_run, tmp_path, capsys):
     assert export.main(["--run", str(root / "data"), "--to", str(tmp_path / "new")]) == 2
     assert "is not a jaxrec run" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+    assert export.main(["--run", str(run), "--to", str(taken / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --to {taken / 'file'} is a file") and err.count("\n") == 1
+
+
+def test_export_of_a_run_whose_base_model_was_deleted_names_it(tiny_checkpoints, tmp_path, capsys):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints("llama-untied-mha")[0], model_dir)
+    data = write_tiny_dataset(tmp_path / "data")
+    settings = ["task=mntp", f"model.name={model_dir}", f"data.name={data}", "data.k_core=1",
+                f"run_dir={tmp_path / 'mntp'}", "batch.size=4", "batch.max_length=32", "loop.steps=1"]
+    assert launch.main([a for s in settings for a in ("--set", s)]) == 0
+    shutil.rmtree(model_dir)
+    capsys.readouterr()
+    for extra in ([], ["--peft"]):
+        assert export.main(["--run", str(tmp_path / "mntp"), "--to", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert str(model_dir) in err and "no longer exists" in err and err.count("\n") == 1
 
 
 def test_smollm2_export_keeps_its_greedy_continuations(smollm2_gguf, tmp_path):
@@ -133,6 +153,10 @@ def test_item_embeddings_and_recommender_export_with_their_id_maps(tiny_checkpoi
     exported = load_file(str(tmp_path / "embed-out" / "item_embeddings.safetensors"))["item_embeddings"]
     np.testing.assert_array_equal(exported, np.load(embed / "item_embeddings.npy"))
     assert description["shapes"]["item_embeddings"] == list(exported.shape)
+    capsys.readouterr()
+    assert export.main(["--run", str(embed), "--to", str(tmp_path / "peft-out"), "--peft"]) == 2
+    err = capsys.readouterr().err
+    assert "--peft exports the LoRA adapters of an LM run" in err and "is not one (its task is encode)" in err
 
     seqrec = tmp_path / "sasrec"
     settings = ["task=seqrec", f"data.name={write_successor_dataset(tmp_path / 'successor')}", "data.k_core=1",

@@ -181,7 +181,7 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     assert {s for s in STAGES if now[s] != started[s]} == {"mntp", "contrastive", "embed", "sasrec_llm2rec",
                                                            "sasrec_id_llm2rec"}
     assert json.loads((first / "mntp" / "summary.json").read_text())["steps"] == 4
-    assert (first / "mntp.replaced" / "manifest.json").is_file()  # the previous run is kept aside
+    assert (first / "mntp.replaced-1" / "manifest.json").is_file()  # the previous run is kept aside
 
 
 def _write(path: Path, text: str) -> Path:

@@ -155,10 +155,11 @@ def test_relaunch_on_a_changed_init_from_run_is_refused_and_leaves_the_run_as_it
     config_before = (tmp / "mntp" / "config.yaml").read_bytes()
     manifest_before = (tmp / "mntp" / "manifest.json").read_bytes()
 
-    # the same stage on a run of another base model
+    # the same stage on a run of another base model: another config, refused before anything loads
     assert _launch("task=mntp", f"model.init_from={tmp / 'csft-other'}", f"run_dir={tmp / 'mntp'}", *common,
                    "loop.steps=5") == 1
-    assert "was made for" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "made with another config" in err and "model.init_from (" in err
     assert (tmp / "mntp" / "config.yaml").read_bytes() == config_before
     assert (tmp / "mntp" / "manifest.json").read_bytes() == manifest_before
 
@@ -169,8 +170,8 @@ def test_relaunch_on_a_changed_init_from_run_is_refused_and_leaves_the_run_as_it
 
     shutil.rmtree(tmp / "csft")
     shutil.copytree(tmp / "csft2", tmp / "csft")
-    assert _launch("task=mntp", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'mntp'}", *common,
-                   "loop.steps=5") == 1
+    assert _launch("task=mntp", f"model.name={model_dir}", f"model.init_from={tmp / 'csft'}", f"run_dir={tmp / 'mntp'}",
+                   *common, "loop.steps=5") == 1
     err = capsys.readouterr().err
     assert "model.init_from's run changed" in err
     assert (tmp / "mntp" / "config.yaml").read_bytes() == config_before

@@ -46,7 +46,28 @@ def _read_table(path: Path, names: list[str], types: dict[str, pa.DataType]) -> 
     except pa.ArrowInvalid as err:
         if "UTF8" in str(err) or "UTF-8" in str(err):
             raise invalid_utf8_error(path) from None
+        for column, kind in types.items():
+            bad = _first_non_number(path, names, column) if kind == pa.float64() else None
+            if bad is not None:
+                line, value = bad
+                expected = "Unix seconds, e.g. 1577923200" if column == "timestamp" else "a number"
+                raise DataError(f"{path}:{line}: {column} {value!r} is not a number (expected {expected})") from None
         raise DataError(f"{path}: {err}") from None
+
+
+def _first_non_number(path: Path, names: list[str], column: str) -> tuple[int, str] | None:
+    """(line number, value) of the first row whose ``column`` does not read as a number."""
+    index = names.index(column)
+    with open(path, encoding="utf-8-sig") as f:
+        next(f, None)
+        for number, line in enumerate(f, start=2):
+            fields = line.rstrip("\r\n").split("\t")
+            value = fields[index] if index < len(fields) else ""
+            try:
+                float(value)
+            except ValueError:
+                return number, value
+    return None
 
 
 def _log(path: Path, table: pa.Table, rating: str | None) -> InteractionLog:
@@ -67,8 +88,8 @@ def _log(path: Path, table: pa.Table, rating: str | None) -> InteractionLog:
 
 @names_invalid_utf8
 def _header(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        line = f.readline().rstrip("\n")
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark some editors write is not part of the header
+        line = f.readline().rstrip("\r\n")
     if not line:
         raise DataError(f"{path}: empty file (expected a header line)")
     return line.split("\t")

@@ -30,7 +30,7 @@ class ItemTable:
 
 @names_invalid_utf8
 def read_tsv_items(path: Path) -> ItemTable:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
         if header is None:
@@ -48,7 +48,7 @@ def read_tsv_items(path: Path) -> ItemTable:
 
 @names_invalid_utf8
 def read_recbole_items(path: Path) -> ItemTable:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         header_line = f.readline().rstrip("\n")
         if not header_line:
             raise DataError(f"{path}: empty file (expected a RecBole header like item_id:token<TAB>...)")

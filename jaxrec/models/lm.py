@@ -223,11 +223,11 @@ def load_lm(
     if path.is_dir():
         config = load_hf_config(path, **runtime)
         source = SafetensorsSource(path)
-        tok = tokenizer_from_dir(path) if has_tokenizer(path) else None
+        tok = tokenizer_from_dir(path) if tokenizer is None and has_tokenizer(path) else None
     elif path.suffix == ".gguf":
         source = GGUFSource(path)
         config = config_from_hf_dict(source.hf_config(), source=str(path), **runtime)
-        tok = tokenizer_from_gguf(path, source.reader) if source.has_tokenizer() else None
+        tok = tokenizer_from_gguf(path, source.reader) if tokenizer is None and source.has_tokenizer() else None
     else:
         raise CheckpointError(f"{path}: expected an HF model directory or a .gguf file")
     if attention_dropout is not None:

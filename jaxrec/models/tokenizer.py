@@ -6,11 +6,13 @@ under ``$JAXREC_CACHE/tokenizers/<file sha256>`` and later loads read that.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
 
 from jaxrec.assets import cache_root
+from jaxrec.errors import DataError
 from jaxrec.io import atomic_dir, sha256_file
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -35,6 +37,28 @@ _GGUF_TOKENIZER_VERSION = "v1"
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+class TokenizerError(DataError):
+    """Tokenizer files that exist but do not load."""
+
+
+def readable(load):
+    """Decorate a tokenizer loader whose first argument is its path: any failure to read
+    the files becomes a :class:`TokenizerError` that names them."""
+
+    @functools.wraps(load)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return load(path, *args, **kwargs)
+        except TokenizerError:
+            raise
+        except Exception as err:  # tokenizers, json, sentencepiece and transformers each raise their own
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise TokenizerError(f"the tokenizer at {path} does not load ({type(err).__name__}: {first})") from None
+
+    return wrapper
+
+
+@readable
 def tokenizer_from_dir(model_dir: str | Path):
     transformers = import_transformers()
     config_path = Path(model_dir) / "tokenizer_config.json"
@@ -46,6 +70,7 @@ def tokenizer_from_dir(model_dir: str | Path):
     return transformers.AutoTokenizer.from_pretrained(str(model_dir))
 
 
+@readable
 def tokenizer_from_gguf(gguf_path: str | Path, reader=None):
     """``reader``: an open ``gguf.GGUFReader`` of the file, to avoid parsing its
     metadata (seconds for a large vocabulary) a second time."""

@@ -225,20 +225,70 @@ def _with_upstream(stages: dict[str, Stage], wanted: list[str] | None, where: st
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read a pipeline config: includes, shared sections merged, stage
-    references found and checked (a stage may only read stages before it)."""
+    references found and checked (a stage may only read stages before it),
+    every stage's config validated. An error that only an override brings
+    names that ``--set``, not the file."""
     path = Path(path)
-    stages, report, run_dir = _read(path, list(overrides), (path.resolve(),))
+    try:
+        return _load(path, list(overrides))
+    except ConfigError as err:
+        culprit = _culprit(path, list(overrides)) if overrides else None
+        if culprit is None:
+            raise
+        raise ConfigError(f"--set {culprit}: {str(err).removeprefix(f'{path}: ')}") from None
+
+
+def _culprit(path: Path, overrides: list[str]) -> str | None:
+    """The override that breaks a file that loads without it (None: the file itself is wrong)."""
+    try:
+        _load(path, [])
+    except ConfigError:
+        return None
+    for assignment in overrides:
+        try:
+            _load(path, [assignment])
+        except ConfigError:
+            return assignment
+    return " --set ".join(overrides)
+
+
+def _load(path: Path, overrides: list[str]) -> Pipeline:
+    stages, report, run_dir = _read(path, overrides, (path.resolve(),))
     names = list(stages)
     for stage in stages.values():
         _check_unresolved_references(stage, names)
     for position, stage in enumerate(stages.values()):
         for field, target in _references(stage, names).items():
             if names.index(target) >= position:
-                raise ConfigError(f"{stage.origin}: {field}: stage '{target}' "
-                                  + ("is this stage" if target == stage.name else "comes later; list it before")
-                                  + f" '{stage.name}'")
+                raise ConfigError(f"{stage.origin}: {field}: " + _order_problem(stages, stage.name, target))
             stage.needs[field] = target
-    return Pipeline(path, run_dir, stages, report)
+    pipeline = Pipeline(path, run_dir, stages, report)
+    for name in names:
+        stage_config(pipeline, name)
+    return pipeline
+
+
+def _order_problem(stages: dict[str, Stage], name: str, target: str) -> str:
+    """Why stage ``name`` cannot read ``target``: itself, a cycle (named), or a later stage."""
+    if target == name:
+        return f"stage '{target}' is this stage '{name}'"
+    reads = {n: set(_references(s, stages).values()) for n, s in stages.items()}
+    path, todo = {target: None}, [target]
+    while todo:  # is there a way back from target to name?
+        current = todo.pop()
+        for nxt in sorted(reads[current]):
+            if nxt not in path:
+                path[nxt] = current
+                todo.append(nxt)
+    if name not in path:
+        return f"stage '{target}' comes later; list it before '{name}'"
+    cycle, current = [name], name
+    while current != target:
+        current = path[current]
+        cycle.append(current)
+    cycle = [name, *reversed(cycle[1:]), name]
+    return (f"stages read each other in a cycle, {' -> '.join(cycle)} (each reads the next); "
+            "one of them must read a run made outside the cycle")
 
 
 def stage_config(pipeline: Pipeline, name: str):

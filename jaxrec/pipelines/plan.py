@@ -6,8 +6,9 @@ again, or skip it - decided from the stage's run directory on disk.
 - **resume**: the run did not finish (interrupted or failed) and its config
   and inputs are unchanged: launched again, a training stage continues from
   its latest checkpoint;
-- **rerun**: the config or the inputs changed, or an output is missing: the old
-  run directory is moved aside to ``<dir>.replaced`` and the stage runs anew;
+- **rerun**: the config or the inputs changed, or an output is missing or no
+  longer matches its checksum: the old run directory is kept as
+  ``<dir>.replaced-<n>`` and the stage runs anew;
 - **run**: no run yet.
 
 A stage after one that runs, resumes or reruns runs too: its inputs are about
@@ -23,6 +24,7 @@ from jaxrec import runs
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
 from jaxrec.pipelines.config import Pipeline, stage_config
+from jaxrec.tasks.run_dir import config_changes
 from jaxrec.tasks.specs import RUN_FIELDS
 
 ACTIONS = ("run", "resume", "rerun", "skip")
@@ -65,36 +67,6 @@ def fingerprints(config) -> dict[str, dict | None]:
     return {field: _fingerprint(path) for field, path in input_paths(config).items()}
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and key != "run_dir":
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def _stored_config_as_now(stored: dict) -> dict | None:
-    """A run's stored config read by today's config classes: options added since
-    it ran take their defaults. None when it no longer reads (a key was removed)."""
-    from jaxrec.tasks import build_config
-
-    try:
-        return to_dict(build_config(stored))
-    except (ConfigError, TypeError, ValueError):
-        return None
-
-
-def _same_config(config_dict: dict, manifest: dict) -> bool:
-    if manifest.get("config_hash") == runs.config_hash(config_dict):
-        return True
-    # a run from before an option existed is still current when the option is at its default
-    stored = _stored_config_as_now(manifest.get("config") or {})
-    return stored is not None and runs.config_hash(stored) == runs.config_hash(config_dict)
-
-
 def _same_input(a: dict | None, b: dict | None) -> bool:
     """Fingerprints name the same results: where the run directory lives (a moved
     or cloned project) does not matter, its config and outputs do."""
@@ -109,11 +81,9 @@ def _decide(config, run_dir: Path, upstream_moving: list[str]) -> tuple[str, str
         return ("rerun" if manifest else "run"), f"after {', '.join(upstream_moving)}"
     if manifest is None:
         return "run", "no run yet"
-    config_dict = to_dict(config)
-    if not _same_config(config_dict, manifest):
-        changed = _changed_keys(manifest.get("config") or {}, config_dict)
-        return "rerun", "config changed: " + (", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-                                               if changed else "(hash differs)")
+    changed = config_changes(to_dict(config), manifest)
+    if changed:
+        return "rerun", "config changed: " + ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
     current, stored = fingerprints(config), manifest.get("inputs", {})
     changed = [f for f in sorted(set(current) | set(stored)) if not _same_input(current.get(f), stored.get(f))]
     if changed:
@@ -122,6 +92,9 @@ def _decide(config, run_dir: Path, upstream_moving: list[str]) -> tuple[str, str
         missing = runs.missing_outputs(run_dir)
         if missing:
             return "rerun", "outputs missing: " + ", ".join(missing)
+        tampered = runs.changed_outputs(run_dir)
+        if tampered:
+            return "rerun", "outputs changed since it finished (checksums differ): " + ", ".join(tampered)
         return "skip", "finished, config and inputs unchanged"
     return "resume", f"status {manifest.get('status')}" + (f" ({manifest['error']})" if manifest.get("error") else "")
 

@@ -8,9 +8,8 @@ and, when the config has a ``report`` section, the report's files.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
-from pathlib import Path
 
 import yaml
 
@@ -20,33 +19,13 @@ from jaxrec.pipelines.config import Pipeline
 from jaxrec.pipelines.plan import StagePlan, describe, fingerprints, make_plan
 from jaxrec.progress import progress_bar, shared_display
 from jaxrec.tasks import run_task
+from jaxrec.tasks.run_dir import exclusive, move_aside
 from jaxrec.tasks.specs import check_inputs
 
 
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _sync(name: str) -> None:
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def _move_aside(run_dir: Path) -> Path:
-    """Keep the previous run of a stage that runs again as ``<dir>.replaced`` (one generation)."""
-    import jax
-
-    old = run_dir.with_name(run_dir.name + ".replaced")
-    if jax.process_index() == 0:
-        shutil.rmtree(old, ignore_errors=True)
-        run_dir.rename(old)
-    _sync(f"replaced {run_dir}")
-    return old
 
 
 def _stage_records(plan: list[StagePlan], timings: dict[str, dict]) -> list[dict]:
@@ -69,18 +48,25 @@ def _write_record(pipeline: Pipeline, plan: list[StagePlan], timings: dict[str, 
 def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run: bool = False,
                  stage_log=lambda name: print, log=print) -> list[StagePlan]:
     """Run (or, with ``dry_run``, only plan) the pipeline; returns the plan.
-    ``stage_log(name)`` gives the log function of one stage."""
-    from jaxrec.pipelines.report import report_spec, write_report
+    ``stage_log(name)`` gives the log function of one stage. A launch holds the
+    pipeline's directory from planning to report (one launch at a time)."""
+    from jaxrec.pipelines.report import report_spec
 
     if pipeline.report:
         report_spec(pipeline)  # a bad report section fails now, not after hours of stages
-    plan = make_plan(pipeline, selected)
-    log(f"pipeline {pipeline.path} -> {pipeline.run_dir}\n{describe(plan)}")
-    if dry_run:
-        return plan
-    for step in plan:  # every input a stage needs that no earlier stage makes must exist before anything runs
-        if step.selected and step.action != "skip":
-            check_inputs(step.config, produced={str(p.run_dir) for p in plan})
+    with exclusive(pipeline.run_dir) if not dry_run else contextlib.nullcontext():
+        plan = make_plan(pipeline, selected)
+        log(f"pipeline {pipeline.path} -> {pipeline.run_dir}\n{describe(plan)}")
+        for step in plan:  # every input a stage needs that no earlier stage makes must exist before anything runs
+            if step.selected and step.action != "skip":
+                check_inputs(step.config, produced={str(p.run_dir) for p in plan})
+        if not dry_run:
+            _run_stages(pipeline, plan, stage_log, log)
+    return plan
+
+
+def _run_stages(pipeline: Pipeline, plan: list[StagePlan], stage_log, log) -> None:
+    from jaxrec.pipelines.report import write_report
 
     todo = [s for s in plan if s.selected and s.action != "skip"]
     timings: dict[str, dict] = {}
@@ -92,15 +78,16 @@ def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run:
             advance(0, status=header + eta)
             log(f"{header} - {step.reason}")
             if step.action == "rerun" and step.run_dir.exists():
-                log(f"previous run moved to {_move_aside(step.run_dir)}")
+                log(f"previous run moved to {move_aside(step.run_dir)}")
             stage_start = time.perf_counter()
             try:
                 run_task(step.config, log=stage_log(step.name), inputs=fingerprints(step.config))
-            except BaseException:
-                timings[step.name] = {"status": "failed", "seconds": round(time.perf_counter() - stage_start, 1)}
+            except BaseException as err:
+                ended = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                timings[step.name] = {"status": ended, "seconds": round(time.perf_counter() - stage_start, 1)}
                 _write_record(pipeline, plan, timings)
-                log(f"stage {step.name} did not finish; later stages did not run. Launch the same command "
-                    "again to resume it.")
+                log(f"stage {step.name} {'was interrupted' if ended == 'interrupted' else 'did not finish'}; later "
+                    "stages did not run. Launch the same command again to resume it.")
                 raise
             seconds = time.perf_counter() - stage_start
             timings[step.name] = {"status": "finished", "seconds": round(seconds, 1)}
@@ -117,4 +104,3 @@ def run_pipeline(pipeline: Pipeline, selected: list[str] | None = None, dry_run:
     _write_record(pipeline, plan, timings)
     if pipeline.report:
         write_report(pipeline, _stage_records(plan, timings), log=log)
-    return plan

@@ -84,29 +84,38 @@ def default_run_dir(config: TaskConfig) -> Path:
     return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_task(config: TaskConfig, log=print, inputs: dict | None = None) -> dict:
+def run_task(config: TaskConfig, log=print, inputs: dict | None = None, replace: bool = False) -> dict:
     """Run ``config``'s task in its run directory: its inputs are checked
-    first, then the manifest says running, then finished with the outputs, or
-    failed with the error. A relaunch that is refused (its checkpoints belong
-    to another model or chain) leaves the directory as it was. ``inputs``:
-    fingerprints of the runs a pipeline stage reads, recorded in its manifest."""
+    first, then the directory is claimed (see :mod:`jaxrec.tasks.run_dir`:
+    one launch at a time, never over another run), then the manifest says
+    running, then finished with the outputs, failed with the error, or
+    interrupted. A relaunch that is refused (its checkpoints belong to another
+    model or chain) leaves the directory as it was. ``inputs``: fingerprints
+    of the runs a pipeline stage reads, recorded in its manifest. ``replace``:
+    move a run the directory holds aside instead of refusing to write over it."""
     import jax
 
     from jaxrec.runs import Run
+    from jaxrec.tasks.run_dir import claimed
     from jaxrec.train.checkpoint import ResumeError
 
     check_inputs(config)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    run = Run(run_dir, config.task, to_dict(config), to_yaml(config), writer=jax.process_index() == 0,
-              inputs=inputs).open()
-    log(f"run directory: {run_dir}")
-    try:
-        summary = TASKS[config.task].run(config, run, log=log)
-    except ResumeError:
-        run.restore_previous()
-        raise
-    except BaseException as err:
-        run.fail(err if not isinstance(err, KeyboardInterrupt) else "interrupted")
-        raise
-    run.finish(summary)
+    config_dict = to_dict(config)
+    with claimed(run_dir, config_dict, config.task, replace, log) as relaunched_with:
+        run = Run(run_dir, config.task, config_dict, to_yaml(config), writer=jax.process_index() == 0,
+                  inputs=inputs, relaunched_with=relaunched_with).open()
+        log(f"run directory: {run_dir}")
+        try:
+            summary = TASKS[config.task].run(config, run, log=log)
+        except ResumeError:
+            run.restore_previous()
+            raise
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (jaxrec.train.interrupt)
+            run.interrupt(err)
+            raise
+        except BaseException as err:
+            run.fail(err)
+            raise
+        run.finish(summary)
     return summary

@@ -61,11 +61,23 @@ def _items(config: EncodeConfig, log) -> ItemTable:
                      f"{config.data.name} (the {data.num_items} items left after filtering)")
 
 
+def _without_untitled(items: ItemTable, log) -> ItemTable:
+    """The items that have a title. Data preparation drops the interactions of
+    the others, so no recommender ever asks for their vectors."""
+    keep = [i for i, title in enumerate(items.titles) if title]
+    if len(keep) == len(items):
+        return items
+    if not keep:
+        raise DataError(f"{items.source}: no item has a title")
+    untitled = [items.ids[i] for i in range(len(items)) if not items.titles[i]]
+    log(f"warning: {len(untitled)} item(s) of {items.source} have no title and are not encoded (e.g. ids "
+        f"{untitled[:5]}); data preparation drops their interactions too")
+    pick = lambda values: [values[i] for i in keep]
+    return ItemTable(pick(items.ids), pick(items.titles), pick(items.attributes), items.source)
+
+
 def run(config: EncodeConfig, run: Run, log=print) -> dict:
-    items = _items(config, log)
-    untitled = [item_id for item_id, title in zip(items.ids, items.titles) if not title]
-    if untitled:
-        raise DataError(f"{items.source}: {len(untitled)} item(s) have no title, e.g. ids {untitled[:5]}")
+    items = _without_untitled(_items(config, log), log)
     log(f"data: {len(items)} items from {items.source}")
 
     start = time.perf_counter()

@@ -62,7 +62,19 @@ class ModelSpec:
         require_rate("attention_dropout", self.attention_dropout)
 
     def load(self, **runtime):
-        """The LM: ``init_from``'s trained LM, else ``name`` (a base model or a run)."""
+        """The LM: ``init_from``'s trained LM, else ``name`` (a base model or a run). Tokenizer files
+        that do not load are an error naming the setting that chose them."""
+        from jaxrec.models.tokenizer import TokenizerError
+
+        try:
+            return self._load(**runtime)
+        except TokenizerError as err:
+            if self.tokenizer is not None:
+                raise ConfigError(f"model.tokenizer: {err}") from None
+            raise ConfigError(f"{'model.init_from' if self.init_from else 'model.name'}: {err}; set model.tokenizer "
+                              "to a model directory or .gguf file whose tokenizer loads") from None
+
+    def _load(self, **runtime):
         from jaxrec import runs
 
         if self.init_from is not None:

@@ -1,5 +1,6 @@
 """The training loop: steps, progress, metrics, validation, early stopping,
-checkpoints, resume, and a guard against non-finite losses."""
+checkpoints, resume, a guard against non-finite losses, and a checkpoint of
+the current step when SIGTERM or Ctrl-C stops it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from jaxrec.progress import progress_bar
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.engine import Engine
+from jaxrec.train.interrupt import Interrupted, StopRequests
 from jaxrec.train.metrics_log import MetricsLog
 
 
@@ -112,6 +114,20 @@ def restore_best(engine: Engine, run_dir: str | Path, identity: dict) -> int | N
     return step
 
 
+def _agreed_stop(stop: StopRequests, step: int, every: int) -> int | None:
+    """The signal that stops training after ``step``, if any. In a multi-process
+    job every process stops at the same step: the next multiple of ``every``
+    after a signal reached any of them."""
+    if jax.process_count() == 1:
+        return stop.received
+    if step % every:
+        return None
+    from jax.experimental import multihost_utils
+
+    received = multihost_utils.process_allgather(np.int32(stop.received or 0))
+    return int(np.max(received)) or None
+
+
 def train(
     engine: Engine,
     data,
@@ -192,7 +208,7 @@ def train(
         return f"validation {spec.monitor} {value:.4f} (best {loop_state['best']:.4f} at step {loop_state['best_step']})"
 
     try:
-        with progress_bar("training", total=spec.steps, completed=start) as advance:
+        with StopRequests() as stop, progress_bar("training", total=spec.steps, completed=start) as advance:
             while step < spec.steps and not stopped_early:
                 batch = next(data)
                 metrics = engine.train_step(batch)
@@ -217,6 +233,11 @@ def train(
                 if spec.save_every and step % spec.save_every == 0:
                     save()
                 advance(1, status)
+                signum = _agreed_stop(stop, step, spec.log_every)
+                if signum is not None:
+                    if last_saved != step:
+                        save()
+                    raise Interrupted(signum, step, str(checkpoints.directory / str(step)))
                 if stopped_early:
                     break
         if last_saved != step:

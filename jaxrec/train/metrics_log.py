@@ -28,10 +28,42 @@ def _truncate_after(path: Path, step: int) -> None:
     write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
+class _TensorBoardEvents:
+    """Scalars into a TensorBoard event file, written by the calling thread:
+    a failed write (a full disk) raises here instead of killing a writer
+    thread that the training loop would then wait on forever."""
+
+    def __init__(self, directory: Path, purge_step: int | None, flush_seconds: float = 30.0):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self._event = Event
+        self._events = EventsWriter(str(directory / "events"))
+        if purge_step is not None:  # TensorBoard hides the events at and after this step of the earlier attempt
+            self._events.write_event(Event(wall_time=time.time(), step=purge_step,
+                                           session_log=SessionLog(status=SessionLog.START)))
+        self._flush_seconds, self._flushed = flush_seconds, time.monotonic()
+
+    def write(self, prefix: str, step: int, values: dict[str, float]) -> None:
+        from tensorboardX.summary import scalar
+
+        for name, value in values.items():
+            self._events.write_event(self._event(wall_time=time.time(), step=step,
+                                                 summary=scalar(f"{prefix}/{name}", float(value))))
+        if time.monotonic() - self._flushed > self._flush_seconds:
+            self._events.flush()
+            self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        self._events.close()
+
+
 class MetricsLog:
     """Appends one JSON object per call to ``metrics.jsonl`` and mirrors the
     scalars to TensorBoard under ``tensorboard/``. ``resume_step``: the step
-    the run resumes from; rows logged after it are dropped."""
+    the run resumes from; rows logged after it are dropped. Every write happens
+    in the caller's thread, so a write that fails raises at once."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
         run_dir = Path(run_dir)
@@ -42,18 +74,14 @@ class MetricsLog:
         self._jsonl = open(path, "a")
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge, flush_secs=30)
+            self._tb = _TensorBoardEvents(run_dir / "tensorboard", None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
         row = {"step": step, "split": split, "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(f"{split}/{name}", value, step)
+            self._tb.write(split, step, values)
 
     def close(self) -> None:
         self._jsonl.close()
