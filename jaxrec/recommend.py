@@ -9,6 +9,9 @@ scores them (the same user vectors against the same item vectors).
     python -m jaxrec.recommend --run RUN --history 50,172,133 [-k 10] [--exclude-history]
     python -m jaxrec.recommend --run RUN --user 196
     python -m jaxrec.recommend --run RUN --all-users --to top10.jsonl
+    python -m jaxrec.recommend --run RUN --new-items new.tsv --history 50,new-1
+
+    rec.add_items([{"id": "new-1", "title": "A film nobody has rated yet (2026)"}])   # LLM-item runs
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 from jaxrec import runs
 from jaxrec.errors import ConfigError, DataError, RunError
 
+ITEM_BLOCK = 1024
+"""The item table is padded to a multiple of this many rows, so that adding items rarely changes a compiled shape."""
 USER_BATCH = 256
 """Most histories scored per call."""
 BATCH_BUCKETS = (1, 8, 32, USER_BATCH)
@@ -71,10 +76,21 @@ class Recommender:
             if i and title:
                 self._by_title.setdefault(title, i)
         self._user_row = {str(u): row for row, u in enumerate(data.user_ids)}
-        self._items = jnp.asarray(item_vectors)
+        self._model, self._variables = model, variables
+        self._vectors = np.asarray(item_vectors, np.float32)
+        self._items = _padded(self._vectors)
         self._scores = jax.jit(
             lambda v, h, items: model.apply(v, h, items, method=Module.user_vectors) @ items.T)
-        self._variables = variables
+
+        def best(v, h, items, catalogue, candidates):
+            scores = self._scores(v, h, items)
+            column = jnp.arange(items.shape[0])
+            scores = jnp.where((column > 0) & (column < catalogue), scores, -jnp.inf)
+            return jax.lax.top_k(scores, candidates)
+
+        # the best candidates of each row, chosen where the scores are: only [rows, candidates] comes back
+        self._best_on_device = jax.jit(best, static_argnums=4)
+        self._new_item_encoder = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Recommender":
@@ -106,6 +122,41 @@ class Recommender:
         items = np.asarray(model.apply(variables, method=Module.items))
         return cls(location, config, data, model, variables, items)
 
+    def prepare_new_items(self) -> None:
+        """Load the encoder that embeds new items (the run's LM along its chain) and
+        compile it, so that the first :meth:`add_items` does not wait for either."""
+        from jaxrec.data.item_tables import ItemTable
+        from jaxrec.new_items import NewItemEncoder
+
+        if self._new_item_encoder is None:
+            self._new_item_encoder = NewItemEncoder.of_run(self.config, [str(i) for i in self.data.item_ids])
+            self._new_item_encoder(ItemTable(self.item_ids[1:2], self.titles[1:2], [{}], "warm-up"))
+
+    def add_items(self, items) -> list[str]:
+        """Add items nobody has interacted with (an ItemTable, or mappings with
+        ``id``, ``title`` and optional ``attributes``) and rank them with the
+        catalogue from now on: embedded as the catalogue was (see
+        :mod:`jaxrec.new_items`), through the trained adapter. Returns their ids.
+        Refused for runs whose items are only ID embeddings."""
+        from jaxrec.new_items import item_table
+        from jaxrec.seqrec.recommender import Recommender as Module
+
+        table = item_table(items)
+        known = [i for i in table.ids if i in self._index]
+        if known:
+            raise ValueError(f"item id(s) {known[:5]} are already in the catalogue; new items need new ids")
+        self.prepare_new_items()
+        rows = self._new_item_encoder(table)
+        vectors = np.asarray(self._model.apply(self._variables, jnp.asarray(rows), method=Module.new_item_vectors))
+        self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)])
+        self._items = _padded(self._vectors)
+        for item_id, title in zip(table.ids, table.titles):
+            self._index[item_id] = len(self.item_ids)
+            self._by_title.setdefault(title, len(self.item_ids))
+            self.item_ids.append(item_id)
+            self.titles.append(title)
+        return list(table.ids)
+
     def item_index(self, item: str | int) -> int:
         """The catalogue row of an item given by its id (as in the dataset) or its exact title."""
         key = str(item)
@@ -118,7 +169,8 @@ class Recommender:
     def warm_up(self) -> None:
         """Compile every call size now rather than at the first requests of each size."""
         for size in BATCH_BUCKETS:
-            self.scores([[self.item_ids[1]]] * size)
+            for k in (1, min(40, len(self.item_ids) - 1)):  # 16 and 64 candidates: up to ~50 items excluded
+                self.recommend_batch([[self.item_ids[1]]] * size, k=k)
 
     def knows(self, item: str | int) -> bool:
         return str(item) in self._index or str(item) in self._by_title
@@ -132,37 +184,57 @@ class Recommender:
             rows[r, : len(ids)] = ids
         return rows
 
-    def scores(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
-        """[len(histories), num_items + 1] scores (column 0, padding, is -inf)."""
-        rows = self._histories(histories)
-        out = []
+    def _calls(self, rows: np.ndarray):
+        """(start, rows of one call padded to its bucket size) over ``rows``."""
         for start in range(0, len(rows), USER_BATCH):
             chunk = rows[start : start + USER_BATCH]
             size = next(b for b in BATCH_BUCKETS if b >= len(chunk))
             padded = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), np.int32)])
             padded[len(chunk):, 0] = 1  # filler rows: any real item
-            out.append(np.asarray(self._scores(self._variables, padded, self._items))[: len(chunk)])
+            yield start, len(chunk), padded
+
+    def scores(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
+        """[len(histories), catalogue + 1] scores (column 0, padding, is -inf; added items after the catalogue)."""
+        out = [np.asarray(self._scores(self._variables, padded, self._items))[:count, : len(self.item_ids)]
+               for _, count, padded in self._calls(self._histories(histories))]
         scores = np.concatenate(out)
         scores[:, 0] = -np.inf
         return scores
 
     def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10, exclude_history: bool = False,
                         exclude: Iterable[str | int] = ()) -> list[list[Recommendation]]:
-        """The top ``k`` items for each history, best first; ``exclude_history``
-        leaves out the history's own items, ``exclude`` these items for every history."""
+        """The top ``k`` items for each history, best first (equal scores by item row);
+        ``exclude_history`` leaves out the history's own items, ``exclude`` these items for every history."""
+        exclude = [*exclude]
+        return self.top_items(histories, [k] * len(histories),
+                              [[*exclude, *(history if exclude_history else ())] for history in histories])
+
+    def top_items(self, histories: Sequence[Sequence[str | int]], ks: Sequence[int],
+                  excluded: Sequence[Sequence[str | int]]) -> list[list[Recommendation]]:
+        """Each history's top ``ks[i]`` items without ``excluded[i]``. The scores never leave
+        the device: it returns each row's best candidates, enough to cover the exclusions
+        (a power of two, so few shapes compile), and the host drops the excluded ones."""
+        for k in ks:
+            self._check_k(k)
+        excluded = [{self.item_index(item) for item in items} for items in excluded]
+        need = max(k + len(e) for k, e in zip(ks, excluded))
+        candidates = min(1 << max(need - 1, 15).bit_length(), self._items.shape[0])
+        catalogue = jnp.asarray(len(self.item_ids), jnp.int32)
+        best = []
+        for start, count, padded in self._calls(self._histories(histories)):
+            values, indices = map(np.asarray, self._best_on_device(self._variables, padded, self._items, catalogue,
+                                                                   candidates))
+            for row in range(count):
+                k, skip = ks[start + row], excluded[start + row]
+                order = np.lexsort((indices[row], -values[row]))  # best first, equal scores by item row
+                chosen = [(i, v) for i, v in zip(indices[row][order], values[row][order])
+                          if i not in skip and math.isfinite(v)][:k]
+                best.append([Recommendation(self.item_ids[i], self.titles[i], float(v)) for i, v in chosen])
+        return best
+
+    def _check_k(self, k: int) -> None:
         if not 1 <= k <= len(self.item_ids) - 1:
             raise ValueError(f"k must be in 1..{len(self.item_ids) - 1} (the catalogue), got {k}")
-        exclude = list(exclude)
-        return [self.top_k(row, k, [*exclude, *(history if exclude_history else ())])
-                for row, history in zip(self.scores(histories), histories)]
-
-    def top_k(self, scores: np.ndarray, k: int, exclude: Iterable[str | int] = ()) -> list[Recommendation]:
-        """The ``k`` best items of one row of ``scores``, leaving out ``exclude``."""
-        scores = scores.copy()
-        scores[[self.item_index(item) for item in exclude]] = -np.inf
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]  # best first; equal scores by item row
-        return [Recommendation(self.item_ids[i], self.titles[i], float(scores[i])) for i in top if math.isfinite(scores[i])]
 
     def recommend(self, history: Sequence[str | int], k: int = 10, exclude_history: bool = False,
                   exclude: Iterable[str | int] = ()) -> list[Recommendation]:
@@ -173,6 +245,12 @@ class Recommender:
         if str(user_id) not in self._user_row:
             raise KeyError(f"unknown user {user_id!r} in {self.config.data.name}")
         return [self.item_ids[i] for i in self.data.sequence(self._user_row[str(user_id)])]
+
+
+def _padded(vectors: np.ndarray) -> jax.Array:
+    """The item table with zero rows up to the next multiple of ITEM_BLOCK (their scores are cut off)."""
+    rows = -(-len(vectors) // ITEM_BLOCK) * ITEM_BLOCK
+    return jnp.asarray(np.concatenate([vectors, np.zeros((rows - len(vectors), vectors.shape[1]), vectors.dtype)]))
 
 
 def _table(recommendations: list[Recommendation]) -> str:
@@ -201,11 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     parser.add_argument("--exclude-history", action="store_true", help="leave out the items already in the history")
     parser.add_argument("--to", help="with --all-users: a JSON-lines file, one user and their top k a line")
+    parser.add_argument("--new-items", type=Path, metavar="FILE",
+                        help="items nobody has interacted with yet (items.tsv: item_id<TAB>title, or a RecBole .item "
+                             "file with attributes), embedded by the run's encoder and ranked with the catalogue "
+                             "(runs with LLM item vectors)")
     args = parser.parse_args(argv)
     if args.all_users and not args.to:
         parser.error("--all-users writes a file: give --to FILE")
     try:
         rec = Recommender.load(args.run)
+        if args.new_items is not None:
+            from jaxrec.data.item_tables import read_items
+
+            added = rec.add_items(read_items(args.new_items))
+            print(f"added {len(added)} new item(s) from {args.new_items}", file=sys.stderr)
         if args.all_users:
             return _write_all_users(rec, Path(args.to), args.k, args.exclude_history)
         history = rec.user_history(args.user) if args.user is not None else [h.strip() for h in args.history.split(",")]

@@ -5,6 +5,11 @@
     GET  /health                       {"status": "ok", "run": ..., "items": N}
     POST /recommend {"history": ["50", "Star Wars (1977)"], "k": 10, "exclude_history": false}
                                        {"items": [{"item_id", "title", "score"}, ...]}
+    POST /items     {"items": [{"id": "new-1", "title": "...", "attributes": {...}}]}
+                                       {"added": ["new-1"], "items": N, "seconds": ...}
+
+New items (runs with LLM item vectors) are embedded by the run's own encoder,
+loaded at start-up, and ranked with the catalogue from the next request on.
 
 Requests that arrive together are scored together: a batcher collects them
 for at most ``--batch-wait-ms`` (or until a batch of the recommender's fixed
@@ -18,13 +23,18 @@ import asyncio
 import contextlib
 import dataclasses
 import sys
+import threading
+import time
 from pathlib import Path
 
+from jaxrec.errors import RunError
 from jaxrec.recommend import USER_BATCH, Recommender
 
 MAX_HISTORY_ITEMS = 1000
 """Longest history a request may send (the model reads only its last max_history items)."""
 MAX_BODY_BYTES = 64 * 1024
+MAX_NEW_ITEMS = 1000
+"""Most items one POST /items may add."""
 
 
 class _Batcher:
@@ -35,6 +45,8 @@ class _Batcher:
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.batches = self.requests = 0
+        self.lock = threading.Lock()
+        """Held while scoring or adding items: an addition never lands halfway through a batch."""
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -71,29 +83,47 @@ class _Batcher:
                     (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
 
     def _score(self, pending) -> list:
-        self.batches, self.requests = self.batches + 1, self.requests + len(pending)
-        scores = self.rec.scores([history for history, *_ in pending])
-        out = []
-        for row, (history, k, exclude_history, _) in zip(scores, pending):
-            out.append(self.rec.top_k(row, k, history if exclude_history else ()))
-        return out
+        with self.lock:
+            self.batches, self.requests = self.batches + 1, self.requests + len(pending)
+            return self.rec.top_items([history for history, *_ in pending], [k for _, k, *_ in pending],
+                                      [history if exclude_history else () for history, _, exclude_history, _ in pending])
+
+    async def add_items(self, items: list[dict]) -> list[str]:
+        def add():
+            with self.lock:
+                return self.rec.add_items(items)
+
+        return await asyncio.get_running_loop().run_in_executor(None, add)
 
 
-def create_app(rec: Recommender, batch_wait_ms: float = 2.0):
-    """The FastAPI application serving ``rec``."""
+def create_app(rec: Recommender, batch_wait_ms: float = 2.0, new_items: bool = True):
+    """The FastAPI application serving ``rec``; with ``new_items``, POST /items adds
+    items (the encoder is loaded now, when the run has one)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
 
-    num_items = len(rec.item_ids) - 1
-
     class RecommendRequest(BaseModel):
         history: list[str | int] = Field(min_length=1, max_length=MAX_HISTORY_ITEMS)
-        k: int = Field(10, ge=1, le=num_items)
+        k: int = Field(10, ge=1)
         exclude_history: bool = False
 
+    class NewItem(BaseModel):
+        id: str | int
+        title: str = Field(min_length=1)
+        attributes: dict[str, str | list[str]] = Field(default_factory=dict)
+
+    class NewItems(BaseModel):
+        items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+
     batcher = _Batcher(rec, batch_wait_ms / 1000)
+    new_items_refusal = None
+    if new_items:
+        try:
+            rec.prepare_new_items()
+        except RunError as err:  # an ID-only run: POST /items says why
+            new_items, new_items_refusal = False, f"this run cannot take new items: {err}"
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -121,17 +151,30 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "run": str(rec.location), "items": num_items,
+        return {"status": "ok", "run": str(rec.location), "items": len(rec.item_ids) - 1,
                 "batches": batcher.batches, "requests": batcher.requests}
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest):
+        if body.k > len(rec.item_ids) - 1:
+            return _error(422, f"k: must be at most {len(rec.item_ids) - 1}, the catalogue's size")
         history = [str(item) for item in body.history]
         unknown = [item for item in history if not rec.knows(item)]
         if unknown:
             return _error(404, f"unknown item {unknown[0]!r}: neither an item id nor an exact title of the catalogue")
         top = await batcher.submit(history, body.k, body.exclude_history)
         return {"items": [dataclasses.asdict(r) for r in top]}
+
+    @app.post("/items")
+    async def add_items(body: NewItems):
+        if not new_items:
+            return _error(409, new_items_refusal or "this service was started without new items")
+        started = time.perf_counter()
+        try:
+            added = await batcher.add_items([item.model_dump() for item in body.items])
+        except (ValueError, RunError) as err:  # an id already in the catalogue, a malformed item
+            return _error(409 if "already in the catalogue" in str(err) else 422, str(err))
+        return {"added": added, "items": len(rec.item_ids) - 1, "seconds": round(time.perf_counter() - started, 3)}
 
     return app
 
@@ -171,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0,
                         help="how long a request waits for others to share its batch (default 2)")
+    parser.add_argument("--no-new-items", action="store_true",
+                        help="do not load the run's encoder at start-up (POST /items then answers 409)")
     args = parser.parse_args(argv)
     try:
         import uvicorn
@@ -179,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rec = Recommender.load(args.run)
     rec.warm_up()  # compile before the first request
-    uvicorn.run(create_app(rec, args.batch_wait_ms), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(rec, args.batch_wait_ms, new_items=not args.no_new_items), host=args.host, port=args.port,
+                log_level="warning")
     return 0
 
 

@@ -72,3 +72,89 @@ def test_api_scores_equal_the_runs_evaluation(seqrec_run, items, tmp_path, capsy
     assert [r["item_id"] for r in first["items"]] == [r.item_id for r in rec.recommend(rec.user_history(first["user"]), 4)]
     assert recommend.main(["--run", str(tmp / "run"), "--user", "nobody"]) == 2
     assert "unknown user 'nobody'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def llm_item_run(seqrec_run):  # noqa: F811
+    """(run, tmp): the successor data with LLM item vectors from an encode run of a tiny LLaMA whose
+    vocabulary covers the titles ("Item number N"), standardised and PCA-reduced."""
+    from jaxrec import launch
+    from tests.conftest import build_torch_model, save_tokenizer
+
+    run, tmp = seqrec_run
+    words = ["Item", "number", *map(str, range(40))]
+    model_dir = tmp / "model"
+    build_torch_model("llama-tied-gqa", vocab_size=3 + len(words)).save_pretrained(str(model_dir))
+    save_tokenizer(model_dir, words)
+    assert launch.main(["--set", "task=encode", "--set", f"model.name={model_dir}", "--set", f"data.name={tmp / 'data'}",
+                        "--set", f"run_dir={tmp / 'embed'}"]) == 0
+    llm = ["recommender.items=llm", f"recommender.embeddings={tmp / 'embed'}", "recommender.conditioning=standardize",
+           "recommender.pca=8", "loop.epochs=2"]
+    return (lambda out, *overrides: run(out, *llm, *overrides)), tmp
+
+
+def test_new_items_are_embedded_and_scored_as_the_catalogue_was(llm_item_run):
+    from jaxrec import runs
+    from jaxrec.data.item_tables import ItemTable
+    from jaxrec.new_items import NewItemEncoder
+
+    run, tmp = llm_item_run
+    run(tmp / "run", "evaluation.seeds=[0]")
+    rec = jaxrec.Recommender.load(tmp / "run")
+    catalogue = [str(i) for i in rec.data.item_ids]
+    # re-embedding the catalogue's own titles reproduces its frozen rows (encoder, conditioning and PCA)
+    encoder = NewItemEncoder.of_run(rec.config, catalogue)
+    stored = runs.trained_recommender(rec.location).params["constants"]["llm_items"][1:]
+    again = encoder(ItemTable(catalogue[1:], rec.titles[1:], [{}] * 30, "catalogue"))
+    np.testing.assert_allclose(again, stored, rtol=0, atol=1e-5)
+
+    histories = [["i3", "i4"], ["i10"], ["i20", "i21", "i22"]]
+    before = rec.scores(histories)
+    added = rec.add_items([{"id": f"new-{i}", "title": f"Item number {i}"} for i in range(30)])
+    assert added == [f"new-{i}" for i in range(30)] and len(rec.item_ids) == 61
+    after = rec.scores(histories)
+    np.testing.assert_allclose(after[:, :31], before, rtol=1e-5, atol=1e-5)  # the catalogue's scores stay
+    originals = [rec.item_index(f"i{i}") for i in range(30)]
+    np.testing.assert_allclose(after[:, 31:], before[:, originals], rtol=1e-5, atol=1e-5)  # a copy scores as its original
+    # a history of copies reads as the history of their originals
+    np.testing.assert_allclose(rec.scores([["new-3", "new-4"]]), rec.scores([["i3", "i4"]]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        rec.add_items([{"id": "i3", "title": "Item number 3"}])
+    # the command takes a file of new items
+    (tmp / "new.tsv").write_text("item_id\ttitle\nfresh\tItem number 39\n")
+    assert recommend.main(["--run", str(tmp / "run"), "--new-items", str(tmp / "new.tsv"), "--history", "i3,fresh",
+                           "-k", "31"]) == 0
+
+
+def test_cold_items_added_after_training_score_as_in_the_report(llm_item_run):
+    from jaxrec.seqrec.evaluate import COLD_GROUP
+
+    run, tmp = llm_item_run
+    run(tmp / "run", "data.cold_items=0.2", "evaluation.seeds=[0]")
+    rec = jaxrec.Recommender.load(tmp / "run")
+    cold = rec.data.cold
+    catalogue = rec.data.num_items + 1
+    rec.add_items([{"id": f"new-{rec.item_ids[c]}", "title": rec.titles[c]} for c in cold])
+    history, targets, _ = evaluation_examples(rec.data, "test", rec.max_history)
+    scores = rec.scores([[rec.item_ids[i] for i in row[row > 0]] for row in history])
+    np.testing.assert_allclose(scores[:, catalogue:], scores[:, cold], rtol=1e-5, atol=1e-5)
+    # rank the cold test targets among the catalogue with the added copies in place of the originals
+    ranked = scores[:, :catalogue].copy()
+    ranked[:, cold] = scores[:, catalogue:]
+    is_cold = np.isin(targets, cold)
+    target = ranked[np.arange(len(targets)), targets][:, None]
+    higher, tied = (ranked > target).sum(1), (ranked == target).sum(1) - 1
+    recall = np.clip(5 - higher, 0, tied + 1) / (tied + 1)
+    report = json.loads((tmp / "run" / "test_metrics.json").read_text())["test"]["by_popularity"][COLD_GROUP]
+    assert report["users"] == is_cold.sum() > 0
+    assert recall[is_cold].mean() == pytest.approx(report["full"]["recall@5"], abs=1e-6)
+
+
+def test_an_id_only_run_refuses_new_items(seqrec_run):  # noqa: F811
+    run, tmp = seqrec_run
+    run(tmp / "run", "loop.epochs=1", "evaluation.seeds=[0]")
+    rec = jaxrec.Recommender.load(tmp / "run")
+    from jaxrec.errors import RunError
+
+    with pytest.raises(RunError, match="ID embeddings, which exist only for items it trained on"):
+        rec.add_items([{"id": "x", "title": "Item number 1"}])

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import jaxrec  # noqa: E402
 from jaxrec.serve import MAX_BODY_BYTES, create_app, serving  # noqa: E402
+from tests.test_recommend import llm_item_run  # noqa: E402,F401  (the fixture)
 from tests.test_seqrec_task import seqrec_run  # noqa: E402,F401  (the fixture)
 
 
@@ -52,6 +53,35 @@ def test_requests_answered_and_bad_ones_refused_with_a_reason(service):
             assert response.status_code == status, name
             assert reason in response.json()["error"], (name, response.json())
         assert client.get("/health").json()["status"] == "ok"  # still serving
+        refused = client.post("/items", json={"items": [{"id": "x", "title": "Item number 1"}]})
+        assert refused.status_code == 409 and "ID embeddings" in refused.json()["error"]  # an ID-only run
+
+
+def test_new_items_through_the_service(llm_item_run):
+    run, tmp = llm_item_run
+    run(tmp / "run", "evaluation.seeds=[0]")
+    rec = jaxrec.Recommender.load(tmp / "run")
+    with TestClient(create_app(rec)) as client:
+        added = client.post("/items", json={"items": [{"id": "new-3", "title": "Item number 3"},
+                                                      {"id": "new-31", "title": "Item number 31"}]})
+        assert added.status_code == 200, added.json()
+        assert added.json()["added"] == ["new-3", "new-31"] and added.json()["items"] == 32
+        assert client.get("/health").json()["items"] == 32
+        top = client.post("/recommend", json={"history": ["i2"], "k": 32}).json()["items"]
+        scores = {r["item_id"]: r["score"] for r in top}
+        assert scores["new-3"] == pytest.approx(scores["i3"], rel=1e-5, abs=1e-5) and "new-31" in scores
+        assert client.post("/recommend", json={"history": ["new-31"], "k": 3}).status_code == 200
+        bad = {
+            "known id": (client.post("/items", json={"items": [{"id": "i3", "title": "Item number 3"}]}), 409,
+                         "already in the catalogue"),
+            "no items": (client.post("/items", json={"items": []}), 422, "items"),
+            "no title": (client.post("/items", json={"items": [{"id": "z"}]}), 422, "title"),
+            "repeated id": (client.post("/items", json={"items": [{"id": "z", "title": "a"}, {"id": "z", "title": "b"}]}),
+                            422, "more than once"),
+        }
+        for name, (response, status, reason) in bad.items():
+            assert response.status_code == status, (name, response.json())
+            assert reason in response.json()["error"], (name, response.json())
 
 
 def test_load_on_localhost_loses_no_request(service):

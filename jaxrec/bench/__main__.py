@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     recommend.add_argument("--run", required=True, help="a finished seqrec run directory")
     recommend.add_argument("--requests", type=int, default=300)
     recommend.add_argument("--batch-users", type=int, default=8192)
+    recommend.add_argument("--add-items", type=int, default=100,
+                           help="runs with LLM item vectors: time adding this many new items (copies of catalogue "
+                                "titles under new ids), with the encoder loaded at start-up (0: skip)")
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "recommend":
         from jaxrec.bench.recommend import run
 
-        result = run(args.run, args.requests, args.batch_users, log=log)
+        result = run(args.run, args.requests, args.batch_users, add_items=args.add_items, log=log)
     print(json.dumps(result))
     return 0
 

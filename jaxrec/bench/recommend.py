@@ -1,5 +1,6 @@
 """Serving a finished seqrec run: single-request latency through the Python
-API and through the HTTP service (on 127.0.0.1), and batch throughput."""
+API and through the HTTP service (on 127.0.0.1), batch throughput, and the
+seconds to add new items (runs with LLM item vectors)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _http_latency(rec: Recommender, histories: list[list[str]], k: int) -> dict:
     from jaxrec.serve import create_app, serving
 
     times = []
-    with serving(create_app(rec)) as url, httpx.Client(timeout=30) as client:
+    with serving(create_app(rec, new_items=False)) as url, httpx.Client(timeout=30) as client:
         for history in histories:
             start = time.perf_counter()
             response = client.post(f"{url}/recommend", json={"history": history, "k": k})
@@ -37,7 +38,32 @@ def _http_latency(rec: Recommender, histories: list[list[str]], k: int) -> dict:
     return _percentiles(times)
 
 
-def run(run_dir: str, requests: int = 300, batch_users: int = 8192, k: int = 10, log=print) -> dict:
+def _adding_items(rec: Recommender, count: int, histories: list[list[str]], k: int, log) -> dict | None:
+    """Seconds to embed ``count`` new items and rank them (the encoder loaded and
+    compiled first, as the service does at start-up); None for an ID-only run."""
+    from jaxrec.errors import RunError
+
+    start = time.perf_counter()
+    try:
+        rec.prepare_new_items()
+    except RunError as err:
+        log(f"new items: skipped ({err})")
+        return None
+    prepare = time.perf_counter() - start
+    catalogue = np.random.default_rng(2).choice(np.arange(1, len(rec.item_ids)), count, replace=count >= len(rec.item_ids))
+    items = [{"id": f"bench-new-{n}", "title": rec.titles[i]} for n, i in enumerate(catalogue)]
+    start = time.perf_counter()
+    rec.add_items(items)
+    rec.recommend(histories[0], k)  # rankable: the first request after the addition
+    seconds = time.perf_counter() - start
+    log(f"new items: {count} embedded and rankable in {seconds:.2f} s ({seconds / count * 1000:.1f} ms each; "
+        f"encoder loaded and compiled at start-up in {prepare:.1f} s)")
+    return {"items": count, "seconds": round(seconds, 3), "seconds_per_item": round(seconds / count, 5),
+            "start_up_seconds": round(prepare, 2)}
+
+
+def run(run_dir: str, requests: int = 300, batch_users: int = 8192, k: int = 10, add_items: int = 100,
+        log=print) -> dict:
     start = time.perf_counter()
     rec = Recommender.load(run_dir)
     log(f"{rec.location}: {len(rec.item_ids) - 1} items, loaded in {time.perf_counter() - start:.1f} s")
@@ -62,4 +88,6 @@ def run(run_dir: str, requests: int = 300, batch_users: int = 8192, k: int = 10,
         log(f"HTTP, one request at a time: p50 {result['http']['p50_ms']} ms, p99 {result['http']['p99_ms']} ms")
     except ImportError:
         log('HTTP: skipped (pip install -e ".[serve]")')
+    if add_items:
+        result["new_items"] = _adding_items(rec, add_items, histories, k, log)
     return result

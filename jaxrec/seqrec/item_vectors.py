@@ -4,6 +4,7 @@ adapter. Every table has num_items + 1 rows; row 0 (padding) is zero."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +20,28 @@ from jaxrec.errors import DataError
 CONDITIONINGS = ("none", "scale", "center_scale", "standardize")
 
 
-def condition(x: np.ndarray, how: str) -> np.ndarray:
-    """Rescale the rows of a frozen item matrix once, before anything reads it.
+@dataclasses.dataclass(frozen=True)
+class RowTransform:
+    """An affine map of item rows fitted once on a catalogue, ``(x - shift) / scale``,
+    then an optional projection: how a frozen matrix is conditioned (and PCA-reduced),
+    kept so that items added after training are treated exactly as the catalogue was."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+    projection: np.ndarray | None = None
+    """[dim, k] principal directions; applied to the conditioned rows minus ``projection_shift``."""
+    projection_shift: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = (np.asarray(x, np.float64) - self.shift) / self.scale
+        x = x.astype(np.float32)
+        if self.projection is not None:
+            x = ((np.asarray(x, np.float64) - self.projection_shift) @ self.projection).astype(np.float32)
+        return x
+
+
+def fit_conditioning(x: np.ndarray, how: str) -> RowTransform:
+    """The rescaling of the rows of a frozen item matrix, fitted on it.
 
     none: as given (the authors' code); scale: divided by the mean row norm;
     center_scale: the mean row subtracted, then divided by the mean row norm;
@@ -30,25 +51,42 @@ def condition(x: np.ndarray, how: str) -> np.ndarray:
     if how not in CONDITIONINGS:
         raise ValueError(f"unknown conditioning {how!r}; choose one of {', '.join(CONDITIONINGS)}")
     x = np.asarray(x, np.float64)
+    shift = x.mean(axis=0) if how in ("center_scale", "standardize") else np.zeros(x.shape[1])
     if how == "none":
-        return x.astype(np.float32)
-    if how in ("center_scale", "standardize"):
-        x = x - x.mean(axis=0)
-    if how == "standardize":
-        std = x.std(axis=0)
-        x = x / np.where(std > 0, std, 1.0) / np.sqrt(x.shape[1])
+        scale = np.ones(x.shape[1])
+    elif how == "standardize":
+        std = (x - shift).std(axis=0)
+        scale = np.where(std > 0, std, 1.0) * np.sqrt(x.shape[1])
     else:
-        x = x / max(float(np.linalg.norm(x, axis=1).mean()), 1e-12)
-    return x.astype(np.float32)
+        scale = np.full(x.shape[1], max(float(np.linalg.norm(x - shift, axis=1).mean()), 1e-12))
+    return RowTransform(shift, scale)
+
+
+def condition(x: np.ndarray, how: str) -> np.ndarray:
+    """Rescale the rows of a frozen item matrix once, before anything reads it (see :func:`fit_conditioning`)."""
+    return fit_conditioning(x, how)(x)
+
+
+def fit_pca(transform: RowTransform, x: np.ndarray, dim: int) -> RowTransform:
+    """``transform`` followed by the projection onto the top ``dim`` principal
+    components of the transformed rows of ``x``."""
+    conditioned = transform(x)
+    if dim > min(conditioned.shape):
+        raise ValueError(f"cannot keep {dim} components of a {conditioned.shape} matrix")
+    mean = np.asarray(conditioned, np.float64).mean(axis=0)
+    _, _, vt = np.linalg.svd(conditioned - mean, full_matrices=False)
+    return dataclasses.replace(transform, projection=vt[:dim].T, projection_shift=mean)
 
 
 def pca(x: np.ndarray, dim: int) -> np.ndarray:
     """Project rows of ``x`` onto their top ``dim`` principal components."""
-    if dim > min(x.shape):
-        raise ValueError(f"cannot keep {dim} components of a {x.shape} matrix")
-    centered = np.asarray(x, np.float64) - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    return (centered @ vt[:dim].T).astype(np.float32)
+    return fit_pca(fit_conditioning(x, "none"), x, dim)(x)
+
+
+def frozen_matrix_transform(raw_rows: np.ndarray, conditioning: str, pca_dim: int | None) -> RowTransform:
+    """How a recommender turns the raw item rows it is given into its frozen matrix."""
+    transform = fit_conditioning(raw_rows, conditioning)
+    return fit_pca(transform, raw_rows, pca_dim) if pca_dim is not None else transform
 
 
 def load_item_embeddings(matrix_path: str | Path, ids_path: str | Path, item_ids: Sequence[str]) -> np.ndarray:

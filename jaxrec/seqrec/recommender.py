@@ -69,6 +69,17 @@ class Recommender(nn.Module):
     def adapted_llm_items(self) -> jax.Array:
         return self.adapter(self.llm_matrix.value)
 
+    def new_item_vectors(self, llm_rows: jax.Array) -> jax.Array:
+        """Vectors of items added after training, from their frozen-matrix rows: the
+        trained adapter's output; an ID part, where the model has one, is zero (nothing
+        was learned for them)."""
+        padded = jnp.concatenate([jnp.zeros((1, llm_rows.shape[1]), llm_rows.dtype), llm_rows])
+        adapted = self.adapter(padded)[1:]  # the adapter zeroes row 0, the padding item's
+        id_width, _ = _widths(self.spec)
+        if not id_width or self.spec.combine == "sum":
+            return adapted
+        return jnp.concatenate([jnp.zeros((adapted.shape[0], id_width), adapted.dtype), adapted], axis=1)
+
     def items(self) -> jax.Array:
         """[num_items + 1, hidden] item vectors (row 0, padding, is zero)."""
         id_width, llm_width = _widths(self.spec)

@@ -53,6 +53,20 @@ class EncodeConfig(TaskConfig):
     encode: EncodeSpec = dataclasses.field(default_factory=EncodeSpec)
 
 
+def item_texts(items: ItemTable, spec: EncodeSpec) -> list[str]:
+    """What is embedded for each item: its title, or its attribute prompt."""
+    if spec.text == "attributes":
+        return [attribute_text(a, spec.domain) for a in item_attributes(items.titles, items.attributes)]
+    return list(items.titles)
+
+
+def encode_texts(lm, texts: list[str], spec: EncodeSpec, progress: bool | None = None):
+    """The item vectors of ``texts``, pooled as ``spec`` says."""
+    return lm.encode(texts, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size,
+                     max_length=spec.max_length, packed=spec.packed, tokens_per_batch=spec.tokens_per_batch,
+                     progress=progress)
+
+
 def _items(config: EncodeConfig, log) -> ItemTable:
     if config.encode.items == "all":
         return read_items(config.data.name)
@@ -87,14 +101,11 @@ def run(config: EncodeConfig, run: Run, log=print) -> dict:
     log(f"model: {lm} (loaded in {load_seconds:.1f} s)")
 
     spec = config.encode
-    texts = items.titles
-    if spec.text == "attributes":
-        texts = [attribute_text(a, spec.domain) for a in item_attributes(items.titles, items.attributes)]
+    texts = item_texts(items, spec)
     log(f"encoding {len(items)} {'titles' if spec.text == 'title' else 'attribute prompts'} ({spec.mask}, "
         f"{spec.pooling} pooling, " + ("packed rows)" if spec.packed else f"batches of {spec.batch_size})"))
     start = time.perf_counter()
-    embeddings = lm.encode(texts, pooling=spec.pooling, mask=spec.mask, batch_size=spec.batch_size,
-                           max_length=spec.max_length, packed=spec.packed, tokens_per_batch=spec.tokens_per_batch)
+    embeddings = encode_texts(lm, texts, spec)
     encode_seconds = time.perf_counter() - start
 
     run.save_npy("item_embeddings", "item_embeddings.npy", embeddings, pooling=spec.pooling, mask=spec.mask)

@@ -28,7 +28,7 @@ from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples, training_user_items
-from jaxrec.seqrec.item_vectors import condition, pca
+from jaxrec.seqrec.item_vectors import frozen_matrix_transform
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
@@ -49,9 +49,8 @@ def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     spec = config.recommender
     if spec.items == "id":
         return None
-    rows = condition(runs.item_embeddings(spec.embeddings, item_ids)[1:], spec.conditioning)
-    if spec.pca is not None:
-        rows = pca(rows, spec.pca)
+    raw = runs.item_embeddings(spec.embeddings, item_ids)[1:]
+    rows = frozen_matrix_transform(raw, spec.conditioning, spec.pca)(raw)
     return np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
 
 
