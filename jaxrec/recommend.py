@@ -1,6 +1,7 @@
-"""Recommendations out of a finished seqrec run: the next items for any
-history, from the state the run tested, scored exactly as its evaluation
-scores them (the same user vectors against the same item vectors).
+"""Recommendations out of a finished seqrec run (or an LLM-SRec run): the
+next items for any history, from the state the run tested, scored exactly as
+its evaluation scores them (the same user vectors against the same item
+vectors).
 
     import jaxrec
     rec = jaxrec.Recommender.load("runs/quickstart/sasrec_llm2rec")   # several seeds: the best by validation
@@ -22,7 +23,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,67 +61,129 @@ def _best_seed_directory(run_dir: Path, run: runs.RunInfo) -> Path:
     return run_dir / f"seed-{seed}"
 
 
+@dataclasses.dataclass
+class _Scorer:
+    """What differs between the runs a Recommender serves: how a batch of
+    right-padded histories [B, max_history] becomes user vectors (given the
+    item table on the device), the item vectors, and how added items' frozen
+    rows become vectors (None: the run takes no new items)."""
+
+    user_vectors: Callable[[np.ndarray, jax.Array], jax.Array]
+    item_vectors: np.ndarray
+    max_history: int
+    new_item_vectors: Callable[[np.ndarray], np.ndarray] | None = None
+    no_new_items: str = ""
+    """Why the run takes no new items."""
+
+
+def _seqrec_scorer(config, data, trained: runs.TrainedRecommender) -> _Scorer:
+    from jaxrec.seqrec.recommender import Recommender as Module
+
+    constants = trained.params.get("constants", {})
+    llm = constants.get("llm_items")
+    model = Module(config.recommender, data.num_items, 0 if llm is None else llm.shape[1],
+                   0 if "align_items" not in constants else constants["align_items"].shape[1])
+    variables = jax.tree.map(jnp.asarray, trained.params)
+    users = jax.jit(lambda h, items: model.apply(variables, h, items, method=Module.user_vectors))
+    spec = config.recommender
+    return _Scorer(users, np.asarray(model.apply(variables, method=Module.items)),
+                   spec.max_history - (1 if spec.model == "bert4rec" else 0),
+                   lambda rows: np.asarray(model.apply(variables, jnp.asarray(rows), method=Module.new_item_vectors)))
+
+
+def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
+    """LLM-SRec's decoder as a recommender: f_user of each history's prompt against
+    f_item of every item's prompt, as its evaluation ranks them."""
+    from flax import traverse_util
+    from safetensors.numpy import load_file
+
+    from jaxrec.llmsrec.model import DistillHeads, Distiller
+    from jaxrec.llmsrec.prompts import EXTRA_TOKENS, Prompts
+    from jaxrec.llmsrec.teacher import Teacher
+    from jaxrec.models.decoder import Decoder
+    from jaxrec.seqrec.evaluate import batched
+
+    spec = config.distill
+    if spec.dates:
+        raise RunError(f"{run.path}: its prompts show the day of each history item (distill.dates), which a "
+                       "history given here does not have; recommendations come from runs trained with "
+                       "distill.dates: false")
+    lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer)
+    teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
+    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens)
+    model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
+                      DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
+                                   spec.teacher_activation))
+    heads = traverse_util.unflatten_dict(load_file(str(run.file("heads"))), sep="/")
+    constants = {"teacher_items": teacher.item_table(),
+                 **{f"item_{k}": v for k, v in prompts.item_parts(data.num_items).items()}}
+    variables = jax.tree.map(jnp.asarray, {"params": {"llm": lm.params, "heads": heads}, "constants": constants})
+    item_fn, user_fn = jax.jit(model.item_vectors), jax.jit(model.user_vectors)
+    items = batched(lambda ids: item_fn(variables, ids), np.arange(data.num_items + 1, dtype=np.int32),
+                    batch_size=config.evaluation.batch_size)
+    items[0] = 0.0
+    return _Scorer(lambda rows, _items: user_fn(variables, prompts.users(rows)), items, spec.max_history,
+                   no_new_items="LLM-SRec runs do not take new items (an item's vector comes from its prompt "
+                                "through the teacher's item table, which has no row for it)")
+
+
 class Recommender:
-    """A trained sequential recommender ready to rank the catalogue for any history."""
+    """A trained sequential recommender (a seqrec run, or an LLM-SRec run) ready
+    to rank the catalogue for any history."""
 
-    def __init__(self, location: Path, config, data, model, variables: dict, item_vectors: np.ndarray):
-        from jaxrec.seqrec.recommender import Recommender as Module
-
+    def __init__(self, location: Path, config, data, scorer: _Scorer):
         self.location, self.config, self.data = location, config, data
         self.item_ids = [str(i) for i in data.item_ids]
         self.titles = list(data.titles)
-        self.max_history = config.recommender.max_history - (1 if config.recommender.model == "bert4rec" else 0)
+        self.max_history = scorer.max_history
         self._index = {item: i for i, item in enumerate(self.item_ids) if i}
         self._by_title = {}
         for i, title in enumerate(self.titles):
             if i and title:
                 self._by_title.setdefault(title, i)
         self._user_row = {str(u): row for row, u in enumerate(data.user_ids)}
-        self._model, self._variables = model, variables
-        self._vectors = np.asarray(item_vectors, np.float32)
+        self._scorer = scorer
+        self._vectors = np.asarray(scorer.item_vectors, np.float32)
         self._items = _padded(self._vectors)
-        self._scores = jax.jit(
-            lambda v, h, items: model.apply(v, h, items, method=Module.user_vectors) @ items.T)
+        self._scores = jax.jit(lambda users, items: users @ items.T)
 
-        def best(v, h, items, catalogue, candidates):
-            scores = self._scores(v, h, items)
+        def best(users, items, catalogue, candidates):
             column = jnp.arange(items.shape[0])
-            scores = jnp.where((column > 0) & (column < catalogue), scores, -jnp.inf)
+            scores = jnp.where((column > 0) & (column < catalogue), users @ items.T, -jnp.inf)
             return jax.lax.top_k(scores, candidates)
 
         # the best candidates of each row, chosen where the scores are: only [rows, candidates] comes back
-        self._best_on_device = jax.jit(best, static_argnums=4)
+        self._best_on_device = jax.jit(best, static_argnums=3)
         self._new_item_encoder = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Recommender":
-        """A finished seqrec run (or one of its seed-<n> directories); of a run
-        with several seeds, the seed with the best validation result."""
+        """A finished seqrec run (or one of its seed-<n> directories; of a run
+        with several seeds, the seed with the best validation result), or a
+        finished llmsrec run."""
         from jaxrec.config import build
-        from jaxrec.seqrec.recommender import Recommender as Module
+        from jaxrec.tasks.llmsrec import LlmsrecConfig
         from jaxrec.tasks.seqrec import SeqrecConfig
 
         run_dir = Path(run_dir)
         try:
             run = runs.open_run(run_dir, "--run")
         except RunError as err:
-            raise RunError(f"{err}; --run takes the directory of a finished seqrec run") from None
-        if run.task != "seqrec":
-            raise RunError(f"{run_dir} is a {run.task} run; recommendations come from a finished seqrec run")
+            raise RunError(f"{err}; --run takes the directory of a finished seqrec or llmsrec run") from None
+        if run.task not in ("seqrec", "llmsrec"):
+            raise RunError(f"{run_dir} is a {run.task} run; recommendations come from a finished seqrec or "
+                           "llmsrec run")
+        stored = {k: v for k, v in run.manifest["config"].items() if k != "run_dir"}
+        config = build(SeqrecConfig if run.task == "seqrec" else LlmsrecConfig, stored)
+        data = config.data.load(config.seed, log=lambda *_: None)
+        if run.task == "llmsrec":
+            return cls(run_dir, config, data, _llmsrec_scorer(run, config, data))
         location = _best_seed_directory(run_dir, run)
         trained = runs.trained_recommender(location, "--run")
-        config = build(SeqrecConfig, {k: v for k, v in run.manifest["config"].items() if k != "run_dir"})
-        data = config.data.load(config.seed, log=lambda *_: None)
         if [str(i) for i in data.item_ids[1:]] != trained.item_ids:
             raise DataError(f"{location}: the run's items differ from those of its dataset {config.data.name} now; "
                             "was the data changed since it trained?")
-        constants = trained.params.get("constants", {})
-        llm = constants.get("llm_items")
-        model = Module(config.recommender, data.num_items, 0 if llm is None else llm.shape[1],
-                       0 if "align_items" not in constants else constants["align_items"].shape[1])
-        variables = jax.tree.map(jnp.asarray, trained.params)
-        items = np.asarray(model.apply(variables, method=Module.items))
-        return cls(location, config, data, model, variables, items)
+        return cls(location, config, data, _seqrec_scorer(config, data, trained))
 
     def prepare_new_items(self) -> None:
         """Load the encoder that embeds new items (the run's LM along its chain) and
@@ -128,6 +191,8 @@ class Recommender:
         from jaxrec.data.item_tables import ItemTable
         from jaxrec.new_items import NewItemEncoder
 
+        if self._scorer.new_item_vectors is None:
+            raise RunError(self._scorer.no_new_items)
         if self._new_item_encoder is None:
             self._new_item_encoder = NewItemEncoder.of_run(self.config, [str(i) for i in self.data.item_ids])
             self._new_item_encoder(ItemTable(self.item_ids[1:2], self.titles[1:2], [{}], "warm-up"))
@@ -139,7 +204,6 @@ class Recommender:
         :mod:`jaxrec.new_items`), through the trained adapter. Returns their ids.
         Refused for runs whose items are only ID embeddings."""
         from jaxrec.new_items import item_table
-        from jaxrec.seqrec.recommender import Recommender as Module
 
         table = item_table(items)
         known = [i for i in table.ids if i in self._index]
@@ -147,7 +211,7 @@ class Recommender:
             raise ValueError(f"item id(s) {known[:5]} are already in the catalogue; new items need new ids")
         self.prepare_new_items()
         rows = self._new_item_encoder(table)
-        vectors = np.asarray(self._model.apply(self._variables, jnp.asarray(rows), method=Module.new_item_vectors))
+        vectors = self._scorer.new_item_vectors(rows)
         self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)])
         self._items = _padded(self._vectors)
         for item_id, title in zip(table.ids, table.titles):
@@ -195,8 +259,8 @@ class Recommender:
 
     def scores(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
         """[len(histories), catalogue + 1] scores (column 0, padding, is -inf; added items after the catalogue)."""
-        out = [np.asarray(self._scores(self._variables, padded, self._items))[:count, : len(self.item_ids)]
-               for _, count, padded in self._calls(self._histories(histories))]
+        out = [np.asarray(self._scores(self._scorer.user_vectors(padded, self._items), self._items))
+               [:count, : len(self.item_ids)] for _, count, padded in self._calls(self._histories(histories))]
         scores = np.concatenate(out)
         scores[:, 0] = -np.inf
         return scores
@@ -222,8 +286,8 @@ class Recommender:
         catalogue = jnp.asarray(len(self.item_ids), jnp.int32)
         best = []
         for start, count, padded in self._calls(self._histories(histories)):
-            values, indices = map(np.asarray, self._best_on_device(self._variables, padded, self._items, catalogue,
-                                                                   candidates))
+            users = self._scorer.user_vectors(padded, self._items)
+            values, indices = map(np.asarray, self._best_on_device(users, self._items, catalogue, candidates))
             for row in range(count):
                 k, skip = ks[start + row], excluded[start + row]
                 order = np.lexsort((indices[row], -values[row]))  # best first, equal scores by item row
@@ -264,13 +328,13 @@ def _table(recommendations: list[Recommendation]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxrec.recommend",
-        description="The next items for a history, from a finished seqrec run (the state it tested).",
+        description="The next items for a history, from a finished seqrec or llmsrec run (the state it tested).",
         epilog="examples:\n"
                "  python -m jaxrec.recommend --run runs/quickstart/sasrec_llm2rec --history 50,172,133\n"
                "  python -m jaxrec.recommend --run runs/quickstart/sasrec_id --user 196 --exclude-history\n"
                "  python -m jaxrec.recommend --run runs/quickstart/sasrec_id --all-users --to top10.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a finished seqrec run directory (several seeds: the best by "
+    parser.add_argument("--run", required=True, help="a finished seqrec or llmsrec run directory (several seeds: the best by "
                                                      "validation, or name one seed-<n> directory)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", help="comma-separated item ids or exact titles, oldest first")

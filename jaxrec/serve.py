@@ -1,4 +1,4 @@
-"""An HTTP service over a finished seqrec run (``pip install -e ".[serve]"``).
+"""An HTTP service over a finished seqrec or llmsrec run (``pip install -e ".[serve]"``).
 
     python -m jaxrec.serve --run runs/quickstart/sasrec_llm2rec [--host 127.0.0.1 --port 8000]
 
@@ -208,8 +208,8 @@ def serving(app, host: str = "127.0.0.1"):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxrec.serve",
-                                     description="Serve a finished seqrec run's recommendations over HTTP.")
-    parser.add_argument("--run", required=True, type=Path, help="a finished seqrec run directory")
+                                     description="Serve a finished seqrec or llmsrec run's recommendations over HTTP.")
+    parser.add_argument("--run", required=True, type=Path, help="a finished seqrec or llmsrec run directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0,

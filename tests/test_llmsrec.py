@@ -165,7 +165,7 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
             f"distill.teacher={teacher}", "distill.max_history=6", "distill.head_hidden=64", "distill.out_dim=32",
             "distill.negatives=4", "batch.size=16", "optimizer.learning_rate=0.003", "loop.epochs=30",
             "loop.eval_every=5", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.sampled_negatives=10",
-            "evaluation.batch_size=32"]
+            "evaluation.batch_size=32", "distill.dates=false"]
     assert launch.main([x for a in args for x in ("--set", a)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0] and summary["over_seeds"]["sampled"]["ndcg@10"]["mean"] >= 0
@@ -183,6 +183,17 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
     assert set(trainable["model"]["params"]) == {"heads", "llm"}
     assert set(trainable["model"]["params"]["llm"]) == {"extra_embedding"}
     assert extra["identity"]["task"] == "llmsrec"
+
+    # recommendations out of the run score as its evaluation did
+    import jaxrec
+    from jaxrec.errors import RunError
+    from tests.test_recommend import _test_recall
+
+    rec = jaxrec.Recommender.load(out)
+    assert _test_recall(rec, 5) == pytest.approx(test["full"]["recall@5"], abs=1e-6)
+    assert len(rec.recommend(["i3", "i4"], k=5)) == 5
+    with pytest.raises(RunError, match="LLM-SRec runs do not take new items"):
+        rec.add_items([{"id": "new", "title": "T"}])
 
 
 def test_training_leaves_the_decoder_bitwise_unchanged_and_moves_only_the_added_rows(teacher_and_data, tiny_checkpoints):
