@@ -13,6 +13,9 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from einops import rearrange
+
+from jaxrec.sharding import batch_devices, dimension_axes, physical_spec
 
 MASK_KINDS = ("causal", "bidirectional")
 
@@ -139,8 +142,6 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     propagation may follow fsdp-sharded weights and all-gather the whole
     batch's activations on every device instead of gathering each layer's
     weights; axes that do not divide the batch are left out."""
-    from jaxrec.train.mesh import physical_spec
-
     context = _batch_context()
     if context is None:
         return x
@@ -152,8 +153,6 @@ def batch_groups(rows: int) -> int:
     """Devices a batch of ``rows`` rows is split over in the training step in
     context (1 outside one): a loss that gathers positions across rows does so
     within each device's rows, so the gathered work stays split too."""
-    from jaxrec.train.mesh import batch_devices, dimension_axes
-
     context = _batch_context()
     if context is None:
         return 1
@@ -225,8 +224,7 @@ def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -
 
     q [b, t, h, d], k/v [b, s, kv, d], mask [b, 1, t, s] -> [b, t, h, d].
     """
-    groups = q.shape[2] // k.shape[2]
-    q = q.reshape(q.shape[:2] + (k.shape[2], groups, q.shape[-1]))
+    q = rearrange(q, "b t (k g) d -> b t k g d", k=k.shape[2])  # the query heads that share each KV head
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
@@ -234,7 +232,7 @@ def dense_attention(q, k, v, mask, *, dropout_rate: float, dropout_rng, dtype) -
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v)
-    return out.reshape(out.shape[:2] + (-1, out.shape[-1]))
+    return rearrange(out, "b t k g d -> b t (k g) d")
 
 
 class Attention(nn.Module):

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxrec.models.decoder import Decoder, abstract_variables
 from jaxrec.models.layers import LoraSpec
 from jaxrec.shapes import align_packed_blocks, is_packed, pad_trailing_axes
+from jaxrec.sharding import tree_shardings
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.partition import combine, split, trainable_patterns
 from jaxrec.train.step import init_state, jit_train_step, make_eval_step, make_train_step, shardings_of
@@ -51,7 +52,7 @@ class TrainableSpec:
 def variable_shardings(model: Decoder, mesh: Mesh, rules: dict) -> dict:
     """Where each of the model's variables lives on the mesh, from its logical axes."""
     boxed = abstract_variables(model)
-    return mesh_lib.tree_shardings(nn.unbox(boxed), nn.get_partition_spec(boxed), mesh, rules)
+    return tree_shardings(nn.unbox(boxed), nn.get_partition_spec(boxed), mesh, rules)
 
 
 def place_variables(model: Decoder, params: dict, mesh: Mesh, rules: dict, rng: jax.Array) -> dict:

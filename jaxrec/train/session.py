@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxrec.sharding import batch_devices
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.models.decoder import Decoder
 from jaxrec.train.engine import Engine, place_variables, variable_shardings
@@ -44,7 +45,7 @@ class TrainingSession:
     @property
     def batch_rows(self) -> int:
         """Devices a global batch is split over: row counts must be a multiple of it."""
-        return mesh_lib.batch_devices(self.mesh, self.batch_axes)
+        return batch_devices(self.mesh, self.batch_axes)
 
     @functools.cached_property
     def batch_block(self) -> tuple[int, int]:
