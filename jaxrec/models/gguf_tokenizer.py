@@ -22,7 +22,7 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 
 def tokenizer_from_gguf_metadata(reader: gguf.GGUFReader, origin: str):
-    from jaxrec.models.tokenizer import import_transformers
+    from jaxrec.models.transformers_lib import import_transformers
 
     PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 

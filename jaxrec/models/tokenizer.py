@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 from jaxrec.assets import cache_root
 from jaxrec.errors import DataError
+from jaxrec.models.transformers_lib import import_transformers
 from jaxrec.io import atomic_dir, sha256_file
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def import_transformers():
-    # without torch, importing transformers advises that models are unavailable: jaxrec needs none
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    return transformers
 
 
 def has_tokenizer(model_dir: Path) -> bool:
