@@ -373,19 +373,19 @@ def save_lm(run: Run, trained: dict, mode: str, lora: LoraSpec | None = None, ex
 
 
 def load_lm(name_or_path: str | Path, dtype: str = "float32", **kwargs):
-    """:func:`jaxrec.models.lm.load_lm` that also takes a run directory: the
+    """:func:`jaxrec.models.lm.load_pretrained` that also takes a run directory: the
     base model that run started from plus everything trained along its chain."""
-    from jaxrec.models.lm import load_lm as load_base
+    from jaxrec.models.lm import load_pretrained
 
     if is_run(name_or_path):
         return load_trained_lm(name_or_path, dtype, **kwargs)
-    return load_base(name_or_path, dtype, **kwargs)
+    return load_pretrained(name_or_path, dtype, **kwargs)
 
 
 def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "the directory", **kwargs):
     """The LM a finished run trained: LoRA merged into its base, full weights
     replaced, added token rows appended; recursively along ``init_from``."""
-    from jaxrec.models.lm import load_lm as load_base
+    from jaxrec.models.lm import load_pretrained
 
     run = open_run(path, role)
     entry = run.output("lm")
@@ -399,7 +399,7 @@ def load_trained_lm(path: str | Path, dtype: str = "float32", *, role: str = "th
         if not Path(base["model"]).exists() and not _is_asset(base["model"]):
             raise RunError(f"{run.path} was trained on {base['model']}, which no longer exists; put the base model "
                            "back there (its checksum is in the run's manifest)")
-        lm = load_base(base["model"], dtype, **kwargs)
+        lm = load_pretrained(base["model"], dtype, **kwargs)
         if lm.base_identity()["sha256"] != base["sha256"]:
             raise RunError(f"{run.path} was trained on {base['model']}, whose files have changed since "
                            "(checksums differ); point model.name at the original weights")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrec.data.prep import PrepSpec, load_dataset
-from jaxrec.models.lm import load_lm
+from jaxrec.models.lm import load_pretrained
 from jaxrec.seqrec.histories import evaluation_examples, training_examples, training_user_items
 from jaxrec.tasks.lm_training import Contrastive, Csft, Mntp, Scft, CsftConfig, MntpConfig, ContrastiveConfig, ScftConfig
 from tests.conftest import build_torch_model, save_tokenizer
@@ -71,7 +71,7 @@ def test_no_lm_objective_trains_on_a_cold_item(cold_data):
     model_dir = root / "model"
     build_torch_model("llama-tied-gqa", vocab_size=3 + ITEMS + 2).save_pretrained(str(model_dir))
     save_tokenizer(model_dir, ["_", ","] + [f"w{i}" for i in range(ITEMS)])
-    lm = load_lm(model_dir)
+    lm = load_pretrained(model_dir)
     title_of_token = {lm.tokenizer.convert_tokens_to_ids(f"w{i}"): data.titles[data.item_ids.tolist().index(f"i{i}")]
                       for i in range(ITEMS)}
     cold_titles = {data.titles[i] for i in data.cold}

@@ -12,7 +12,7 @@ from jaxrec import assets
 from jaxrec.bench import torch_reference
 from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
 from jaxrec.data.item_tables import read_items
-from jaxrec.models.lm import load_lm
+from jaxrec.models.lm import load_pretrained
 
 
 def _torch_encode(model, tokenizer, titles, batch_size: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def run(model_name: str = "smollm2-135m", data: str = "ml-100k", batch_size: int
     from transformers import AutoModelForCausalLM
 
     titles = read_items(data).titles
-    lm = load_lm(model_name, "float32")
+    lm = load_pretrained(model_name, "float32")
     lengths = [len(ids) for ids in lm.tokenize(titles, 512)]
     real_flops = decoder_forward_flops(lm.config, lengths)
     log(f"jaxrec: {lm}; {len(titles)} titles, {sum(lengths)} tokens, {real_flops / 1e12:.2f} TFLOP on real tokens")

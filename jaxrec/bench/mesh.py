@@ -47,7 +47,7 @@ def _measure(layout: str, batch_size: int, steps: int) -> dict:
     from jaxrec.data.item_tables import read_items
     from jaxrec.data.text_examples import pad_batch
     from jaxrec.models.decoder import Decoder
-    from jaxrec.models.lm import load_lm
+    from jaxrec.models.lm import load_pretrained
     from jaxrec.objectives import model_losses
     from jaxrec.train.loop import LoopSpec
     from jaxrec.train.mesh import MeshSpec
@@ -55,7 +55,7 @@ def _measure(layout: str, batch_size: int, steps: int) -> dict:
     from jaxrec.train.session import TrainingSession
 
     session = TrainingSession(MeshSpec(**LAYOUTS[layout]), OptimizerSpec(1e-4, decay="constant"), LoopSpec(steps=1000))
-    lm = load_lm("smollm2-135m", shardings=session.param_shardings)
+    lm = load_pretrained("smollm2-135m", shardings=session.param_shardings)
     model = Decoder(lm.config.replace(lora=LORA))
     objective = model_losses.make_mntp(model, model_losses.MaskingSpec(rate=0.2), lm.config.pad_token_id or 0,
                                        tuple(lm.tokenizer.all_special_ids))

@@ -89,9 +89,9 @@ def run(objective: str, layout: str, batch_size: int = 32, steps: int = 3, top: 
         trace_dir: str | None = None, log=print) -> dict:
     from jaxrec.bench.train import lora_engine, step_batches
     from jaxrec.data.item_tables import read_items
-    from jaxrec.models.lm import load_lm
+    from jaxrec.models.lm import load_pretrained
 
-    lm = load_lm("smollm2-135m")
+    lm = load_pretrained("smollm2-135m")
     batches = step_batches(lm, read_items("ml-100k").titles, objective, batch_size, 4 * steps)[layout]
     shape = batches[0]["input_ids"].shape
     batches = [b for b in batches if b["input_ids"].shape == shape][:steps]  # one shape: one program

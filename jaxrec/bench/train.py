@@ -22,7 +22,7 @@ from jaxrec.data.item_tables import read_items
 from jaxrec.data.text_examples import csft_example, pad_batch
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
-from jaxrec.models.lm import load_lm
+from jaxrec.models.lm import load_pretrained
 from jaxrec.objectives import csft, model_losses
 from jaxrec.shapes import pack_sequences
 from jaxrec.train import mesh as mesh_lib
@@ -185,7 +185,7 @@ def run(batch_size: int = 32, steps: int = 12, warmup: int = 4, log=print) -> di
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    lm = load_lm("smollm2-135m")
+    lm = load_pretrained("smollm2-135m")
     titles = read_items("ml-100k").titles
     pad = lm.config.pad_token_id or 0
     result = {"bench": "train", "model": "smollm2-135m", "batch_size": batch_size, "timed_steps": steps,

@@ -1,4 +1,4 @@
-"""``load_lm``: a decoder LM with its weights and tokenizer, ready to call."""
+"""``load_pretrained``: a decoder LM with its weights and tokenizer, ready to call."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class LM:
         return [functools.partial(start, first) for first in range(0, layout.rows, rows_per_call)]
 
 
-def load_lm(
+def load_pretrained(
     name_or_path: str | Path,
     dtype: str = "float32",
     *,
