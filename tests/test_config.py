@@ -228,6 +228,87 @@ def test_layering_model_core_and_library_modules():
         assert not bad, f"tasks/{path.name} imports {bad}"
 
 
+FLOORS = [
+    {"errors", "shapes"},
+    {"io", "progress", "sharding", "config"},
+    {"assets"},
+    {"runtime"},
+    {"models"},
+    {"data"},
+    {"objectives", "eval"},
+    {"seqrec"},
+    {"train"},
+    {"runs"},
+    {"llmsrec"},
+    {"tasks"},
+    {"pipelines", "new_items"},
+    {"recommend", "export"},
+    {"serve", "launch"},
+    {"bench", "__init__"},
+]
+"""jaxrec's parts from the bottom up: each imports only from its own floor's parts below it and from lower floors."""
+
+
+def test_every_part_imports_only_from_lower_floors():
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "jaxrec"
+    floor = {part: level for level, parts in enumerate(FLOORS) for part in parts}
+    part_of = lambda path: path.relative_to(root).parts[0].removesuffix(".py")
+    found = {part_of(path) for path in root.rglob("*.py")}
+    assert found == set(floor), f"parts without a floor: {found - set(floor)}; floors naming no part: {set(floor) - found}"
+    bad = []
+    for path in root.rglob("*.py"):
+        part = part_of(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "jaxrec":
+                names = node.module.split(".")[1:2] or [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("jaxrec.")]
+            else:
+                continue
+            for name in names:
+                if name in floor and name != part and floor[name] >= floor[part]:
+                    bad.append(f"{path.relative_to(root)} (floor {floor[part]}) imports {name} (floor {floor[name]})")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_between_modules():
+    """Module-level and deferred imports alike: no module reaches itself again (a
+    submodule's implicit import of its package's __init__ aside)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "jaxrec"
+    module_of = lambda path: ".".join(("jaxrec", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+    modules = {module_of(path): path for path in root.rglob("*.py")}
+    graph = {}
+    for module, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxrec"):
+                # `from package import submodule` imports the submodule, not what the package's __init__ holds
+                for alias in node.names:
+                    imported.add(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
+                                 else node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names if alias.name.startswith("jaxrec"))
+        graph[module] = {i for i in imported if i in modules and i != module}
+    state: dict[str, int] = {}
+
+    def visit(module, trail):
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(dep):], dep]))
+            if dep not in state:
+                visit(dep, [*trail, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
 def test_shipped_configs_follow_the_authors_where_they_say_so():
     """The paper configs take the authors' downstream settings; the ablation has the causal + mean
     row their extraction actually computed, and an ID row trained alike; LLM-SRec's teacher is trained

@@ -90,7 +90,7 @@ class Pipeline:
 
 
 def _task_sections(task: str, origin: str) -> list[str]:
-    from jaxrec.tasks import config_class, sections
+    from jaxrec.tasks.registry import config_class, sections
 
     return sections(config_class(task, origin))
 
@@ -170,7 +170,7 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
         stage_dir = Path(body["run_dir"]) if body.get("run_dir") else run_dir / name
         stages[name] = Stage(name, merge_trees(applied, {k: v for k, v in body.items() if k != "run_dir"}), stage_dir, where)
 
-    from jaxrec.tasks import TASKS, sections
+    from jaxrec.tasks.registry import TASKS, sections
 
     known = {s for t in TASKS.values() for s in sections(t.config)}
     for key in shared:

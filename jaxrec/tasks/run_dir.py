@@ -30,6 +30,7 @@ import numpy as np
 from jaxrec import runs
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError, DataError
+from jaxrec.tasks.registry import build_config
 
 LOCK_FILE = ".lock"
 EXTENDING_KEYS = frozenset({"loop.steps", "loop.epochs", "loop.patience"})
@@ -58,8 +59,6 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 def _stored_config_as_now(stored: dict) -> dict | None:
     """A run's stored config read by today's config classes: options added since
     it ran take their defaults. None when it no longer reads (a key was removed)."""
-    from jaxrec.tasks import build_config
-
     try:
         return to_dict(build_config(stored))
     except (ConfigError, TypeError, ValueError):
