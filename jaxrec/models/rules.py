@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
+from einops import rearrange
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,23 +25,17 @@ TRANSPOSE = Layout(lambda w: w.T, lambda w: w.T)
 
 def split_heads_out(heads: int) -> Layout:
     """HF [heads*head_dim, in] <-> Flax [in, heads, head_dim]."""
-    return Layout(
-        lambda w: w.T.reshape(w.shape[1], heads, w.shape[0] // heads),
-        lambda k: k.reshape(k.shape[0], -1).T,
-    )
+    return Layout(lambda w: rearrange(w, "(h d) i -> i h d", h=heads), lambda k: rearrange(k, "i h d -> (h d) i"))
 
 
 def split_heads_in(heads: int) -> Layout:
     """HF [out, heads*head_dim] <-> Flax [heads, head_dim, out]."""
-    return Layout(
-        lambda w: w.T.reshape(heads, w.shape[1] // heads, w.shape[0]),
-        lambda k: k.reshape(-1, k.shape[-1]).T,
-    )
+    return Layout(lambda w: rearrange(w, "o (h d) -> h d o", h=heads), lambda k: rearrange(k, "h d o -> o (h d)"))
 
 
 def split_heads_bias(heads: int) -> Layout:
     """HF [heads*head_dim] <-> Flax [heads, head_dim]."""
-    return Layout(lambda b: b.reshape(heads, -1), lambda b: b.reshape(-1))
+    return Layout(lambda b: rearrange(b, "(h d) -> h d", h=heads), lambda b: rearrange(b, "h d -> (h d)"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import ml_dtypes
 import numpy as np
+from einops import rearrange
 
 
 class CheckpointError(ValueError):
@@ -134,8 +135,7 @@ class SafetensorsSource:
 
 def _unpermute_for_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (interleaved -> split-half RoPE)."""
-    rows = w.shape[0]
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return rearrange(w, "(h half two) ... -> (h two half) ...", h=n_heads, two=2)
 
 
 _GGUF_LAYER_NAMES = {
