@@ -23,7 +23,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +68,15 @@ class _Scorer:
     item table on the device), the item vectors, and how added items' frozen
     rows become vectors (None: the run takes no new items)."""
 
-    user_vectors: Callable[[np.ndarray, jax.Array], jax.Array]
+    user_vectors: Callable[[np.ndarray, jax.Array, np.ndarray | None], jax.Array]
+    """(histories, the item table on the device, the rows of their users in the data or None)."""
     item_vectors: np.ndarray
     max_history: int
     new_item_vectors: Callable[[np.ndarray], np.ndarray] | None = None
     no_new_items: str = ""
     """Why the run takes no new items."""
+    needs_users: bool = False
+    """Whether a history must come with its user (prompts that show each item's date)."""
 
 
 def _seqrec_scorer(config, data, trained: runs.TrainedRecommender) -> _Scorer:
@@ -86,7 +89,7 @@ def _seqrec_scorer(config, data, trained: runs.TrainedRecommender) -> _Scorer:
     variables = jax.tree.map(jnp.asarray, trained.params)
     users = jax.jit(lambda h, items: model.apply(variables, h, items, method=Module.user_vectors))
     spec = config.recommender
-    return _Scorer(users, np.asarray(model.apply(variables, method=Module.items)),
+    return _Scorer(lambda h, items, _users: users(h, items), np.asarray(model.apply(variables, method=Module.items)),
                    spec.max_history - (1 if spec.model == "bert4rec" else 0),
                    lambda rows: np.asarray(model.apply(variables, jnp.asarray(rows), method=Module.new_item_vectors)))
 
@@ -98,19 +101,17 @@ def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
     from safetensors.numpy import load_file
 
     from jaxrec.llmsrec.model import DistillHeads, Distiller
-    from jaxrec.llmsrec.prompts import EXTRA_TOKENS, Prompts
+    from jaxrec.llmsrec.prompts import EXTRA_TOKENS, InteractionDays, Prompts
     from jaxrec.llmsrec.teacher import Teacher
     from jaxrec.models.decoder import Decoder
     from jaxrec.seqrec.evaluate import batched
 
     spec = config.distill
-    if spec.dates:
-        raise RunError(f"{run.path}: its prompts show the day of each history item (distill.dates), which a "
-                       "history given here does not have; recommendations come from runs trained with "
-                       "distill.dates: false")
     lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer)
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
-    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens)
+    days = InteractionDays(data) if spec.dates else None
+    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens,
+                      None if days is None else days.all_days())
     model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
                       DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
                                    spec.teacher_activation))
@@ -122,7 +123,17 @@ def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
     items = batched(lambda ids: item_fn(variables, ids), np.arange(data.num_items + 1, dtype=np.int32),
                     batch_size=config.evaluation.batch_size)
     items[0] = 0.0
-    return _Scorer(lambda rows, _items: user_fn(variables, prompts.users(rows)), items, spec.max_history,
+
+    def user_vectors(rows, _items, users):
+        if days is None:
+            return user_fn(variables, prompts.users(rows))
+        if users is None:
+            raise ValueError(f"{run.path}: its prompts show the day of each history item (distill.dates, the "
+                             "authors' default): name the user whose history it is (user=..., --user), whose "
+                             "data has the days, or train with distill.dates: false for any history")
+        return user_fn(variables, prompts.users(rows, days(users, rows)))
+
+    return _Scorer(user_vectors, items, spec.max_history, needs_users=days is not None,
                    no_new_items="LLM-SRec runs do not take new items (an item's vector comes from its prompt "
                                 "through the teacher's item table, which has no row for it)")
 
@@ -232,9 +243,19 @@ class Recommender:
 
     def warm_up(self) -> None:
         """Compile every call size now rather than at the first requests of each size."""
+        user = str(self.data.user_ids[0])
+        history = self.user_history(user)[-1:]  # an item of that user's, for runs whose prompts show dates
         for size in BATCH_BUCKETS:
             for k in (1, min(40, len(self.item_ids) - 1)):  # 16 and 64 candidates: up to ~50 items excluded
-                self.recommend_batch([[self.item_ids[1]]] * size, k=k)
+                self.recommend_batch([history] * size, k=k, users=[user] * size if self.needs_users else None)
+
+    @property
+    def needs_users(self) -> bool:
+        """Whether each history must name its user (see :meth:`scores`)."""
+        return self._scorer.needs_users
+
+    def knows_user(self, user: str) -> bool:
+        return str(user) in self._user_row
 
     def knows(self, item: str | int) -> bool:
         return str(item) in self._index or str(item) in self._by_title
@@ -248,33 +269,51 @@ class Recommender:
             rows[r, : len(ids)] = ids
         return rows
 
-    def _calls(self, rows: np.ndarray):
-        """(start, rows of one call padded to its bucket size) over ``rows``."""
+    def _user_rows(self, users: Sequence[str] | None, count: int) -> np.ndarray | None:
+        if users is None:
+            return None
+        if len(users) != count:
+            raise ValueError(f"{len(users)} users for {count} histories; give one user per history")
+        unknown = [u for u in users if str(u) not in self._user_row]
+        if unknown:
+            raise KeyError(f"unknown user {unknown[0]!r} in {self.config.data.name}")
+        return np.asarray([self._user_row[str(u)] for u in users], np.int64)
+
+    def _user_vectors(self, histories, users) -> Iterator[tuple[int, int, jax.Array]]:
+        """(start, rows, user vectors of one call) over the histories, in calls padded to a
+        bucket size (filler rows repeat the call's first row, a history its scorer can read)."""
+        rows, user_rows = self._histories(histories), self._user_rows(users, len(histories))
         for start in range(0, len(rows), USER_BATCH):
             chunk = rows[start : start + USER_BATCH]
             size = next(b for b in BATCH_BUCKETS if b >= len(chunk))
-            padded = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), np.int32)])
-            padded[len(chunk):, 0] = 1  # filler rows: any real item
-            yield start, len(chunk), padded
+            fill = np.zeros(size - len(chunk), np.int64)
+            padded = np.concatenate([chunk, chunk[fill]])
+            who = None if user_rows is None else np.concatenate([user_rows[start : start + len(chunk)], user_rows[start + fill]])
+            yield start, len(chunk), self._scorer.user_vectors(padded, self._items, who)
 
-    def scores(self, histories: Sequence[Sequence[str | int]]) -> np.ndarray:
-        """[len(histories), catalogue + 1] scores (column 0, padding, is -inf; added items after the catalogue)."""
-        out = [np.asarray(self._scores(self._scorer.user_vectors(padded, self._items), self._items))
-               [:count, : len(self.item_ids)] for _, count, padded in self._calls(self._histories(histories))]
+    def scores(self, histories: Sequence[Sequence[str | int]], users: Sequence[str] | None = None) -> np.ndarray:
+        """[len(histories), catalogue + 1] scores (column 0, padding, is -inf; added items after
+        the catalogue). ``users``: whose histories these are, for runs whose prompts show each
+        item's date (LLM-SRec's default), which then come from that user's data."""
+        out = [np.asarray(self._scores(vectors, self._items))[:count, : len(self.item_ids)]
+               for _, count, vectors in self._user_vectors(histories, users)]
         scores = np.concatenate(out)
         scores[:, 0] = -np.inf
         return scores
 
     def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10, exclude_history: bool = False,
-                        exclude: Iterable[str | int] = ()) -> list[list[Recommendation]]:
+                        exclude: Iterable[str | int] = (), users: Sequence[str] | None = None
+                        ) -> list[list[Recommendation]]:
         """The top ``k`` items for each history, best first (equal scores by item row);
-        ``exclude_history`` leaves out the history's own items, ``exclude`` these items for every history."""
+        ``exclude_history`` leaves out the history's own items, ``exclude`` these items for every
+        history; ``users`` as in :meth:`scores`."""
         exclude = [*exclude]
         return self.top_items(histories, [k] * len(histories),
-                              [[*exclude, *(history if exclude_history else ())] for history in histories])
+                              [[*exclude, *(history if exclude_history else ())] for history in histories], users)
 
     def top_items(self, histories: Sequence[Sequence[str | int]], ks: Sequence[int],
-                  excluded: Sequence[Sequence[str | int]]) -> list[list[Recommendation]]:
+                  excluded: Sequence[Sequence[str | int]], users: Sequence[str] | None = None
+                  ) -> list[list[Recommendation]]:
         """Each history's top ``ks[i]`` items without ``excluded[i]``. The scores never leave
         the device: it returns each row's best candidates, enough to cover the exclusions
         (a power of two, so few shapes compile), and the host drops the excluded ones."""
@@ -285,9 +324,8 @@ class Recommender:
         candidates = min(1 << max(need - 1, 15).bit_length(), self._items.shape[0])
         catalogue = jnp.asarray(len(self.item_ids), jnp.int32)
         best = []
-        for start, count, padded in self._calls(self._histories(histories)):
-            users = self._scorer.user_vectors(padded, self._items)
-            values, indices = map(np.asarray, self._best_on_device(users, self._items, catalogue, candidates))
+        for start, count, vectors in self._user_vectors(histories, users):
+            values, indices = map(np.asarray, self._best_on_device(vectors, self._items, catalogue, candidates))
             for row in range(count):
                 k, skip = ks[start + row], excluded[start + row]
                 order = np.lexsort((indices[row], -values[row]))  # best first, equal scores by item row
@@ -301,8 +339,8 @@ class Recommender:
             raise ValueError(f"k must be in 1..{len(self.item_ids) - 1} (the catalogue), got {k}")
 
     def recommend(self, history: Sequence[str | int], k: int = 10, exclude_history: bool = False,
-                  exclude: Iterable[str | int] = ()) -> list[Recommendation]:
-        return self.recommend_batch([history], k, exclude_history, exclude)[0]
+                  exclude: Iterable[str | int] = (), user: str | None = None) -> list[Recommendation]:
+        return self.recommend_batch([history], k, exclude_history, exclude, None if user is None else [user])[0]
 
     def user_history(self, user_id: str) -> list[str]:
         """A user's whole item sequence in the run's data (training, validation and test items)."""
@@ -359,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"added {len(added)} new item(s) from {args.new_items}", file=sys.stderr)
         if args.all_users:
             return _write_all_users(rec, Path(args.to), args.k, args.exclude_history)
-        history = rec.user_history(args.user) if args.user is not None else [h.strip() for h in args.history.split(",")]
-        print(_table(rec.recommend(history, args.k, args.exclude_history)))
+        if args.user is not None:
+            top = rec.recommend(rec.user_history(args.user), args.k, args.exclude_history, user=args.user)
+        else:
+            top = rec.recommend([h.strip() for h in args.history.split(",")], args.k, args.exclude_history)
+        print(_table(top))
     except (ConfigError, DataError, RunError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
@@ -374,7 +415,7 @@ def _write_all_users(rec: Recommender, path: Path, k: int, exclude_history: bool
     lines = []
     for start in range(0, len(users), USER_BATCH):
         chunk = users[start : start + USER_BATCH]
-        top = rec.recommend_batch([rec.user_history(u) for u in chunk], k, exclude_history)
+        top = rec.recommend_batch([rec.user_history(u) for u in chunk], k, exclude_history, users=list(chunk))
         lines += [json.dumps({"user": u, "items": [dataclasses.asdict(r) for r in recs]}) for u, recs in zip(chunk, top)]
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
     print(f"{len(users)} users' top {k} -> {path}")

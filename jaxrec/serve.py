@@ -3,7 +3,7 @@
     python -m jaxrec.serve --run runs/quickstart/sasrec_llm2rec [--host 127.0.0.1 --port 8000]
 
     GET  /health                       {"status": "ok", "run": ..., "items": N}
-    POST /recommend {"history": ["50", "Star Wars (1977)"], "k": 10, "exclude_history": false}
+    POST /recommend {"history": ["50", "Star Wars (1977)"], "k": 10, "exclude_history": false, "user": null}
                                        {"items": [{"item_id", "title", "score"}, ...]}
     POST /items     {"items": [{"id": "new-1", "title": "...", "attributes": {...}}]}
                                        {"added": ["new-1"], "items": N, "seconds": ...}
@@ -56,9 +56,9 @@ class _Batcher:
         if self.task is not None:
             self.task.cancel()
 
-    async def submit(self, history: list[str], k: int, exclude_history: bool):
+    async def submit(self, history: list[str], k: int, exclude_history: bool, user: str | None):
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((history, k, exclude_history, future))
+        await self.queue.put((history, k, exclude_history, user, future))
         return await future
 
     async def _run(self) -> None:
@@ -85,8 +85,9 @@ class _Batcher:
     def _score(self, pending) -> list:
         with self.lock:
             self.batches, self.requests = self.batches + 1, self.requests + len(pending)
+            users = [user for *_, user, _ in pending] if self.rec.needs_users else None
             return self.rec.top_items([history for history, *_ in pending], [k for _, k, *_ in pending],
-                                      [history if exclude_history else () for history, _, exclude_history, _ in pending])
+                                      [history if exclude else () for history, _, exclude, *_ in pending], users)
 
     async def add_items(self, items: list[dict]) -> list[str]:
         def add():
@@ -108,6 +109,8 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0, new_items: bool = T
         history: list[str | int] = Field(min_length=1, max_length=MAX_HISTORY_ITEMS)
         k: int = Field(10, ge=1)
         exclude_history: bool = False
+        user: str | int | None = None
+        """Whose history it is: needed by runs whose prompts show each item's date (LLM-SRec's default)."""
 
     class NewItem(BaseModel):
         id: str | int
@@ -162,7 +165,18 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0, new_items: bool = T
         unknown = [item for item in history if not rec.knows(item)]
         if unknown:
             return _error(404, f"unknown item {unknown[0]!r}: neither an item id nor an exact title of the catalogue")
-        top = await batcher.submit(history, body.k, body.exclude_history)
+        user = None if body.user is None else str(body.user)
+        if rec.needs_users and user is None:
+            return _error(422, "user: this run's prompts show each item's date, so name the user whose history it is")
+        if user is not None and rec.needs_users:
+            if not rec.knows_user(user):
+                return _error(404, f"unknown user {user!r}")
+            theirs = {rec.item_index(item) for item in rec.user_history(user)}
+            foreign = [item for item in history if rec.item_index(item) not in theirs]
+            if foreign:
+                return _error(422, f"history: item {foreign[0]!r} is not one of user {user!r}'s, whose dates "
+                                   "the prompt shows")
+        top = await batcher.submit(history, body.k, body.exclude_history, user)
         return {"items": [dataclasses.asdict(r) for r in top]}
 
     @app.post("/items")

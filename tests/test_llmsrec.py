@@ -165,7 +165,7 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
             f"distill.teacher={teacher}", "distill.max_history=6", "distill.head_hidden=64", "distill.out_dim=32",
             "distill.negatives=4", "batch.size=16", "optimizer.learning_rate=0.003", "loop.epochs=30",
             "loop.eval_every=5", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.sampled_negatives=10",
-            "evaluation.batch_size=32", "distill.dates=false"]
+            "evaluation.batch_size=32"]
     assert launch.main([x for a in args for x in ("--set", a)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0] and summary["over_seeds"]["sampled"]["ndcg@10"]["mean"] >= 0
@@ -190,10 +190,28 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
     from tests.test_recommend import _test_recall
 
     rec = jaxrec.Recommender.load(out)
+    assert rec.needs_users  # its prompts show each item's date (the authors' default)
     assert _test_recall(rec, 5) == pytest.approx(test["full"]["recall@5"], abs=1e-6)
-    assert len(rec.recommend(["i3", "i4"], k=5)) == 5
+    user = str(rec.data.user_ids[0])
+    history = rec.user_history(user)[-3:]
+    assert len(rec.recommend(history, k=5, user=user)) == 5
+    with pytest.raises(ValueError, match="name the user whose history it is"):
+        rec.recommend(history, k=5)
     with pytest.raises(RunError, match="LLM-SRec runs do not take new items"):
         rec.add_items([{"id": "new", "title": "T"}])
+    pytest.importorskip("fastapi", reason="the service's extra")
+    from fastapi.testclient import TestClient
+
+    from jaxrec.serve import create_app
+
+    with TestClient(create_app(rec, new_items=False)) as client:
+        answer = client.post("/recommend", json={"history": history, "k": 5, "user": user})
+        assert answer.status_code == 200
+        assert [r["item_id"] for r in answer.json()["items"]] == [r.item_id for r in rec.recommend(history, 5, user=user)]
+        assert client.post("/recommend", json={"history": history}).status_code == 422
+        other = next(i for i in rec.item_ids[1:] if i not in rec.user_history(user))
+        refused = client.post("/recommend", json={"history": [other], "user": user})
+        assert refused.status_code == 422 and "is not one of user" in refused.json()["error"]
 
 
 def test_training_leaves_the_decoder_bitwise_unchanged_and_moves_only_the_added_rows(teacher_and_data, tiny_checkpoints):

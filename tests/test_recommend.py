@@ -16,10 +16,11 @@ from tests.test_seqrec_task import seqrec_run  # noqa: F401  (the fixture)
 
 
 def _test_recall(rec: recommend.Recommender, k: int) -> float:
-    """Full-ranking Recall@k of the test split, scored through the API (ties at their expected place)."""
+    """Full-ranking Recall@k of the test split, scored through the API (ties at their expected place;
+    row u of the split is user u, named where the run's prompts need the user's dates)."""
     history, targets, _ = evaluation_examples(rec.data, "test", rec.max_history)
     histories = [[rec.item_ids[i] for i in row[row > 0]] for row in history]
-    scores = rec.scores(histories)
+    scores = rec.scores(histories, [str(u) for u in rec.data.user_ids] if rec.needs_users else None)
     target = scores[np.arange(len(targets)), targets][:, None]
     higher, tied = (scores > target).sum(1), (scores == target).sum(1) - 1
     return float(np.mean(np.clip(k - higher, 0, tied + 1) / (tied + 1)))
