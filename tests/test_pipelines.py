@@ -201,9 +201,8 @@ def test_pipeline_config_errors_name_the_stage_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="stages.embed: task is not set"):
         load_pipeline(no_task)
     wrong_key = _write(tmp_path / "wrong.yaml", "stages:\n  embed: {task: encode, encode: {batch_sise: 2}}\n")
-    pipeline = load_pipeline(wrong_key)
     with pytest.raises(ConfigError, match=r"stages.embed: unknown key 'encode.batch_sise'"):
-        make_plan(pipeline)
+        load_pipeline(wrong_key)  # every stage's config is validated as the pipeline loads
     top_task = _write(tmp_path / "top_task.yaml", "task: encode\nstages:\n  embed: {task: encode}\n")
     with pytest.raises(ConfigError, match="a pipeline has no top-level task"):
         load_pipeline(top_task)

@@ -77,14 +77,16 @@ def test_sasrec_learns_the_order_and_reports_diagnostics(seqrec_run):
 
 def test_early_stopping_tests_the_best_state_and_runs_resume(seqrec_run):
     run, tmp = seqrec_run
-    first = run(tmp / "r", "loop.epochs=2")["per_seed"][0]["training"]
-    assert first["epochs"] == 2
+    # a learning rate of 1e-9 cannot improve validation after the first epoch
+    first = run(tmp / "r", "loop.epochs=2", "optimizer.learning_rate=1e-9")["per_seed"][0]["training"]
+    assert first["epochs"] == 2 and not first["stopped_early"]
+    # relaunched longer and with patience (the only changes a run resumes with): one more stale epoch ends it
     again = run(tmp / "r", "loop.epochs=4", "loop.patience=1", "optimizer.learning_rate=1e-9")
     training = again["per_seed"][0]["training"]
     assert training["resumed_from"] == first["steps"]
     # the time is the whole run's, both processes
     assert training["timed_steps"] == training["steps"] and training["training_seconds"] > first["training_seconds"]
-    # a learning rate of 1e-9 cannot improve validation: stop after one stale epoch, test the best
+    # stopped after the stale epoch, the best state tested
     assert training["stopped_early"] and training["epochs"] == 3
     assert training["best_step"] <= first["steps"]
 
