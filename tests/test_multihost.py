@@ -149,3 +149,37 @@ def test_a_checkpoint_resumes_across_process_topologies(tiny_checkpoints, tmp_pa
         assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == 2
         losses = _losses(run_dir)
         np.testing.assert_allclose([losses[s] for s in (1, 2, 3, 4)], [whole[s] for s in (1, 2, 3, 4)], rtol=1e-5)
+
+
+def test_sigterm_to_one_process_stops_every_process_at_one_agreed_step(tiny_checkpoints, tmp_path):
+    """SIGTERM reaches process 1 only: both processes stop at the next logging step, the checkpoint of that
+    step is saved, the run is marked interrupted, and a relaunch resumes from it."""
+    import signal
+    import time
+
+    model_dir, _ = tiny_checkpoints("llama-tied-gqa")
+    data = write_tiny_dataset(tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: mntp\nmodel:\n  name: {model_dir}\ndata:\n  name: {data}\n  k_core: 1\n"
+                      "batch:\n  size: 8\n  max_length: 16\nloop:\n  log_every: 3\n  save_every: 1000\nmesh:\n  fsdp: 2\n")
+    run_dir = tmp_path / "out"
+    job = subprocess.Popen(["bash", str(ROOT / "launch" / "local_multihost.sh"), str(config), "2", "4",
+                            "--set", "loop.steps=600", "--set", f"run_dir={run_dir}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env={**os.environ, "PYTHON": sys.executable, "JAXREC_PROGRESS": "0"})
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, "the job did not start training"
+        time.sleep(0.05)
+    second = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True,
+                                                 text=True).stdout.split()][1]
+    os.kill(second, signal.SIGTERM)
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 128 + signal.SIGTERM, err[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    saved = json.loads((run_dir / "manifest.json").read_text())
+    assert saved["status"] == "interrupted" and f"at step {steps[-1]}" in saved["error"]
+    assert steps[-1] % 3 == 0 and steps[-1] < 600 and (run_dir / "checkpoints" / str(steps[-1])).is_dir()
+    resumed = _launch(config, steps[-1] + 3, 2, run_dir)
+    assert f"resumed from the checkpoint at step {steps[-1]}" in resumed.stderr
