@@ -26,10 +26,12 @@ def _test_recall(rec: recommend.Recommender, k: int) -> float:
     return float(np.mean(np.clip(k - higher, 0, tied + 1) / (tied + 1)))
 
 
-@pytest.mark.parametrize("items", ["id", "llm"])
-def test_api_scores_equal_the_runs_evaluation(seqrec_run, items, tmp_path, capsys):  # noqa: F811
+@pytest.mark.parametrize("items, model", [("id", "sasrec"), ("llm", "sasrec"), ("id", "bert4rec")])
+def test_api_scores_equal_the_runs_evaluation(seqrec_run, items, model, tmp_path, capsys):  # noqa: F811
     run, tmp = seqrec_run
-    overrides = ["loop.epochs=3", "evaluation.seeds=[0, 1]"]
+    overrides = ["loop.epochs=3", "evaluation.seeds=[0, 1]", f"recommender.model={model}"]
+    if model == "bert4rec":  # it reads a mask token's row after the catalogue's
+        overrides.append("recommender.examples=sequences")
     if items == "llm":
         rng = np.random.default_rng(0)
         np.save(tmp / "emb.npy", rng.normal(size=(30, 12)).astype(np.float32) * 20)
