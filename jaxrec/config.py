@@ -225,3 +225,19 @@ def non_default_fields(spec) -> dict:
 
 def to_yaml(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def culprit_override(load, overrides: list[str]) -> str | None:
+    """The ``--set`` to blame when ``load(overrides)`` fails: None when the
+    config fails without any override (the file is wrong), else the first
+    override that fails alone, else all of them together."""
+    try:
+        load([])
+    except ConfigError:
+        return None
+    for assignment in overrides:
+        try:
+            load([assignment])
+        except ConfigError:
+            return assignment
+    return " --set ".join(overrides)

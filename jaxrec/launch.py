@@ -176,7 +176,7 @@ def _main_pipeline(args) -> int | None:
 
 
 def _main_task(args) -> int | None:
-    from jaxrec.tasks import default_run_dir, load_config, run_task
+    from jaxrec.tasks import load_config, run_dir_of, run_task
 
     if args.stages:
         raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "
@@ -191,7 +191,7 @@ def _main_task(args) -> int | None:
         from jaxrec.tasks.specs import check_inputs
 
         check_inputs(config)  # what the launch itself checks before it loads anything
-        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        run_dir = run_dir_of(config)
         if not args.replace:
             check_relaunch(to_dict(config), config.task, run_dir)
         print(f"task {config.task} would run in {run_dir}\n{to_yaml(config)}", end="")

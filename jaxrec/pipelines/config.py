@@ -30,7 +30,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-from jaxrec.config import apply_override, include_entries, merge_trees, read_tree
+from jaxrec.config import apply_override, culprit_override, include_entries, merge_trees, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.tasks.specs import RUN_FIELDS
 
@@ -232,24 +232,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     try:
         return _load(path, list(overrides))
     except ConfigError as err:
-        culprit = _culprit(path, list(overrides)) if overrides else None
+        culprit = culprit_override(lambda these: _load(path, these), list(overrides)) if overrides else None
         if culprit is None:
             raise
         raise ConfigError(f"--set {culprit}: {str(err).removeprefix(f'{path}: ')}") from None
-
-
-def _culprit(path: Path, overrides: list[str]) -> str | None:
-    """The override that breaks a file that loads without it (None: the file itself is wrong)."""
-    try:
-        _load(path, [])
-    except ConfigError:
-        return None
-    for assignment in overrides:
-        try:
-            _load(path, [assignment])
-        except ConfigError:
-            return assignment
-    return " --set ".join(overrides)
 
 
 def _load(path: Path, overrides: list[str]) -> Pipeline:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jaxrec.config import apply_override, read_tree, to_dict, to_yaml
+from jaxrec.config import apply_override, culprit_override, read_tree, to_dict, to_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.tasks.registry import TASKS, build_config
 from jaxrec.tasks.specs import TaskConfig, check_inputs
@@ -21,8 +21,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfi
     into the config class of its ``task``. An error names the file when the
     file is wrong and the ``--set`` when an override is."""
     tree = read_tree(path)
-    origin = str(path) if path is not None else "config"
-    config = build_config(tree, origin)
+    config = build_config(tree, str(path) if path is not None else "config")
     if not overrides:
         return config
     for assignment in overrides:
@@ -33,23 +32,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfi
     try:
         return build_config(tree, "config")
     except ConfigError as err:
-        raise ConfigError(f"{_culprit(path, overrides)}: {str(err).removeprefix('config: ')}") from None
+        culprit = culprit_override(lambda these: _with_overrides(path, these), overrides)
+        raise ConfigError(f"--set {culprit}: {str(err).removeprefix('config: ')}") from None
 
 
-def _culprit(path, overrides) -> str:
-    """The ``--set`` that breaks a valid file: the first that fails alone, else all of them."""
+def _with_overrides(path: str | Path | None, overrides: list[str]) -> TaskConfig:
+    tree = read_tree(path)
     for assignment in overrides:
-        tree = read_tree(path)
         apply_override(tree, assignment)
-        try:
-            build_config(tree)
-        except ConfigError:
-            return f"--set {assignment}"
-    return "--set " + " --set ".join(overrides)
+    return build_config(tree, "config")
 
 
-def default_run_dir(config: TaskConfig) -> Path:
-    return Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+def run_dir_of(config: TaskConfig) -> Path:
+    """Where ``config``'s task writes: its ``run_dir``, else ``runs/<task>-<timestamp>``."""
+    return Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_task(config: TaskConfig, log=print, inputs: dict | None = None, replace: bool = False) -> dict:
@@ -68,7 +64,7 @@ def run_task(config: TaskConfig, log=print, inputs: dict | None = None, replace:
     from jaxrec.train.checkpoint import ResumeError
 
     check_inputs(config)
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir = run_dir_of(config)
     config_dict = to_dict(config)
     with claimed(run_dir, config_dict, config.task, replace, log) as relaunched_with:
         run = Run(run_dir, config.task, config_dict, to_yaml(config), writer=jax.process_index() == 0,
