@@ -88,10 +88,7 @@ def _seqrec_scorer(config, data, trained: runs.TrainedRecommender) -> _Scorer:
                    0 if "align_items" not in constants else constants["align_items"].shape[1])
     variables = jax.tree.map(jnp.asarray, trained.params)
     spec = config.recommender
-    # BERT4Rec reads its mask token's row right after the catalogue: it gets the table without the padding
-    # rows that follow (SASRec and GRU4Rec read only the rows their histories name)
-    rows = data.num_items + 1 if spec.model == "bert4rec" else None
-    users = jax.jit(lambda h, items: model.apply(variables, h, items[:rows], method=Module.user_vectors))
+    users = jax.jit(lambda h, items: model.apply(variables, h, items, method=Module.user_vectors))
     return _Scorer(lambda h, items, _users: users(h, items), np.asarray(model.apply(variables, method=Module.items)),
                    spec.max_history - (1 if spec.model == "bert4rec" else 0),
                    lambda rows: np.asarray(model.apply(variables, jnp.asarray(rows), method=Module.new_item_vectors)))

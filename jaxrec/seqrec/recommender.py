@@ -89,8 +89,11 @@ class Recommender(nn.Module):
         return parts[0] + parts[1] if self.spec.combine == "sum" else jnp.concatenate(parts, axis=1)
 
     def input_table(self, items: jax.Array) -> jax.Array:
-        """The table histories are looked up in: the items, plus BERT4Rec's mask row."""
-        return jnp.concatenate([items, self.mask_embedding], axis=0) if self.spec.model == "bert4rec" else items
+        """The table histories are looked up in: the items, plus BERT4Rec's mask row at
+        ``mask_id`` (right after the catalogue, whatever rows ``items`` has beyond it)."""
+        if self.spec.model != "bert4rec":
+            return items
+        return jnp.concatenate([items[: self.mask_id], self.mask_embedding], axis=0)
 
     def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, jax.Array]:
         """(states [B, L, hidden], or [B, 1, hidden] at each row's last real item
