@@ -41,6 +41,10 @@ BATCH_BUCKETS = (1, 8, 32, USER_BATCH)
 (a single request does not pay for 256 rows)."""
 
 
+class ItemIdTaken(ValueError):
+    """A new item's id is already in the catalogue."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
     item_id: str
@@ -100,29 +104,19 @@ def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
     from flax import traverse_util
     from safetensors.numpy import load_file
 
-    from jaxrec.llmsrec.model import DistillHeads, Distiller
-    from jaxrec.llmsrec.prompts import EXTRA_TOKENS, InteractionDays, Prompts
     from jaxrec.llmsrec.teacher import Teacher
-    from jaxrec.models.decoder import Decoder
-    from jaxrec.seqrec.evaluate import batched
+    from jaxrec.tasks.llmsrec import distiller, every_item_vector, frozen_constants, prompts_for
 
     spec = config.distill
     lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer)
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
-    days = InteractionDays(data) if spec.dates else None
-    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens,
-                      None if days is None else days.all_days())
-    model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
-                      DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
-                                   spec.teacher_activation))
+    prompts, days = prompts_for(lm, data, spec)
+    model = distiller(lm.config, spec)
     heads = traverse_util.unflatten_dict(load_file(str(run.file("heads"))), sep="/")
-    constants = {"teacher_items": teacher.item_table(),
-                 **{f"item_{k}": v for k, v in prompts.item_parts(data.num_items).items()}}
-    variables = jax.tree.map(jnp.asarray, {"params": {"llm": lm.params, "heads": heads}, "constants": constants})
-    item_fn, user_fn = jax.jit(model.item_vectors), jax.jit(model.user_vectors)
-    items = batched(lambda ids: item_fn(variables, ids), np.arange(data.num_items + 1, dtype=np.int32),
-                    batch_size=config.evaluation.batch_size)
-    items[0] = 0.0
+    variables = jax.tree.map(jnp.asarray, {"params": {"llm": lm.params, "heads": heads},
+                                           "constants": frozen_constants(teacher, prompts, data.num_items)})
+    user_fn = jax.jit(model.user_vectors)
+    items = every_item_vector(jax.jit(model.item_vectors), variables, data.num_items, config.evaluation.batch_size)
 
     def user_vectors(rows, _items, users):
         if days is None:
@@ -219,7 +213,7 @@ class Recommender:
         table = item_table(items)
         known = [i for i in table.ids if i in self._index]
         if known:
-            raise ValueError(f"item id(s) {known[:5]} are already in the catalogue; new items need new ids")
+            raise ItemIdTaken(f"item id(s) {known[:5]} are already in the catalogue; new items need new ids")
         self.prepare_new_items()
         rows = self._new_item_encoder(table)
         vectors = self._scorer.new_item_vectors(rows)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from jaxrec.errors import RunError
-from jaxrec.recommend import USER_BATCH, Recommender
+from jaxrec.recommend import USER_BATCH, ItemIdTaken, Recommender
 
 MAX_HISTORY_ITEMS = 1000
 """Longest history a request may send (the model reads only its last max_history items)."""
@@ -186,8 +186,10 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0, new_items: bool = T
         started = time.perf_counter()
         try:
             added = await batcher.add_items([item.model_dump() for item in body.items])
-        except (ValueError, RunError) as err:  # an id already in the catalogue, a malformed item
-            return _error(409 if "already in the catalogue" in str(err) else 422, str(err))
+        except ItemIdTaken as err:
+            return _error(409, str(err))
+        except ValueError as err:  # a malformed item
+            return _error(422, str(err))
         return {"added": added, "items": len(rec.item_ids) - 1, "seconds": round(time.perf_counter() - started, 3)}
 
     return app
@@ -197,8 +199,6 @@ def create_app(rec: Recommender, batch_wait_ms: float = 2.0, new_items: bool = T
 def serving(app, host: str = "127.0.0.1"):
     """Serve ``app`` on a free port of ``host`` in a background thread; yields its base URL."""
     import socket
-    import threading
-    import time
 
     import uvicorn
 

@@ -53,6 +53,33 @@ class LlmsrecConfig(TrainingConfig):
         self.loop = ranking_monitor(self.loop, self.evaluation)
 
 
+def distiller(lm_config, spec: DistillSpec) -> Distiller:
+    """The frozen decoder with LLM-SRec's added tokens, and the heads."""
+    return Distiller(Decoder(lm_config.replace(extra_tokens=EXTRA_TOKENS)),
+                     DistillHeads(lm_config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
+                                  spec.teacher_activation))
+
+
+def prompts_for(lm, data, spec: DistillSpec) -> tuple[Prompts, InteractionDays | None]:
+    """The prompts of ``data``'s users and items, and the days they show (None: prompts without dates)."""
+    days = InteractionDays(data) if spec.dates else None
+    return Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens,
+                   None if days is None else days.all_days()), days
+
+
+def frozen_constants(teacher: Teacher, prompts: Prompts, num_items: int) -> dict:
+    """What the model reads and never trains: the teacher's item table and every item prompt's parts."""
+    return {"teacher_items": teacher.item_table(), **{f"item_{k}": v for k, v in prompts.item_parts(num_items).items()}}
+
+
+def every_item_vector(item_fn, variables: dict, num_items: int, batch_size: int, progress: str | None = None):
+    """f_item of every item's prompt [num_items + 1, out] (row 0, padding, zero)."""
+    items = batched(lambda ids: item_fn(variables, ids), np.arange(num_items + 1, dtype=np.int32),
+                    batch_size=batch_size, progress=progress)
+    items[0] = 0.0
+    return items
+
+
 def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: LlmsrecConfig,
                session: TrainingSession) -> dict:
     rng_tokens, rng_heads = jax.random.split(jax.random.key(config.seed))
@@ -61,8 +88,7 @@ def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_ite
     if added is None:
         added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
     llm = session.place(model.decoder, {**lm.params, "extra_embedding": added}, rng_tokens)["params"]
-    item_prompts = prompts.item_parts(num_items)
-    constants = {"teacher_items": teacher.item_table(), **{f"item_{k}": v for k, v in item_prompts.items()}}
+    constants = frozen_constants(teacher, prompts, num_items)
     rest = session.replicate({"params": {"heads": model.init_heads(rng_heads, teacher.dim)}, "constants": constants})
     return {"params": {"llm": llm, **rest["params"]}, "constants": rest["constants"]}
 
@@ -82,9 +108,7 @@ class _Evaluator:
 
     def __call__(self, variables, part: str, diagnostics: bool) -> dict:
         spec = self.config.evaluation
-        items = batched(lambda ids: self.item_fn(variables, ids), np.arange(self.num_items + 1, dtype=np.int32),
-                        batch_size=spec.batch_size, progress=f"{part}: item vectors")
-        items[0] = 0.0
+        items = every_item_vector(self.item_fn, variables, self.num_items, spec.batch_size, f"{part}: item vectors")
         history, targets, lengths = self.splits[part]
         rows = np.arange(len(history))
         prompt = lambda h, u: self.prompts.users(h, None if self.days is None else self.days(u, h))
@@ -110,9 +134,7 @@ class _Training:
 def build_training(config: LlmsrecConfig, data, lm, log=print, session: TrainingSession | None = None) -> _Training:
     spec = config.distill
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
-    days = InteractionDays(data) if spec.dates else None
-    prompts = Prompts(lm.tokenizer, data.titles, lm.config.vocab_size, spec.max_history, spec.title_tokens,
-                      None if days is None else days.all_days())
+    prompts, days = prompts_for(lm, data, spec)
     history, target, _ = evaluation_examples(data, "train", max(spec.max_history, teacher.spec.max_history))
     users = np.flatnonzero(history[:, 0] > 0)
     history, target = history[users], target[users]
@@ -121,9 +143,7 @@ def build_training(config: LlmsrecConfig, data, lm, log=print, session: Training
     log(f"data: {data.num_users} users, {data.num_items} items; {len(users)} training users; "
         f"prompts up to {prompts.user_length} (user) / {prompts.item_length} (item) tokens")
 
-    model = Distiller(Decoder(lm.config.replace(extra_tokens=EXTRA_TOKENS)),
-                      DistillHeads(lm.config.hidden_size, spec.head_hidden, spec.out_dim, spec.head_activation,
-                                   spec.teacher_activation))
+    model = distiller(lm.config, spec)
     session = session or TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
     own_items = training_user_items(data)
