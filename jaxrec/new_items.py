@@ -16,7 +16,7 @@ from jaxrec import runs
 from jaxrec.config import build
 from jaxrec.data.item_tables import ItemTable
 from jaxrec.errors import DataError, RunError
-from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
+from jaxrec.seqrec.item_vectors import RowTransform
 
 
 @dataclasses.dataclass
@@ -32,6 +32,7 @@ class NewItemEncoder:
         """The encoder behind a seqrec run's frozen item matrix (``config``: the run's
         SeqrecConfig; ``item_ids``: its catalogue, row 0 padding)."""
         from jaxrec.tasks.encode import EncodeConfig
+        from jaxrec.tasks.seqrec import frozen_item_rows
 
         spec = config.recommender
         if spec.items == "id":
@@ -45,8 +46,7 @@ class NewItemEncoder:
                            "encoder to embed new items with; use a run whose embeddings come from an encode run")
         encode_run = runs.open_run(location, "recommender.embeddings")
         encode_config = build(EncodeConfig, {k: v for k, v in encode_run.manifest["config"].items() if k != "run_dir"})
-        raw = runs.item_embeddings(location, item_ids)[1:]
-        transform = frozen_matrix_transform(raw, spec.conditioning, spec.pca)
+        _, transform = frozen_item_rows(spec, item_ids)
         lm = encode_config.model.load()
         return cls(lm, encode_config.encode, transform, str(location))
 

@@ -28,7 +28,7 @@ from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
 from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples, training_user_items
-from jaxrec.seqrec.item_vectors import frozen_matrix_transform
+from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
 from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
@@ -45,12 +45,19 @@ class SeqrecConfig(TrainingConfig):
         self.loop = ranking_monitor(self.loop, self.evaluation)
 
 
+def frozen_item_rows(spec: RecommenderSpec, item_ids: list[str]) -> tuple[np.ndarray, RowTransform]:
+    """The raw LLM rows of the catalogue (``item_ids`` without its padding row 0) from
+    ``recommender.embeddings``, and the conditioning (and PCA) fitted on them."""
+    raw = runs.item_embeddings(spec.embeddings, item_ids)[1:]
+    return raw, frozen_matrix_transform(raw, spec.conditioning, spec.pca)
+
+
 def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
     spec = config.recommender
     if spec.items == "id":
         return None
-    raw = runs.item_embeddings(spec.embeddings, item_ids)[1:]
-    rows = frozen_matrix_transform(raw, spec.conditioning, spec.pca)(raw)
+    raw, transform = frozen_item_rows(spec, item_ids)
+    rows = transform(raw)
     return np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
 
 

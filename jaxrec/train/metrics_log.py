@@ -36,9 +36,10 @@ class _TensorBoardEvents:
     def __init__(self, directory: Path, purge_step: int | None, flush_seconds: float = 30.0):
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.summary import scalar
 
         directory.mkdir(parents=True, exist_ok=True)
-        self._event = Event
+        self._event, self._scalar = Event, scalar
         self._events = EventsWriter(str(directory / "events"))
         if purge_step is not None:  # TensorBoard hides the events at and after this step of the earlier attempt
             self._events.write_event(Event(wall_time=time.time(), step=purge_step,
@@ -46,11 +47,9 @@ class _TensorBoardEvents:
         self._flush_seconds, self._flushed = flush_seconds, time.monotonic()
 
     def write(self, prefix: str, step: int, values: dict[str, float]) -> None:
-        from tensorboardX.summary import scalar
-
         for name, value in values.items():
             self._events.write_event(self._event(wall_time=time.time(), step=step,
-                                                 summary=scalar(f"{prefix}/{name}", float(value))))
+                                                 summary=self._scalar(f"{prefix}/{name}", float(value))))
         if time.monotonic() - self._flushed > self._flush_seconds:
             self._events.flush()
             self._flushed = time.monotonic()
