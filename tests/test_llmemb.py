@@ -113,12 +113,16 @@ def test_bce_negatives_are_never_the_users_training_items():
         indices = np.arange(setup.count)
         batch = setup.batch(indices, np.random.default_rng(step))
         assert batch["negatives"].shape == (*batch["history"].shape, 3)
-        for user, negatives in zip(setup.examples.users[indices], batch["negatives"]):
+        for user, negatives, targets in zip(setup.examples.users[indices], batch["negatives"], batch["targets"]):
             assert not set(negatives.ravel().tolist()) & set(data.sequence(user)[:-2].tolist())
-            assert negatives.min() >= 1 and negatives.max() <= data.num_items
+            scored = negatives[targets > 0]  # a real item at every scored position, padding elsewhere
+            assert scored.min() >= 1 and scored.max() <= data.num_items and not negatives[targets == 0].any()
             if user == 0:
                 drawn_by_a |= set(negatives.ravel().tolist())
     assert {5, 6} <= drawn_by_a  # the held-out items are ordinary negatives
+    config.recommender.examples = "prefixes"  # one target per row, whose negatives the loss reads at column 0
+    batch = _Setup(config, data).batch(np.arange(4), np.random.default_rng(0))
+    assert (batch["negatives"][:, 0] >= 1).all() and not batch["negatives"][:, 1:].any()
 
 
 def test_bert4rec_examples_come_twice_with_the_last_item_copies():
@@ -158,6 +162,44 @@ def test_rat_alignment_covers_the_batchs_target_items(limit):
     # raw vectors by default: not the loss of the normalised ones
     normalised = float(soft_clip_loss(jnp.asarray(adapted[real]), jnp.asarray(aligned[real]), 2.0, normalize=True))
     assert abs(normalised - _soft_clip_numpy(adapted[real], aligned[real], 2.0)) > 1e-3
+
+
+@pytest.mark.parametrize("items, align", [("llm", True), ("id+llm", False)])
+def test_bce_step_on_the_batchs_items_equals_the_whole_catalogue(items, align):
+    """Scoring only the batch's items (item_slots) gives the loss and gradients of
+    the whole table: the adapter's other rows never reach a BCE loss."""
+    from jaxrec.seqrec.recommender import Recommender, init_variables, item_slots, make_objective
+    from jaxrec.seqrec.spec import RecommenderSpec
+
+    rng = np.random.default_rng(0)
+    num_items, length = 300, 6
+    llm = rng.normal(size=(num_items + 1, 12)).astype(np.float32)
+    aligned = rng.normal(size=(num_items + 1, 8)).astype(np.float32)
+    llm[0] = aligned[0] = 0
+    spec = RecommenderSpec(hidden=8, items=items, combine="concat", embeddings="x", adapter=[10],
+                           align_to="y" if align else None, align_items=7, max_history=length,
+                           examples="sequences", loss="bce", negatives=2, dropout=0.3)
+    model = Recommender(spec, num_items, llm_dim=12, align_dim=8 if align else 0)
+    variables = init_variables(model, jax.random.key(0), llm, aligned if align else None)
+    history = rng.integers(1, num_items + 1, size=(4, length)).astype(np.int32)
+    history[1, 3:] = 0  # a shorter history: right padding
+    targets = np.where(history > 0, rng.integers(1, num_items + 1, size=history.shape), 0).astype(np.int32)
+    batch = {"history": history, "targets": targets,
+             "negatives": rng.integers(1, num_items + 1, size=(4, length, 2)).astype(np.int32)}
+    slots = item_slots(batch, num_items)
+    assert slots is not None and len(np.unique(np.concatenate([a.ravel() for a in batch.values()]))) + 1 <= slots.size < num_items
+    _, loss = make_objective(model)
+    params, constants = variables["params"], variables["constants"]
+    grad = jax.jit(jax.value_and_grad(lambda p, b: loss({"params": p, "constants": constants}, {}, b,
+                                                      jax.random.key(3)), has_aux=True))
+    (whole, whole_parts), whole_grads = grad(params, batch)
+    (part, part_parts), part_grads = grad(params, {**batch, "item_slots": slots})
+    np.testing.assert_allclose(float(part), float(whole), rtol=1e-5)
+    for name in whole_parts:
+        np.testing.assert_allclose(float(part_parts[name]), float(whole_parts[name]), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+                 part_grads, whole_grads)
+    assert item_slots(batch, 20) is None  # a bound as large as the catalogue: the whole table is used
 
 
 QUICK = ROOT / "configs" / "llmemb" / "quick_beauty.yaml"

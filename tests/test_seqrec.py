@@ -439,3 +439,32 @@ def test_batches_drawn_with_replacement_are_seeded_and_split_over_processes():
         np.testing.assert_array_equal(np.concatenate([next(h)["rows"] for h in halves]), expected)
     again = IndexBatches(10, 8, take, seed=3, with_replacement=True)
     np.testing.assert_array_equal(next(again)["rows"], batches[0])
+
+
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec", "bert4rec"])
+def test_batches_cut_to_their_longest_history_give_the_full_widths_loss_and_user_vectors(model):
+    """Training and evaluation batches are cut to their longest row (a power of two
+    of columns): the loss (without dropout) and the user vectors equal the full width's."""
+    from jaxrec.seqrec.histories import trim_padding, trimmed_width
+    from jaxrec.seqrec.recommender import Recommender, init_variables, make_objective
+
+    spec = RecommenderSpec(model=model, hidden=16, heads=2, dropout=0.0, max_history=40, positions="from_end",
+                           loss="bce", negatives=2, examples="sequences")
+    recommender = Recommender(spec, 50)
+    variables = init_variables(recommender, jax.random.key(0), None, None)
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 11, 7, 1])
+    history = np.where(np.arange(40)[None] < lengths[:, None], rng.integers(1, 51, (4, 40)), 0).astype(np.int32)
+    assert trimmed_width(history) == 16 and trimmed_width(history[[0, 3]]) == 8 and trimmed_width(history, 64) == 40
+    batch = {"history": history, "targets": np.roll(history, -1, axis=1) * (history > 0),
+             "negatives": rng.integers(1, 51, (4, 40, 2)).astype(np.int32), "mask_last": np.zeros(4, bool)}
+    cut = trim_padding(batch)
+    assert cut["history"].shape == (4, 16) and cut["negatives"].shape == (4, 16, 2) and cut["mask_last"].shape == (4,)
+    user = lambda h: np.asarray(recommender.apply(variables, jnp.asarray(h), recommender.apply(
+        variables, method=Recommender.items), method=Recommender.user_vectors))
+    np.testing.assert_allclose(user(history[:, :15] if model == "bert4rec" else history), user(cut["history"]),
+                               rtol=1e-5, atol=1e-6)
+    if model != "bert4rec":  # its masking draws per position: another width draws other masks
+        _, loss = make_objective(recommender)
+        value = lambda b: float(loss(variables, {}, b, jax.random.key(1))[0])
+        assert value(cut) == pytest.approx(value(batch), rel=1e-5)

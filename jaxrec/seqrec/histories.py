@@ -132,3 +132,20 @@ def shuffle_histories(history: np.ndarray, rng: np.random.Generator) -> np.ndarr
     """Each row's real (leading, non-zero) items randomly permuted; padding stays at the end."""
     keys = np.where(history > 0, rng.random(history.shape), np.inf)
     return np.take_along_axis(history, np.argsort(keys, axis=1, kind="stable"), axis=1)
+
+
+def trimmed_width(history: np.ndarray, shortest: int = 8) -> int:
+    """Columns a batch of right-padded histories needs: its longest row, rounded
+    up to a power of two (at least ``shortest``, at most the batch's width), so a
+    batch of short histories is not computed at the full ``max_history`` and
+    only a few widths ever compile. Exact for every backbone: padding after a
+    row's last item never reaches its states, and positions do not depend on it."""
+    longest = int(np.max(np.sum(history > 0, axis=1), initial=0))
+    width = max(shortest, 1 << max(longest - 1, 0).bit_length())
+    return min(width, history.shape[1])
+
+
+def trim_padding(batch: dict[str, np.ndarray], keys: tuple[str, ...] = ("history", "targets", "negatives")) -> dict:
+    """The batch with its per-position arrays cut to :func:`trimmed_width` columns."""
+    width = trimmed_width(batch["history"])
+    return {key: value[:, :width] if key in keys else value for key, value in batch.items()}

@@ -66,8 +66,11 @@ class Recommender(nn.Module):
     def mask_id(self) -> int:
         return self.num_items + 1
 
-    def adapted_llm_items(self) -> jax.Array:
-        return self.adapter(self.llm_matrix.value)
+    def adapted_llm_items(self, rows: jax.Array | None = None) -> jax.Array:
+        """The adapter's output for every item, or for the item ids ``rows`` only
+        (whose first entry is the padding item 0, which the adapter zeroes)."""
+        matrix = self.llm_matrix.value
+        return self.adapter(matrix if rows is None else matrix[rows])
 
     def new_item_vectors(self, llm_rows: jax.Array) -> jax.Array:
         """Vectors of items added after training, from their frozen-matrix rows: the
@@ -80,10 +83,12 @@ class Recommender(nn.Module):
             return adapted
         return jnp.concatenate([jnp.zeros((adapted.shape[0], id_width), adapted.dtype), adapted], axis=1)
 
-    def items(self) -> jax.Array:
-        """[num_items + 1, hidden] item vectors (row 0, padding, is zero)."""
+    def items(self, rows: jax.Array | None = None) -> jax.Array:
+        """[num_items + 1, hidden] item vectors (row 0, padding, is zero), or
+        those of the item ids ``rows`` only (see :func:`batch_item_rows`)."""
         id_width, llm_width = _widths(self.spec)
-        parts = ([self.id_items()] if id_width else []) + ([self.adapted_llm_items()] if llm_width else [])
+        ids = lambda: self.id_items() if rows is None else self.id_items()[rows]
+        parts = ([ids()] if id_width else []) + ([self.adapted_llm_items(rows)] if llm_width else [])
         if len(parts) == 1:
             return parts[0]
         return parts[0] + parts[1] if self.spec.combine == "sum" else jnp.concatenate(parts, axis=1)
@@ -95,10 +100,12 @@ class Recommender(nn.Module):
             return items
         return jnp.concatenate([items[: self.mask_id], self.mask_embedding], axis=0)
 
-    def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False,
+                 rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(states [B, L, hidden], or [B, 1, hidden] at each row's last real item
-        with ``last_only``; item vectors [num_items + 1, hidden])."""
-        items = self.items()
+        with ``last_only``; item vectors [num_items + 1, hidden]). With ``rows``,
+        the item vectors are those of the ids ``rows`` and ``history`` indexes them."""
+        items = self.items(rows)
         return self.backbone(history, self.input_table(items), deterministic, last_only), items
 
     def user_vectors(self, history: jax.Array, items: jax.Array) -> jax.Array:
@@ -111,24 +118,66 @@ class Recommender(nn.Module):
             history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
         return self.backbone(history, self.input_table(items), last_only=True)[:, 0]
 
-    def alignment_loss(self, targets: jax.Array, rng: jax.Array) -> jax.Array:
+    def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None) -> jax.Array:
         """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
         the items at the batch's target positions (at most ``align_items`` of
-        them, at randomly chosen positions, or all; padding takes no part)."""
+        them, at randomly chosen positions, or all; padding takes no part).
+        With ``rows``, ``targets`` index the item ids ``rows``."""
         chosen = flat = targets.reshape(-1)
         if self.spec.align_items is not None:
             order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
             chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
+        aligned = self.align_table.value[chosen if rows is None else rows[chosen]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
-        return soft_clip_loss(self.adapted_llm_items()[chosen], self.align_table.value[chosen], tau,
+        return soft_clip_loss(self.adapted_llm_items(rows)[chosen], aligned, tau,
                               self.spec.align_normalize, valid=chosen > 0)
+
+
+def maps_batch_items(spec: RecommenderSpec) -> bool:
+    """Whether training computes the vectors of the batch's items only: under the
+    sampled BCE loss nothing else is scored, and with LLM items that spares the
+    adapter the rest of the catalogue (BERT4Rec keeps the whole table: its random
+    replacements may be any item)."""
+    return spec.loss == "bce" and spec.items != "id" and spec.model != "bert4rec"
+
+
+def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | None:
+    """For a BCE batch, zeros [rows, k] whose size (rows * k) bounds the batch's
+    distinct item ids, padding included: the jitted loss reads the bound from the
+    shape. ``k`` comes from a short ladder (1, 2, 3, 4, 6, 8, 12, ...), so few
+    sizes ever compile, and processes of a multi-process job agree on the largest
+    (every array's trailing width is). None where the bound would reach the
+    catalogue: then the whole table is cheaper than the gather."""
+    ids = np.unique(np.concatenate([batch[key].reshape(-1) for key in ("history", "targets", "negatives")]))
+    rows = len(batch["history"])
+    needed = -(-(len(ids) + 1) // rows)  # + 1: the padding item, always there
+    power = 1 << (needed - 1).bit_length()  # the smallest power of two >= needed
+    k = power * 3 // 4 if power >= 4 and power * 3 // 4 >= needed else power
+    if rows * k >= num_items + 1:
+        return None
+    return np.zeros((rows, k), np.int8)
+
+
+def batch_item_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The batch's distinct item ids ``rows`` (sorted, so the padding item 0 comes
+    first; as many as the ``item_slots`` have, the rest 0) and the batch with
+    ``history``, ``targets`` and ``negatives`` as indices into ``rows``. Index 0
+    is still the padding item, so every ``> 0`` test keeps its meaning."""
+    keys = ("history", "targets", "negatives")
+    ids = jnp.concatenate([jnp.zeros(1, batch["history"].dtype)] + [batch[key].reshape(-1) for key in keys])
+    rows, local = jnp.unique(ids, size=batch["item_slots"].size, fill_value=0, return_inverse=True)
+    local = local.reshape(-1)[1:].astype(batch["history"].dtype)
+    sizes = np.cumsum([batch[key].size for key in keys])[:-1]
+    parts = jnp.split(local, sizes)
+    return rows, {**batch, **{key: part.reshape(batch[key].shape) for key, part in zip(keys, parts)}}
 
 
 def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     """(init, loss) for the training engine. Batches: ``history`` [B, L] and
     ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
     loss ``negatives`` [B, L, negatives] (drawn on the host, never the user's
-    items); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item).
+    items) and optionally ``item_slots`` (:func:`item_slots`: score the batch's
+    items only); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item).
     ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
     excluded = None
@@ -137,13 +186,16 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
 
     def loss(variables, _objective_params, batch, rng):
         dropout_rng, mask_rng, align_rng = jax.random.split(rng, 3)
+        rows = None
+        if "item_slots" in batch:
+            rows, batch = batch_item_rows(batch)
         history, targets = batch["history"], batch["targets"]
         if spec.model == "bert4rec":
             history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id, model.num_items,
                                           spec.mask_random, spec.mask_keep, batch["mask_last"])
         # prefixes: one target per row, at its last real position
         last_only = spec.examples == "prefixes"
-        states, items = model.apply(variables, history, deterministic=False, last_only=last_only,
+        states, items = model.apply(variables, history, deterministic=False, last_only=last_only, rows=rows,
                                     rngs={"dropout": dropout_rng})
         if last_only:
             targets = jnp.max(targets, axis=1, keepdims=True)
@@ -155,7 +207,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
         metrics = {"next_item_loss": next_item}
         total = next_item
         if model.align_dim:
-            align = model.apply(variables, targets, align_rng, method=Recommender.alignment_loss)
+            align = model.apply(variables, targets, align_rng, rows, method=Recommender.alignment_loss)
             metrics["align_loss"] = align
             total = total + spec.align_weight * align
         return total, metrics

@@ -27,9 +27,11 @@ from jaxrec.errors import ConfigError
 from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
-from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_examples, training_user_items
+from jaxrec.seqrec.histories import (evaluation_examples, item_popularity, training_examples, training_user_items,
+                                     trim_padding, trimmed_width)
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
-from jaxrec.seqrec.recommender import Recommender, adapter_output_width, init_variables, make_objective
+from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, init_variables, item_slots, make_objective,
+                                       maps_batch_items)
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -103,21 +105,32 @@ class _Setup:
         items = self.item_fn(variables)
         history, targets, lengths = self.splits[part]
         eval_spec = self.config.evaluation
-        users = lambda rows: batched(lambda h: self.user_fn(variables, h, items), rows, batch_size=eval_spec.batch_size)
+        users = lambda rows: batched(lambda h: self.user_fn(variables, h[:, :trimmed_width(h)], items), rows,
+                                     batch_size=eval_spec.batch_size)
         return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, self.user_items,
                         eval_spec, seed, diagnostics, held_out=self.data.cold)
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Training rows ``indices`` of ``count`` (indices past the examples are BERT4Rec's last-item copies)."""
         rows = indices % len(self.examples)
-        batch = {"history": self.examples.history[rows], "targets": self.examples.targets[rows]}
+        batch = trim_padding({"history": self.examples.history[rows], "targets": self.examples.targets[rows]})
         if self.spec.model == "bert4rec":
             batch["mask_last"] = indices >= len(self.examples)
         if self.spec.loss == "bce":
-            shape = batch["history"].shape
-            users = np.repeat(self.examples.users[rows], shape[1])  # one row of negatives per position
-            negatives = self.training_items.sample(rng, users, self.spec.negatives, distinct=False)
-            batch["negatives"] = negatives.reshape(*shape, self.spec.negatives).astype(np.int32)
+            targets = batch["targets"]
+            # negatives where the loss scores a target (prefixes: one per row, read at column 0);
+            # elsewhere the padding item, so a batch's distinct items stay few (see item_slots)
+            scored = targets > 0
+            if self.spec.examples == "prefixes":
+                scored = np.zeros_like(scored)
+                scored[:, 0] = True
+            users = np.broadcast_to(self.examples.users[rows][:, None], targets.shape)[scored]
+            negatives = np.zeros((*targets.shape, self.spec.negatives), np.int32)
+            negatives[scored] = self.training_items.sample(rng, users, self.spec.negatives, distinct=False)
+            batch["negatives"] = negatives
+            slots = item_slots(batch, self.data.num_items) if maps_batch_items(self.spec) else None
+            if slots is not None:
+                batch["item_slots"] = slots
         return batch
 
 
