@@ -19,10 +19,11 @@ from tests.test_seqrec_task import NUM_ITEMS, write_successor_dataset
 
 
 class _CharTokenizer:
-    """One token per character (ids 1..), BOS 0 when special tokens are asked for."""
+    """One token per character (ids 1..60, inside every test vocabulary: an id past it would be
+    read as an added token), BOS 0 when special tokens are asked for."""
 
     def __call__(self, texts, add_special_tokens=True):
-        return {"input_ids": [([0] if add_special_tokens else []) + [1 + ord(c) % 90 for c in t] for t in texts]}
+        return {"input_ids": [([0] if add_special_tokens else []) + [1 + ord(c) % 60 for c in t] for t in texts]}
 
 
 def test_prompts_mark_each_history_item_and_end_with_the_output_token():
@@ -46,13 +47,14 @@ def test_prompts_mark_each_history_item_and_end_with_the_output_token():
 
 
 def test_item_vectors_from_a_gradient_free_prompt_start_equal_the_whole_prompts_with_the_same_gradients():
-    """The item path runs each prompt's start forward only and continues it from
+    """The item path runs each prompt's start forward only (or gathers its keys and
+    values from the catalogue's, computed once) and continues it from
     [HistoryEmb]: vectors and gradients (heads, added rows) equal those of the
     whole prompts run at once."""
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from jaxrec.llmsrec.model import DistillHeads, Distiller
+    from jaxrec.llmsrec.model import DistillHeads, Distiller, item_start_cache
     from jaxrec.llmsrec.prompts import EXTRA_TOKENS
     from jaxrec.models.decoder import Decoder
     from tests.test_properties import CONFIG
@@ -65,7 +67,8 @@ def test_item_vectors_from_a_gradient_free_prompt_start_equal_the_whole_prompts_
     teacher = np.asarray(jax.random.normal(jax.random.key(1), (len(titles), 6)))
     parts = prompts.item_parts(len(titles) - 1)
     variables = {"params": {"llm": llm, "heads": model.init_heads(jax.random.key(2), 6)},
-                 "constants": {"teacher_items": teacher, **{f"item_{k}": v for k, v in parts.items()}}}
+                 "constants": {"teacher_items": jnp.asarray(teacher),
+                               **{f"item_{k}": jnp.asarray(v) for k, v in parts.items()}}}
     whole = {k: jnp.asarray(v) for k, v in prompts.all_items(len(titles) - 1).items()}
     assert parts["start_ids"].shape[1] + len(parts["end_ids"]) == whole["input_ids"].shape[1]
     items = jnp.array([3, 1, 4, 2, 3])
@@ -76,19 +79,29 @@ def test_item_vectors_from_a_gradient_free_prompt_start_equal_the_whole_prompts_
     def by_parts(trainable):
         return model.item_vectors(merged(trainable), items)
 
+    cache = item_start_cache(model.decoder, llm, parts["start_ids"], parts["start_mask"], batch_size=2)
+    assert cache["item_start_k"].shape[:3] == (CONFIG.num_layers, len(titles), parts["start_ids"].shape[1])
+
+    def cached(trainable):  # the starts' keys and values gathered from the catalogue's, computed once
+        with_cache = merged(trainable)
+        return model.item_vectors({**with_cache, "constants": {**with_cache["constants"], **cache}}, items)
+
     def at_once(trainable):
         return model.head(merged(trainable), "item", model.states(merged(trainable), {k: v[items] for k, v in whole.items()}))
 
     # added rows of unit scale: at the init's 0.02 the first RMSNorm divides by
     # their tiny norm, and float32 rounding alone moves their gradient by ~1e-3
     trainable = {"heads": variables["params"]["heads"], "extra": jax.random.normal(jax.random.key(4), llm["extra_embedding"].shape)}
+    by_parts, at_once, cached = (jax.jit(f) for f in (by_parts, at_once, cached))  # eager scans are slow
     np.testing.assert_allclose(by_parts(trainable), at_once(trainable), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached(trainable), by_parts(trainable), rtol=1e-6, atol=1e-6)
     weights = jax.random.normal(jax.random.key(3), (len(items), 8))
-    grads = [jax.grad(lambda t: jnp.sum(f(t) * weights))(trainable) for f in (by_parts, at_once)]
+    grads = [jax.jit(jax.grad(lambda t: jnp.sum(f(t) * weights)))(trainable) for f in (by_parts, at_once, cached)]
     for path, value in jax.tree_util.tree_leaves_with_path(grads[1]):
-        parted = [leaf for p, leaf in jax.tree_util.tree_leaves_with_path(grads[0]) if p == path][0]
         scale = float(np.abs(value).max())
-        np.testing.assert_allclose(parted, value, rtol=0, atol=1e-3 * scale + 1e-9, err_msg=jax.tree_util.keystr(path))
+        for other in (grads[0], grads[2]):
+            parted = [leaf for p, leaf in jax.tree_util.tree_leaves_with_path(other) if p == path][0]
+            np.testing.assert_allclose(parted, value, rtol=0, atol=1e-3 * scale + 1e-9, err_msg=jax.tree_util.keystr(path))
     assert np.abs(grads[0]["extra"]).max() > 0 and np.abs(grads[0]["heads"]["history"]["Dense_0"]["kernel"]).max() > 0
 
 

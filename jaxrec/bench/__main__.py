@@ -53,6 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     recommend.add_argument("--add-items", type=int, default=100,
                            help="runs with LLM item vectors: time adding this many new items (copies of catalogue "
                                 "titles under new ids), with the encoder loaded at start-up (0: skip)")
+    xla = sub.add_parser("xla-cpu", help="XLA:CPU option sets on SmolLM2's matmuls and a LoRA MNTP step, each in its "
+                                         "own process, against the default (and torch's matmuls)")
+    xla.add_argument("--variants", nargs="+", default=None, help="option sets by name (default: all known)")
+    xla.add_argument("--rounds", type=int, default=1, help="passes over the variants; each keeps its best")
+    xla.add_argument("--steps", type=int, default=4, help="timed MNTP steps per variant")
+    xla.add_argument("--seconds", type=float, default=1.0, help="time per matmul shape")
+    xla.add_argument("--child", help=argparse.SUPPRESS)
+    xla.add_argument("--out", help=argparse.SUPPRESS)
+    jobs = sub.add_parser("jobs", help="a small fixed version of each real job, stage seconds beside a saved "
+                                       "earlier run's")
+    jobs.add_argument("--jobs", nargs="+", default=None, help="quickstart, llmemb, llmsrec (default: all)")
+    jobs.add_argument("--save", help="where to save this run's seconds (default: runs/bench-jobs/<machine>.json)")
+    jobs.add_argument("--against", help="a saved run to compare with (default: the --save file's last contents)")
+    llmemb = sub.add_parser("llmemb-step", help="LLMEmb's recommender step on Beauty: the adapter over the whole "
+                                                "catalogue against over the batch's items")
+    llmemb.add_argument("--data", help="the Beauty directory (default: the config's)")
+    llmemb.add_argument("--steps", type=int, default=20)
+    llmemb.add_argument("--rounds", type=int, default=3)
+    llmsrec = sub.add_parser("llmsrec-step", help="LLM-SRec's step on ml-100k: item prompt starts recomputed "
+                                                  "against cached once per catalogue")
+    llmsrec.add_argument("--steps", type=int, default=6)
+    llmsrec.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
@@ -80,6 +102,27 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.data import run
 
         result = run(args.path, log=log)
+    elif args.bench == "xla-cpu":
+        from pathlib import Path
+
+        from jaxrec.bench import xla_cpu
+
+        if args.child:
+            xla_cpu.child(args.child, Path(args.out), args.steps, args.seconds)
+            return 0
+        result = xla_cpu.run(args.variants or list(xla_cpu.VARIANTS), args.rounds, args.steps, args.seconds, log=log)
+    elif args.bench == "jobs":
+        from jaxrec.bench import jobs as jobs_bench
+
+        result = jobs_bench.run(args.jobs or list(jobs_bench.JOBS), args.save, args.against, log=log)
+    elif args.bench == "llmemb-step":
+        from jaxrec.bench.llmemb_step import run
+
+        result = run(args.data, args.steps, args.rounds, log=log)
+    elif args.bench == "llmsrec-step":
+        from jaxrec.bench.llmsrec_step import run
+
+        result = run(args.steps, args.rounds, log=log)
     elif args.bench == "recbole":
         from jaxrec.bench.sasrec_recbole import run
 

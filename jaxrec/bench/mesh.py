@@ -40,7 +40,6 @@ def run(batch_size: int = 32, steps: int = 6, log=print) -> dict:
 
 def _measure(layout: str, batch_size: int, steps: int) -> dict:
     import jax
-    import numpy as np
 
     from jaxrec.bench.memory import peak_resident_bytes
     from jaxrec.bench.train import LORA, _selections

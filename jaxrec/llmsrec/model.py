@@ -18,6 +18,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrec.models.decoder import Decoder
 from jaxrec.llmsrec.spec import DistillSpec
@@ -96,15 +97,43 @@ class Distiller:
         start (template and title) is run forward only, outside the gradient:
         it comes before anything trained, so only the rest ([HistoryEmb] to
         [ItemOut]) is differentiated, which spares the backward pass and its
-        recomputation over most of each item prompt's tokens."""
+        recomputation over most of each item prompt's tokens. Where the constants
+        hold the starts' keys and values of the whole catalogue
+        (:func:`item_start_cache`), they are gathered instead of computed."""
         table = variables["constants"]
         start_mask = table["item_start_mask"][items]
-        frozen = jax.lax.stop_gradient(variables["params"]["llm"])
-        past = self.decoder.apply({"params": frozen}, table["item_start_ids"][items], start_mask, output="kv")
+        if "item_start_k" in table:  # computed once per catalogue (item_start_cache)
+            past = {"k": table["item_start_k"][:, items], "v": table["item_start_v"][:, items]}
+        else:
+            frozen = jax.lax.stop_gradient(variables["params"]["llm"])
+            past = self.decoder.apply({"params": frozen}, table["item_start_ids"][items], start_mask, output="kv")
         end = jnp.broadcast_to(table["item_end_ids"], (items.shape[0], table["item_end_ids"].shape[0]))
         marks = jnp.zeros(end.shape, jnp.int32).at[:, 0].set(items)  # the [HistoryEmb] opens the rest
         prompts = {"input_ids": end, "attention_mask": jnp.ones_like(end), "history_items": marks}
         return self.head(variables, "item", self.states(variables, prompts, {**past, "mask": start_mask}))
+
+
+def item_start_cache(decoder: Decoder, llm_params: dict, start_ids: np.ndarray, start_mask: np.ndarray,
+                     batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The keys and values of every item prompt's start (template and title)
+    ``{"item_start_k", "item_start_v"}`` [layers, items, width, kv heads, head
+    dim]: the decoder is frozen and causal and nothing trained comes before the
+    [HistoryEmb], so they are constants of the catalogue, computed once instead
+    of at every step and evaluation."""
+    kv = jax.jit(lambda p, ids, mask: decoder.apply({"params": p}, ids, mask, output="kv"))
+    count = len(start_ids)
+    padded = -(-count // batch_size) * batch_size  # every batch one shape: one compilation
+    ids, mask = (np.pad(a, ((0, padded - count), (0, 0))) for a in (start_ids, start_mask))
+    parts = [jax.device_get(kv(llm_params, ids[at: at + batch_size], mask[at: at + batch_size]))
+             for at in range(0, padded, batch_size)]
+    return {f"item_start_{key}": np.concatenate([part[key] for part in parts], axis=1)[:, :count]
+            for key in ("k", "v")}
+
+
+def item_start_cache_bytes(config, start_ids: np.ndarray) -> int:
+    """Size of :func:`item_start_cache`'s arrays for these item starts."""
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * jnp.dtype(config.dtype).itemsize
+    return int(per_token * start_ids.size)
 
 
 def make_objective(model: Distiller, spec: DistillSpec):

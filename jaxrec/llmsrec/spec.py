@@ -37,6 +37,10 @@ class DistillSpec:
     distillation_reduction: str = "mean"
     """"mean": the squared error averaged over every element (the authors' MSELoss); "sum": summed over the
     out_dim dimensions per user (out_dim times larger)."""
+    item_start_cache_mb: float = 4096
+    """The keys and values of every item prompt's start (template and title) are computed once per catalogue
+    and kept, when they take at most this many MB per process (all its devices' copies together); a larger
+    catalogue recomputes the candidates' starts at every step. 0: never keep them."""
     log_uniformity: bool = False
     """false: the mean of exp(-2 d^2) over pairs (the authors' code); true: its log (the usual definition)."""
 

@@ -28,7 +28,8 @@ from jaxrec import runs
 from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.errors import ConfigError
-from jaxrec.llmsrec.model import TRAINABLE, DistillHeads, Distiller, make_objective
+from jaxrec.llmsrec.model import (TRAINABLE, DistillHeads, Distiller, item_start_cache, item_start_cache_bytes,
+                                  make_objective)
 from jaxrec.llmsrec.prompts import EXTRA_TOKENS, TOKEN_NAMES, InteractionDays, Prompts
 from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
@@ -81,7 +82,7 @@ def every_item_vector(item_fn, variables: dict, num_items: int, batch_size: int,
 
 
 def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_items: int, config: LlmsrecConfig,
-               session: TrainingSession) -> dict:
+               session: TrainingSession, log=print) -> dict:
     rng_tokens, rng_heads = jax.random.split(jax.random.key(config.seed))
     # an LM that already has the added rows (init_from an llmsrec run) starts from them
     added = lm.params.get("extra_embedding")
@@ -89,6 +90,15 @@ def _variables(model: Distiller, lm, teacher: Teacher, prompts: Prompts, num_ite
         added = 0.02 * jax.random.normal(rng_tokens, (EXTRA_TOKENS, lm.config.hidden_size), jnp.float32)
     llm = session.place(model.decoder, {**lm.params, "extra_embedding": added}, rng_tokens)["params"]
     constants = frozen_constants(teacher, prompts, num_items)
+    starts = constants["item_start_ids"]
+    megabytes = item_start_cache_bytes(model.decoder.config, starts) * jax.local_device_count() / 2**20
+    if megabytes <= config.distill.item_start_cache_mb:
+        log(f"item prompts: the keys and values of their starts ({starts.shape[1]} tokens) computed once, "
+            f"{megabytes:,.0f} MB")
+        constants.update(item_start_cache(model.decoder, llm, starts, constants["item_start_mask"]))
+    else:
+        log(f"item prompts: their starts' keys and values would take {megabytes:,.0f} MB, above "
+            f"distill.item_start_cache_mb; computed for each step's candidates instead")
     rest = session.replicate({"params": {"heads": model.init_heads(rng_heads, teacher.dim)}, "constants": constants})
     return {"params": {"llm": llm, **rest["params"]}, "constants": rest["constants"]}
 
@@ -145,7 +155,7 @@ def build_training(config: LlmsrecConfig, data, lm, log=print, session: Training
 
     model = distiller(lm.config, spec)
     session = session or TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
-    variables = _variables(model, lm, teacher, prompts, data.num_items, config, session)
+    variables = _variables(model, lm, teacher, prompts, data.num_items, config, session, log)
     own_items = training_user_items(data)
 
     def collate(rows, rng):
