@@ -329,7 +329,7 @@ def test_llmsrec_pipeline_with_both_ablations_and_the_diagnostics_report(tmp_pat
                 "stages.teacher.loop.epochs=10", "stages.teacher.recommender.max_history=20"]
     for stage in ("llmsrec", "without_distillation_and_uniformity", "without_uniformity"):
         settings += [f"stages.{stage}.distill.head_hidden=32", f"stages.{stage}.distill.out_dim=16",
-                     f"stages.{stage}.batch.size=8", f"stages.{stage}.loop.epochs=2"]
+                     f"stages.{stage}.batch.size=8", f"stages.{stage}.loop.epochs=1"]
     assert launch.main(["--config", str(QUICK)] + [a for s in settings for a in ("--set", s)]) == 0
 
     results = json.loads((run_dir / "results.json").read_text())

@@ -33,9 +33,10 @@ def _env(devices: int) -> dict:
 # data and fsdp across the processes; every axis inside each process; the tensor
 # axis across the processes, the batch replicated on both (each reads all rows);
 # packed rows, each process packing its devices' titles and agreeing on a row count;
-# CSFT's target positions, gathered within each device's rows
+# CSFT's target positions, gathered within each device's rows. Each mesh, objective
+# and layout is in at least one case; no two cases test the same thing.
 @pytest.mark.parametrize("mesh, objective, layout", [
-    ("2,4,1", "mntp", "padded"), ("2,2,2", "mntp", "padded"), ("1,1,8", "mntp", "padded"),
+    ("2,4,1", "mntp", "padded"), ("2,2,2", "mntp", "padded"),
     ("2,2,2", "contrastive", "packed"), ("1,1,8", "contrastive", "packed"),
     ("2,2,2", "csft", "padded"), ("2,4,1", "csft", "packed"),
 ])

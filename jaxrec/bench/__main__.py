@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--jobs", nargs="+", default=None, help="quickstart, llmemb, llmsrec (default: all)")
     jobs.add_argument("--save", help="where to save this run's seconds (default: runs/bench-jobs/<machine>.json)")
     jobs.add_argument("--against", help="a saved run to compare with (default: the --save file's last contents)")
+    jobs.add_argument("--tree", help="run the jobs with another checkout's code and configs (e.g. the commit "
+                                     "before a change), to save a baseline")
     llmemb = sub.add_parser("llmemb-step", help="LLMEmb's recommender step on Beauty: the adapter over the whole "
                                                 "catalogue against over the batch's items")
     llmemb.add_argument("--data", help="the Beauty directory (default: the config's)")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "jobs":
         from jaxrec.bench import jobs as jobs_bench
 
-        result = jobs_bench.run(args.jobs or list(jobs_bench.JOBS), args.save, args.against, log=log)
+        result = jobs_bench.run(args.jobs or list(jobs_bench.JOBS), args.save, args.against, log=log, tree=args.tree)
     elif args.bench == "llmemb-step":
         from jaxrec.bench.llmemb_step import run
 

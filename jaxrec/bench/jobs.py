@@ -6,7 +6,8 @@ seconds beside those a previous run saved, so a regression shows; then saves
 this run's.
 
     python -m jaxrec.bench jobs                      # all three, compared with the last saved run
-    python -m jaxrec.bench jobs --jobs llmsrec --save runs/bench-jobs/after.json --against before.json
+    python -m jaxrec.bench jobs --tree ../old-checkout --save before.json   # the same jobs on other code
+    python -m jaxrec.bench jobs --save after.json --against before.json
 """
 
 from __future__ import annotations
@@ -45,16 +46,17 @@ def default_record() -> Path:
     return ROOT / "runs" / "bench-jobs" / f"{machine_fingerprint()}.json"
 
 
-def run_job(name: str, scratch: Path, log) -> dict:
+def run_job(name: str, scratch: Path, log, tree: Path = ROOT) -> dict:
+    """One job launched from ``tree`` (a checkout of jaxrec: its code and its configs)."""
     config, overrides = JOBS[name]
     run_dir = scratch / name
-    command = [sys.executable, "-m", "jaxrec.launch", "--config", str(ROOT / config), "--set", f"run_dir={run_dir}"]
+    command = [sys.executable, "-m", "jaxrec.launch", "--config", str(tree / config), "--set", f"run_dir={run_dir}"]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "JAXREC_COMPILATION_CACHE": "off"}
     log(f"{name}: {' '.join(command[3:])}")
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)  # -m imports from cwd first
     wall = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -77,17 +79,18 @@ def comparison(previous: dict | None, current: dict) -> list[str]:
     return rows
 
 
-def run(jobs: list[str], save: str | None, against: str | None, log=print) -> dict:
+def run(jobs: list[str], save: str | None, against: str | None, log=print, tree: str | None = None) -> dict:
     unknown = sorted(set(jobs) - set(JOBS))
     if unknown:
         raise ValueError(f"unknown job(s) {unknown}; choose from {', '.join(JOBS)}")
     record = Path(save) if save else default_record()
     previous_path = Path(against) if against else record
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
-    current = {"commit": _commit(), "cpu_count": os.cpu_count(), "jobs": {}}
+    checkout = Path(tree).resolve() if tree else ROOT
+    current = {"commit": _commit(checkout), "cpu_count": os.cpu_count(), "jobs": {}}
     with tempfile.TemporaryDirectory(prefix="jaxrec-bench-jobs-") as scratch:
         for name in jobs:
-            current["jobs"][name] = run_job(name, Path(scratch), log)
+            current["jobs"][name] = run_job(name, Path(scratch), log, checkout)
     for line in comparison(previous, current):
         print(line, file=sys.stderr)
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +99,6 @@ def run(jobs: list[str], save: str | None, against: str | None, log=print) -> di
     return current
 
 
-def _commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+def _commit(tree: Path) -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
     return done.stdout.strip() or None

@@ -136,13 +136,16 @@ def shuffle_histories(history: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 def trimmed_width(history: np.ndarray, shortest: int = 8) -> int:
     """Columns a batch of right-padded histories needs: its longest row, rounded
-    up to a power of two (at least ``shortest``, at most the batch's width), so a
-    batch of short histories is not computed at the full ``max_history`` and
-    only a few widths ever compile. Exact for every backbone: padding after a
-    row's last item never reaches its states, and positions do not depend on it."""
+    up to a power of two (at least ``shortest``), so a batch of short histories
+    is not computed at the full ``max_history`` and only a few widths ever
+    compile; the full width where that would keep more than half of it (a
+    saving too small to pay for another compilation). Exact for every backbone:
+    padding after a row's last item never reaches its states, and positions do
+    not depend on it."""
+    full = history.shape[1]
     longest = int(np.max(np.sum(history > 0, axis=1), initial=0))
     width = max(shortest, 1 << max(longest - 1, 0).bit_length())
-    return min(width, history.shape[1])
+    return width if 2 * width <= full else full
 
 
 def trim_padding(batch: dict[str, np.ndarray], keys: tuple[str, ...] = ("history", "targets", "negatives")) -> dict:
