@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "llmemb" / "smollm2_b
 def run(data: str | None, steps: int, rounds: int, log=print) -> dict:
     import jax
 
+    from jaxrec.bench.alternate import best_seconds_per_step
     from jaxrec.data.batches import IndexBatches
     from jaxrec.pipelines.config import load_pipeline, stage_config
     from jaxrec.seqrec.recommender import init_variables, make_objective
@@ -61,16 +61,8 @@ def run(data: str | None, steps: int, rounds: int, log=print) -> dict:
     for name, these in variants.items():  # compile every shape first
         for batch in {tuple(sorted((k, v.shape) for k, v in b.items())): b for b in these}.values():
             jax.block_until_ready(engine.train_step(batch))
-    best = {name: float("inf") for name in variants}
-    for round_index in range(rounds):
-        for name, these in variants.items():
-            start = time.perf_counter()
-            for batch in these:
-                metrics = engine.train_step(batch)
-            jax.block_until_ready(metrics)
-            seconds = (time.perf_counter() - start) / steps
-            best[name] = min(best[name], seconds)
-            log(f"round {round_index + 1} {name}: {seconds * 1000:.1f} ms per step")
+    best = best_seconds_per_step({name: engine.train_step for name in variants}, variants, rounds, log,
+                                 jax.block_until_ready)
     per_epoch = {name: round(seconds * batches.steps_per_epoch, 1) for name, seconds in best.items()}
     return {"items": dataset.num_items, "steps_per_epoch": batches.steps_per_epoch,
             "ms_per_step": {name: round(s * 1000, 2) for name, s in best.items()},

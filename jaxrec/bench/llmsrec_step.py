@@ -14,7 +14,6 @@ import dataclasses
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "llmsrec" / "smollm2_ml100k_200users.yaml"
@@ -23,6 +22,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "llmsrec" / "smollm2_
 def run(steps: int, rounds: int, log=print) -> dict:
     import jax
 
+    from jaxrec.bench.alternate import best_seconds_per_step
     from jaxrec.pipelines.config import load_pipeline, stage_config
     from jaxrec.tasks.llmsrec import build_training
     from jaxrec.train.session import TrainingSession
@@ -45,14 +45,7 @@ def run(steps: int, rounds: int, log=print) -> dict:
     for engine in variants.values():  # compile every width of user prompt first
         for batch in {b["input_ids"].shape: b for b in timed}.values():
             jax.block_until_ready(engine.train_step(batch))
-    best = {name: float("inf") for name in variants}
-    for round_index in range(rounds):
-        for name, engine in variants.items():
-            start = time.perf_counter()
-            for batch in timed:
-                metrics = engine.train_step(batch)
-            jax.block_until_ready(metrics)
-            best[name] = min(best[name], (time.perf_counter() - start) / steps)
-            log(f"round {round_index + 1} {name}: {best[name]:.2f} s per step (best so far)")
+    best = best_seconds_per_step({name: engine.train_step for name, engine in variants.items()}, timed, rounds,
+                                 log, jax.block_until_ready)
     return {"seconds_per_step": {name: round(s, 3) for name, s in best.items()},
             "speedup": round(best["recomputed"] / best["cached"], 2)}
