@@ -120,9 +120,10 @@ def test_bce_negatives_are_never_the_users_training_items():
             if user == 0:
                 drawn_by_a |= set(negatives.ravel().tolist())
     assert {5, 6} <= drawn_by_a  # the held-out items are ordinary negatives
-    config.recommender.examples = "prefixes"  # one target per row, whose negatives the loss reads at column 0
+    config.recommender.examples = "prefixes"  # one target per row: its negatives at its position, nowhere else
     batch = _Setup(config, data).batch(np.arange(4), np.random.default_rng(0))
-    assert (batch["negatives"][:, 0] >= 1).all() and not batch["negatives"][:, 1:].any()
+    assert (batch["negatives"][batch["targets"] > 0] >= 1).all() and not batch["negatives"][batch["targets"] == 0].any()
+    assert ((batch["negatives"] > 0).sum(axis=(1, 2)) == 3).all()  # one position's 3 negatives per row
 
 
 def test_bert4rec_examples_come_twice_with_the_last_item_copies():

@@ -469,3 +469,22 @@ def test_batches_cut_to_their_longest_history_give_the_full_widths_loss_and_user
         _, loss = make_objective(recommender)
         value = lambda b: float(loss(variables, {}, b, jax.random.key(1))[0])
         assert value(cut) == pytest.approx(value(batch), rel=1e-5)
+
+
+def test_prefixes_under_bce_score_each_rows_target_against_the_negatives_at_its_position():
+    from jaxrec.seqrec.losses import sampled_bce_loss
+    from jaxrec.seqrec.recommender import Recommender, init_variables, make_objective
+
+    spec = RecommenderSpec(hidden=16, heads=2, dropout=0.0, max_history=5, loss="bce", negatives=2, examples="prefixes")
+    model = Recommender(spec, 30)
+    variables = init_variables(model, jax.random.key(0), None, None)
+    history = np.array([[3, 0, 0, 0, 0], [4, 5, 6, 0, 0]], np.int32)
+    targets = np.array([[7, 0, 0, 0, 0], [0, 0, 8, 0, 0]], np.int32)  # at each row's last item
+    negatives = np.zeros((2, 5, 2), np.int32)
+    negatives[0, 0], negatives[1, 2] = [9, 10], [11, 12]  # drawn where the target is, 0 elsewhere
+    _, loss = make_objective(model)
+    value = float(loss(variables, {}, {"history": history, "targets": targets, "negatives": negatives},
+                       jax.random.key(1))[0])
+    states, items = model.apply(variables, jnp.asarray(history), last_only=True)
+    expected = sampled_bce_loss(states, items, jnp.asarray([[7], [8]]), jnp.asarray([[[9, 10]], [[11, 12]]]))
+    assert value == pytest.approx(float(expected), rel=1e-6)

@@ -148,7 +148,9 @@ def trimmed_width(history: np.ndarray, shortest: int = 8) -> int:
     return width if 2 * width <= full else full
 
 
-def trim_padding(batch: dict[str, np.ndarray], keys: tuple[str, ...] = ("history", "targets", "negatives")) -> dict:
-    """The batch with its per-position arrays cut to :func:`trimmed_width` columns."""
+def trim_padding(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch with its per-position arrays (history, targets, negatives) cut to
+    :func:`trimmed_width` columns; the rest as it is."""
     width = trimmed_width(batch["history"])
-    return {key: value[:, :width] if key in keys else value for key, value in batch.items()}
+    per_position = ("history", "targets", "negatives")
+    return {key: value[:, :width] if key in per_position else value for key, value in batch.items()}

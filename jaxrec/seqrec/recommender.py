@@ -175,8 +175,8 @@ def batch_item_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, j
 def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     """(init, loss) for the training engine. Batches: ``history`` [B, L] and
     ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
-    loss ``negatives`` [B, L, negatives] (drawn on the host, never the user's
-    items) and optionally ``item_slots`` (:func:`item_slots`: score the batch's
+    loss ``negatives`` [B, L, negatives] (drawn on the host where a target is,
+    0 elsewhere; never the user's items) and optionally ``item_slots`` (:func:`item_slots`: score the batch's
     items only); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item).
     ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
@@ -197,13 +197,14 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
         last_only = spec.examples == "prefixes"
         states, items = model.apply(variables, history, deterministic=False, last_only=last_only, rows=rows,
                                     rngs={"dropout": dropout_rng})
-        if last_only:
+        negatives = batch.get("negatives")
+        if last_only:  # the one scored position's target and negatives (every other position holds 0)
             targets = jnp.max(targets, axis=1, keepdims=True)
+            negatives = None if negatives is None else jnp.max(negatives, axis=1, keepdims=True)
         if spec.loss == "softmax":
             next_item = full_softmax_loss(states, items, targets, excluded)
         else:
-            # prefixes keep one position per row; any of the row's negatives will do for it
-            next_item = sampled_bce_loss(states, items, targets, batch["negatives"][:, : targets.shape[1]])
+            next_item = sampled_bce_loss(states, items, targets, negatives)
         metrics = {"next_item_loss": next_item}
         total = next_item
         if model.align_dim:

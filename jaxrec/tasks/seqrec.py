@@ -118,12 +118,9 @@ class _Setup:
             batch["mask_last"] = indices >= len(self.examples)
         if self.spec.loss == "bce":
             targets = batch["targets"]
-            # negatives where the loss scores a target (prefixes: one per row, read at column 0);
-            # elsewhere the padding item, so a batch's distinct items stay few (see item_slots)
+            # negatives where a target is scored, elsewhere the padding item, so a
+            # batch's distinct items stay few (see item_slots)
             scored = targets > 0
-            if self.spec.examples == "prefixes":
-                scored = np.zeros_like(scored)
-                scored[:, 0] = True
             users = np.broadcast_to(self.examples.users[rows][:, None], targets.shape)[scored]
             negatives = np.zeros((*targets.shape, self.spec.negatives), np.int32)
             negatives[scored] = self.training_items.sample(rng, users, self.spec.negatives, distinct=False)
