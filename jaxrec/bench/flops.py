@@ -24,22 +24,28 @@ def decoder_forward_flops(config, lengths: Sequence[int]) -> float:
 
 def matmul_peak(seconds: float = 1.0, shapes: Sequence[tuple[int, int, int]] = (
         (2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 1024, 1024)),
-        dtype: str = "float32") -> dict:
-    """GFLOP/s of jitted matrix products of the decoder's shapes in ``dtype``
-    on the default device, the best over the shapes (each timed for about
+        dtype: str = "float32", framework: str = "jax") -> dict:
+    """GFLOP/s of matrix products of the decoder's shapes in ``dtype`` (jitted
+    ``jnp.dot`` on the default device, or with ``framework="torch"`` torch's
+    matmul on the CPU), the best over the shapes (each timed for about
     ``seconds`` after a warm-up)."""
-    import jax
-    import jax.numpy as jnp
+    if framework == "torch":
+        import torch
 
-    product = jax.jit(jnp.dot)
+        dot, to_array, sync = torch.matmul, lambda a: torch.from_numpy(a).to(getattr(torch, dtype)), lambda x: x
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        dot, to_array, sync = jax.jit(jnp.dot), lambda a: jnp.asarray(a, dtype), jax.block_until_ready
     best = {}
     for m, k, n in shapes:
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32), dtype)
-        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32), dtype)
-        product(a, b).block_until_ready()
+        a = to_array(np.random.default_rng(0).standard_normal((m, k), np.float32))
+        b = to_array(np.random.default_rng(1).standard_normal((k, n), np.float32))
+        sync(dot(a, b))
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            product(a, b).block_until_ready()
+            sync(dot(a, b))
             calls += 1
         best[f"{m}x{k}x{n}"] = round(2 * m * k * n * calls / (time.perf_counter() - start) / 1e9, 1)
     return {"gflops": max(best.values()), "by_shape": best}

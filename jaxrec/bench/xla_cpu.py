@@ -47,32 +47,18 @@ second is also the activation gradient of the first), o forward, and the weight
 gradients (the transposed activations times the output gradients)."""
 
 
-def _matmul_rates(dot, to_array, sync, seconds: float) -> dict[str, float]:
-    rates = {}
-    for m, k, n in SHAPES:
-        a = to_array(np.random.default_rng(0).standard_normal((m, k), np.float32))
-        b = to_array(np.random.default_rng(1).standard_normal((k, n), np.float32))
-        sync(dot(a, b))
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            sync(dot(a, b))
-            calls += 1
-        rates[f"{m}x{k}x{n}"] = round(2 * m * k * n * calls / (time.perf_counter() - start) / 1e9, 1)
-    return rates
-
-
 def child(variant: str, out: Path, steps: int, seconds: float) -> None:
     """Measure one variant (XLA_FLAGS already set by the parent) into ``out``."""
     import jax
-    import jax.numpy as jnp
 
+    from jaxrec.bench.flops import matmul_peak
     from jaxrec.bench.train import lora_engine, step_batches
     from jaxrec.data.item_tables import read_items
     from jaxrec.models.decoder import Decoder
     from jaxrec.models.lm import load_pretrained
 
     result = {"variant": variant, "flags": os.environ.get("XLA_FLAGS", "")}
-    result["matmul_gflops"] = _matmul_rates(jax.jit(jnp.dot), jnp.asarray, jax.block_until_ready, seconds)
+    result["matmul_gflops"] = matmul_peak(seconds, SHAPES)["by_shape"]
     lm = load_pretrained("smollm2-135m")
     titles = read_items("ml-100k").titles
     batches = step_batches(lm, titles, "mntp", 32, steps + 2)["padded"]
@@ -97,9 +83,11 @@ def _torch_rates(seconds: float) -> dict[str, float] | None:
         import torch
     except ImportError:
         return None
+    from jaxrec.bench.flops import matmul_peak
+
     torch.set_num_threads(os.cpu_count() or 1)
     with torch.no_grad():
-        return _matmul_rates(torch.matmul, torch.from_numpy, lambda x: x, seconds)
+        return matmul_peak(seconds, SHAPES, framework="torch")["by_shape"]
 
 
 def _spawn(variant: str, out: Path, steps: int, seconds: float, log) -> dict | None:
