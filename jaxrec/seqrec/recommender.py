@@ -86,12 +86,18 @@ class Recommender(nn.Module):
     def items(self, rows: jax.Array | None = None) -> jax.Array:
         """[num_items + 1, hidden] item vectors (row 0, padding, is zero), or
         those of the item ids ``rows`` only (see :func:`batch_item_rows`)."""
+        return self._items_and_adapted(rows)[0]
+
+    def _items_and_adapted(self, rows: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """(the item vectors, the adapter's part of them or None without LLM items)."""
         id_width, llm_width = _widths(self.spec)
-        ids = lambda: self.id_items() if rows is None else self.id_items()[rows]
-        parts = ([ids()] if id_width else []) + ([self.adapted_llm_items(rows)] if llm_width else [])
-        if len(parts) == 1:
-            return parts[0]
-        return parts[0] + parts[1] if self.spec.combine == "sum" else jnp.concatenate(parts, axis=1)
+        adapted = self.adapted_llm_items(rows) if llm_width else None
+        if not id_width:
+            return adapted, adapted
+        ids = self.id_items() if rows is None else self.id_items()[rows]
+        if adapted is None:
+            return ids, None
+        return (ids + adapted if self.spec.combine == "sum" else jnp.concatenate([ids, adapted], axis=1)), adapted
 
     def input_table(self, items: jax.Array) -> jax.Array:
         """The table histories are looked up in: the items, plus BERT4Rec's mask row at
@@ -105,8 +111,15 @@ class Recommender(nn.Module):
         """(states [B, L, hidden], or [B, 1, hidden] at each row's last real item
         with ``last_only``; item vectors [num_items + 1, hidden]). With ``rows``,
         the item vectors are those of the ids ``rows`` and ``history`` indexes them."""
-        items = self.items(rows)
-        return self.backbone(history, self.input_table(items), deterministic, last_only), items
+        states, items, _ = self.forward(history, deterministic, last_only, rows)
+        return states, items
+
+    def forward(self, history: jax.Array, deterministic: bool = True, last_only: bool = False,
+                rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """``__call__``'s (states, item vectors), and the adapter's part of the item
+        vectors (None without LLM items), which RAT's alignment loss reuses."""
+        items, adapted = self._items_and_adapted(rows)
+        return self.backbone(history, self.input_table(items), deterministic, last_only), items, adapted
 
     def user_vectors(self, history: jax.Array, items: jax.Array) -> jax.Array:
         """The representation of each right-padded history, given the item
@@ -118,18 +131,21 @@ class Recommender(nn.Module):
             history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
         return self.backbone(history, self.input_table(items), last_only=True)[:, 0]
 
-    def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None,
+                       adapted: jax.Array | None = None) -> jax.Array:
         """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
         the items at the batch's target positions (at most ``align_items`` of
         them, at randomly chosen positions, or all; padding takes no part).
-        With ``rows``, ``targets`` index the item ids ``rows``."""
+        With ``rows``, ``targets`` index the item ids ``rows``; ``adapted``: the
+        adapter's output for those items when the caller has it (``forward``)."""
+        adapted = self.adapted_llm_items(rows) if adapted is None else adapted
         chosen = flat = targets.reshape(-1)
         if self.spec.align_items is not None:
             order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
             chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
         aligned = self.align_table.value[chosen if rows is None else rows[chosen]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
-        return soft_clip_loss(self.adapted_llm_items(rows)[chosen], aligned, tau,
+        return soft_clip_loss(adapted[chosen], aligned, tau,
                               self.spec.align_normalize, valid=chosen > 0)
 
 
@@ -195,8 +211,8 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
                                           spec.mask_random, spec.mask_keep, batch["mask_last"])
         # prefixes: one target per row, at its last real position
         last_only = spec.examples == "prefixes"
-        states, items = model.apply(variables, history, deterministic=False, last_only=last_only, rows=rows,
-                                    rngs={"dropout": dropout_rng})
+        states, items, adapted = model.apply(variables, history, deterministic=False, last_only=last_only, rows=rows,
+                                             rngs={"dropout": dropout_rng}, method=Recommender.forward)
         negatives = batch.get("negatives")
         if last_only:  # the one scored position's target and negatives (every other position holds 0)
             targets = jnp.max(targets, axis=1, keepdims=True)
@@ -208,7 +224,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
         metrics = {"next_item_loss": next_item}
         total = next_item
         if model.align_dim:
-            align = model.apply(variables, targets, align_rng, rows, method=Recommender.alignment_loss)
+            align = model.apply(variables, targets, align_rng, rows, adapted, method=Recommender.alignment_loss)
             metrics["align_loss"] = align
             total = total + spec.align_weight * align
         return total, metrics
