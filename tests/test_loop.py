@@ -222,3 +222,29 @@ def test_no_intact_checkpoint_is_a_short_error_naming_the_cause(tmp_path):
     assert "no intact checkpoint" in message
     assert f"{tmp_path / 'checkpoints' / '4'}: " in message and f"{tmp_path / 'checkpoints' / '2'}: " in message
     assert len(message) < 1500 and message.count("\n") == 0
+
+
+def test_an_attached_hook_sees_every_step_and_its_early_stop_is_checkpointed(tmp_path):
+    from jaxrec.train.hooks import Hook
+
+    class StopAtThree(Hook):
+        def __init__(self):
+            self.seen, self.closed = [], False
+
+        def after_step(self, run):
+            self.seen.append((run.step, float(run.metrics["loss"])))
+            if run.step == 3:
+                run.stop_early()
+            return "three" if run.step == 3 else None
+
+        def close(self):
+            self.closed = True
+
+    values = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    hook = StopAtThree()
+    summary = train(_toy_engine(), _toy_data(values), LoopSpec(steps=10, save_every=0), tmp_path, {"m": 1},
+                    hooks=[hook])
+    assert [step for step, _ in hook.seen] == [1, 2, 3] and hook.closed
+    assert all(np.isfinite(loss) for _, loss in hook.seen)
+    assert summary["steps"] == 3 and summary["stopped_early"]
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 3

@@ -1,14 +1,17 @@
-"""The training loop: steps, progress, metrics, validation, early stopping,
-checkpoints, resume, a guard against non-finite losses, and a checkpoint of
-the current step when SIGTERM or Ctrl-C stops it."""
+"""The training loop: resume from the run's latest checkpoint, then optimizer
+steps with a progress bar, each followed by the loop's hooks (see
+:mod:`jaxrec.train.hooks`: metrics and the non-finite guard, validation with
+early stopping and the best state, checkpoints, stopping on SIGTERM or
+Ctrl-C), and a checkpoint of the last step."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
@@ -16,7 +19,7 @@ import numpy as np
 from jaxrec.progress import progress_bar
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.engine import Engine
-from jaxrec.train.interrupt import Interrupted, StopRequests
+from jaxrec.train.hooks import Hook, PeriodicCheckpoints, StopOnSignal, TrainingMetrics, Validation, host_values
 from jaxrec.train.metrics_log import MetricsLog
 
 
@@ -84,48 +87,114 @@ def attention_mask_tokens(batch: dict) -> int:
     return sum(int(np.asarray(v).sum()) for k, v in batch.items() if k.endswith("attention_mask"))
 
 
-def _host(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
 def mean_over_batches(engine: Engine, batches: Callable[[], Iterable[dict]]) -> Callable[[], dict[str, float]]:
     """A validation function: the eval step's metrics averaged over ``batches()``."""
 
     def validate() -> dict[str, float]:
-        results = [_host(engine.evaluate(b)) for b in batches()]
+        results = [host_values(engine.evaluate(b)) for b in batches()]
         return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
     return validate
 
 
-def best_checkpoints(run_dir: str | Path) -> Checkpointer:
-    """Where the loop keeps the state with the best validation ``monitor``."""
-    return Checkpointer(Path(run_dir) / "best", keep=1)
+class LoopRun:
+    """One run of the loop, as its hooks see it: the engine and data, the schedule
+    in steps, the current step with its batch and metrics, the checkpoints, and
+    ``record``, the loop's own state saved with every checkpoint (best validation,
+    validations without a gain, whether it stopped early, and the seconds of
+    training and validation, totals over every process that trained the run up
+    to its last checkpoint). Built from the run's latest checkpoint if it has one."""
 
+    def __init__(self, engine: Engine, data, spec: LoopSpec, run_dir: Path, identity: dict,
+                 log: Callable[[str], None]):
+        self.engine, self.data, self.spec, self.run_dir, self.identity, self.log = engine, data, spec, run_dir, identity, log
+        self.checkpoints = Checkpointer(run_dir / "checkpoints", keep=spec.keep_checkpoints)
+        self.record = {"best": None, "best_step": None, "stale": 0, "best_metrics": None, "stopped_early": False,
+                       "training_seconds": 0.0, "validation_seconds": 0.0}
+        self.last_saved: int | None = None
+        self.timed_from = 0
+        """The first step this run's time totals cover."""
+        restored = self.checkpoints.restore_latest_intact(engine.state, identity, warn=log)
+        if restored is not None:
+            engine.state, extra = restored
+            self.last_saved = int(engine.state.step)
+            data.set_state(extra["data"])
+            saved = extra.get("loop", {})
+            if "training_seconds" not in saved:  # written before the totals were kept: time this process's steps only
+                self.timed_from = self.last_saved
+            self.record.update(saved)
+            log(f"resumed from the checkpoint at step {self.last_saved}")
+        # one writer per job; what was logged after the restored checkpoint is logged again
+        self.metrics_log = MetricsLog(run_dir, resume_step=self.last_saved or 0) if jax.process_index() == 0 else None
+        self.step = self.start = int(engine.state.step)
+        self.batch: dict = {}
+        self.metrics: dict = {}
+        # a run that stopped early is finished, unless it is relaunched with more patience
+        self.record["stopped_early"] = self.record["stopped_early"] and spec.out_of_patience(self.record["stale"])
+        if self.stopped_early:
+            log(f"the run already stopped early at step {self.step}; nothing left to train")
+        self._earlier = (self.record["training_seconds"], self.record["validation_seconds"])
+        self._started, self._validation_seconds = time.perf_counter(), 0.0
 
-def restore_best(engine: Engine, run_dir: str | Path, identity: dict) -> int | None:
-    """Load the state kept under ``best/`` into ``engine``; returns its step
-    (None: the run kept no best state and ``engine`` is unchanged)."""
-    best = best_checkpoints(run_dir)
-    step = best.latest_step()
-    if step is not None:
-        engine.state, _ = best.restore(engine.state, identity)
-    best.close()
-    return step
+    @property
+    def stopped_early(self) -> bool:
+        return self.record["stopped_early"]
 
+    def stop_early(self) -> None:
+        """End training after this step (its checkpoint is still written). A relaunch
+        trains on unless the run is out of validation patience."""
+        self.record["stopped_early"] = True
 
-def _agreed_stop(stop: StopRequests, step: int, every: int) -> int | None:
-    """The signal that stops training after ``step``, if any. In a multi-process
-    job every process stops at the same step: the next multiple of ``every``
-    after a signal reached any of them."""
-    if jax.process_count() == 1:
-        return stop.received
-    if step % every:
-        return None
-    from jax.experimental import multihost_utils
+    def guard(self, values: dict[str, float]) -> None:
+        """Raise :class:`TrainingDiverged` if a metric is NaN or infinite."""
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            kept = f"step {self.last_saved} in {self.checkpoints.directory}" if self.last_saved is not None else "none yet"
+            raise TrainingDiverged(f"non-finite {bad} at step {self.step}; stopped. Last good checkpoint: {kept}")
 
-    received = multihost_utils.process_allgather(np.int32(stop.received or 0))
-    return int(np.max(received)) or None
+    def write_metrics(self, values: dict[str, float], split: str = "train") -> None:
+        if self.metrics_log:
+            self.metrics_log.write(self.step, values, split=split)
+
+    @contextlib.contextmanager
+    def timed_validation(self) -> Iterator[None]:
+        """Count the seconds inside as validation's, not training's."""
+        jax.block_until_ready(self.engine.state)  # queued training steps count as training
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._validation_seconds += time.perf_counter() - started
+
+    def save(self) -> None:
+        """A checkpoint of this step (after checking its metrics are finite), with ``record``."""
+        self.guard(host_values(self.metrics))
+        training = time.perf_counter() - self._started - self._validation_seconds
+        self.record.update(training_seconds=self._earlier[0] + training,
+                           validation_seconds=self._earlier[1] + self._validation_seconds)
+        self.checkpoints.save(self.engine.state, self.data.get_state(), self.identity, self.record)
+        self.last_saved = self.step
+
+    def save_if_unsaved(self) -> None:
+        if self.last_saved != self.step:
+            self.save()
+
+    def summary(self) -> dict:
+        record = self.record
+        return {
+            "steps": self.step, "resumed_from": self.start or None, "stopped_early": self.stopped_early,
+            f"best_validation_{self.spec.monitor}": record["best"], "best_step": record["best_step"],
+            # as of the last checkpoint, which is the last step
+            **{k: round(record[k], 3) for k in ("training_seconds", "validation_seconds")},
+            "timed_steps": self.step - self.timed_from,
+        }
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        if self.metrics_log:
+            self.metrics_log.close()
+        if hasattr(self.data, "close"):
+            self.data.close()
 
 
 def train(
@@ -137,123 +206,34 @@ def train(
     validate: Callable[[], dict[str, float]] | None = None,
     log: Callable[[str], None] = print,
     count_tokens: Callable[[dict], int] = attention_mask_tokens,
+    hooks: Sequence[Hook] = (),
 ) -> dict:
     """Train for ``spec``'s steps or epochs (resuming from the run's latest
-    checkpoint if there is one); returns a summary. With ``validate``, the
-    state with the best ``spec.monitor`` is also kept under ``run_dir/best``."""
-    run_dir = Path(run_dir)
+    checkpoint if there is one); returns a summary. With ``validate`` (and
+    ``spec.eval_every``), the state with the best ``spec.monitor`` is also kept
+    under ``run_dir/best``. ``hooks`` run after the loop's metrics and validation,
+    before its checkpoint of the step."""
     spec = spec.in_steps(getattr(data, "steps_per_epoch", 1))
-    checkpoints = Checkpointer(run_dir / "checkpoints", keep=spec.keep_checkpoints)
-    best_kept = best_checkpoints(run_dir) if validate is not None and spec.eval_every else None
-    # the seconds are totals over every process that trained this run, up to its last checkpoint
-    loop_state = {"best": None, "best_step": None, "stale": 0, "best_metrics": None, "stopped_early": False,
-                  "training_seconds": 0.0, "validation_seconds": 0.0}
-    timed_from = 0
-    restored = checkpoints.restore_latest_intact(engine.state, identity, warn=log)
-    last_saved = None
-    if restored is not None:
-        engine.state, extra = restored
-        last_saved = int(engine.state.step)
-        data.set_state(extra["data"])
-        saved = extra.get("loop", {})
-        if "training_seconds" not in saved:  # written before the totals were kept: time this process's steps only
-            timed_from = int(engine.state.step)
-        loop_state.update(saved)
-        log(f"resumed from the checkpoint at step {int(engine.state.step)}")
-    # one writer per job; what was logged after the restored checkpoint is logged again
-    metrics_log = MetricsLog(run_dir, resume_step=last_saved or 0) if jax.process_index() == 0 else None
-    step = start = int(engine.state.step)
-    # a run that stopped early is finished, unless it is relaunched with more patience
-    stopped_early = loop_state["stopped_early"] = loop_state["stopped_early"] and spec.out_of_patience(loop_state["stale"])
-    if stopped_early:
-        log(f"the run already stopped early at step {step}; nothing left to train")
-    loop_start, validation_seconds = time.perf_counter(), 0.0
-    earlier_training, earlier_validation = loop_state["training_seconds"], loop_state["validation_seconds"]
-    tokens, window_start = 0, time.perf_counter()
-    metrics: dict = {}
-
-    def guard(values: dict[str, float]) -> None:
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            kept = f"step {last_saved} in {checkpoints.directory}" if last_saved is not None else "none yet"
-            raise TrainingDiverged(f"non-finite {bad} at step {step}; stopped. Last good checkpoint: {kept}")
-
-    def totals() -> dict[str, float]:
-        training = time.perf_counter() - loop_start - validation_seconds
-        return {"training_seconds": earlier_training + training, "validation_seconds": earlier_validation + validation_seconds}
-
-    def save() -> None:
-        nonlocal last_saved
-        guard(_host(metrics))
-        loop_state.update(totals())
-        checkpoints.save(engine.state, data.get_state(), identity, loop_state)
-        last_saved = step
-
-    def run_validation() -> str:
-        nonlocal validation_seconds
-        jax.block_until_ready(engine.state)  # queued training steps count as training, not validation
-        started = time.perf_counter()
-        validation = validate()
-        validation_seconds += time.perf_counter() - started
-        if spec.monitor not in validation:
-            raise KeyError(f"loop.monitor={spec.monitor!r} is not a validation metric; available: {sorted(validation)}")
-        if metrics_log:
-            metrics_log.write(step, validation, split="validation")
-        value = validation[spec.monitor]
-        if spec.improved(value, loop_state["best"]):
-            loop_state.update(best=value, best_step=step, stale=0, best_metrics=validation)
-            best_kept.save(engine.state, {}, identity, loop_state)
-        else:
-            loop_state["stale"] += 1
-        return f"validation {spec.monitor} {value:.4f} (best {loop_state['best']:.4f} at step {loop_state['best_step']})"
-
+    run = LoopRun(engine, data, spec, Path(run_dir), identity, log)
+    attached: list[Hook] = []
     try:
-        with StopRequests() as stop, progress_bar("training", total=spec.steps, completed=start) as advance:
-            while step < spec.steps and not stopped_early:
-                batch = next(data)
-                metrics = engine.train_step(batch)
-                step += 1
-                tokens += count_tokens(batch)
+        attached.append(TrainingMetrics(spec.log_every, count_tokens))
+        if validate is not None and spec.eval_every:
+            attached.append(Validation(validate, run_dir))
+        attached += [*hooks, PeriodicCheckpoints(spec.save_every), StopOnSignal(spec.log_every)]
+        with progress_bar("training", total=spec.steps, completed=run.start) as advance:
+            while run.step < spec.steps and not run.stopped_early:
+                run.batch = next(data)
+                run.metrics = engine.train_step(run.batch)
+                run.step += 1
                 status = None
-                if step % spec.log_every == 0 or step == spec.steps:
-                    values = _host(metrics)
-                    guard(values)
-                    now = time.perf_counter()
-                    # this process's tokens times the process count: the job's rate
-                    values["tokens_per_s"] = tokens * jax.process_count() / max(now - window_start, 1e-9)
-                    tokens, window_start = 0, now
-                    if metrics_log:
-                        metrics_log.write(step, values)
-                    status = f"loss {values['loss']:.4f}  {values['tokens_per_s']:.0f} tok/s"
-                if best_kept is not None and step % spec.eval_every == 0:
-                    status = run_validation()
-                    if spec.out_of_patience(loop_state["stale"]):
-                        log(f"early stop at step {step}: {loop_state['stale']} validations without improvement")
-                        stopped_early = loop_state["stopped_early"] = True
-                if spec.save_every and step % spec.save_every == 0:
-                    save()
+                for hook in attached:
+                    status = hook.after_step(run) or status
                 advance(1, status)
-                signum = _agreed_stop(stop, step, spec.log_every)
-                if signum is not None:
-                    if last_saved != step:
-                        save()
-                    raise Interrupted(signum, step, str(checkpoints.directory / str(step)))
-                if stopped_early:
-                    break
-        if last_saved != step:
-            save()
+        run.save_if_unsaved()
     finally:
-        checkpoints.close()
-        if best_kept is not None:
-            best_kept.close()
-        if metrics_log:
-            metrics_log.close()
-        if hasattr(data, "close"):
-            data.close()
-    return {
-        "steps": step, "resumed_from": start or None, "stopped_early": stopped_early,
-        f"best_validation_{spec.monitor}": loop_state["best"], "best_step": loop_state["best_step"],
-        # as of the last checkpoint, which is the last step
-        **{k: round(loop_state[k], 3) for k in ("training_seconds", "validation_seconds")},
-        "timed_steps": step - timed_from,
-    }
+        for hook in attached:
+            hook.close()
+        run.close()
+    return run.summary()
+

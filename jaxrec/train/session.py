@@ -19,7 +19,8 @@ from jaxrec.sharding import batch_devices
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.models.decoder import Decoder
 from jaxrec.train.engine import Engine, place_variables, variable_shardings
-from jaxrec.train.loop import LoopSpec, attention_mask_tokens, restore_best, train
+from jaxrec.train.hooks import restore_best
+from jaxrec.train.loop import LoopSpec, attention_mask_tokens, train
 from jaxrec.train.optim import OptimizerSpec, make_optimizer
 
 
