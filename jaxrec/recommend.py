@@ -57,11 +57,11 @@ def _best_seed_directory(run_dir: Path, run: runs.RunInfo) -> Path:
     with the best validation value of the run's monitor."""
     if run.prefix or "recommender" in run.manifest["outputs"]:
         return run_dir
-    summary = json.loads(run.file("summary").read_text())
+    tested = runs.recommender_results(run_dir)
     loop = run.manifest["config"]["loop"]
     key, sign = f"best_validation_{loop['monitor']}", (1 if loop["monitor_mode"] == "max" else -1)
-    scored = [(sign * r["training"][key], r["seed"]) for r in summary["per_seed"] if r["training"].get(key) is not None]
-    seed = max(scored, key=lambda entry: entry[0])[1] if scored else summary["per_seed"][0]["seed"]  # ties: the first
+    scored = [(sign * r.training[key], r.seed) for r in tested.per_seed if r.training.get(key) is not None]
+    seed = max(scored, key=lambda entry: entry[0])[1] if scored else tested.seeds[0]  # ties: the first
     return run_dir / f"seed-{seed}"
 
 

@@ -15,7 +15,7 @@ Every task writes one run directory with a ``manifest.json``:
 
 Other modules read a run only through the readers here (:func:`open_run`,
 :func:`load_lm`, :func:`item_embeddings`, :func:`item_table`,
-:func:`trained_recommender`, :func:`summary`), never by file name or by the
+:func:`trained_recommender`, :func:`summary`, :func:`recommender_results`), never by file name or by the
 layout of a training checkpoint.
 
 Where an LM's weights come from, in order: the run's own checkpoint when it
@@ -297,6 +297,57 @@ def open_run(path: str | Path, role: str = "the directory") -> RunInfo:
 def summary(path: str | Path) -> dict:
     run = open_run(path)
     return json.loads(run.file("summary").read_text())
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    training: dict
+    """The loop's summary: steps, best validation value and step, seconds."""
+    test: dict
+    """``seqrec.evaluate.evaluate``'s result: ``full`` (and ``sampled``) metrics,
+    ``by_popularity`` and ``by_history_length`` groups, ``shuffled``."""
+
+    def metrics(self, protocol: str) -> dict[str, float]:
+        return self.test.get(protocol, {})
+
+    def groups(self, kind: str) -> dict[str, dict]:
+        """Group name -> {"users", protocol -> metrics} of ``kind`` (``by_popularity`` or
+        ``by_history_length``); groups without test users are absent."""
+        return self.test.get(kind, {})
+
+    @property
+    def shuffled(self) -> dict:
+        """Metrics on shuffled histories per protocol, and ``cosine_to_original`` ({} when not tested)."""
+        return self.test.get("shuffled", {})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecommenderResults:
+    """What a recommender run (a seqrec or llmsrec task) tested: one result per seed,
+    and every overall metric's mean and standard deviation over them."""
+
+    per_seed: list[SeedResult]
+    over_seeds: dict[str, dict[str, dict[str, float]]]
+    """protocol -> metric -> {"mean", "std"}."""
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.per_seed]
+
+    @property
+    def protocols(self) -> list[str]:
+        return list(self.over_seeds)
+
+
+def recommender_results(path: str | Path) -> RecommenderResults:
+    """The test results of the finished recommender run at ``path``."""
+    info = open_run(path)
+    found = summary(path)
+    if "per_seed" not in found:
+        raise RunError(f"{path} is a {info.task} run, which tests no recommender: point at a seqrec or llmsrec run")
+    return RecommenderResults([SeedResult(r["seed"], r["training"], r["test"]) for r in found["per_seed"]],
+                       found["over_seeds"])
 
 
 def _load_matrix(run: RunInfo, matrix: str, ids: str, item_ids: list[str]) -> np.ndarray:

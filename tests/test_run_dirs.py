@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from jaxrec import launch
+from jaxrec import launch, runs
+from jaxrec.errors import RunError
 from jaxrec.tasks import TASKS
 from jaxrec.tasks.run_dir import LOCK_FILE, exclusive
 from jaxrec.train.checkpoint import Checkpointer
@@ -52,6 +53,8 @@ def test_a_changed_config_or_another_task_never_writes_over_a_run(mntp, capsys):
     out, args = mntp
     assert launch.main(args) == 0
     before = _files(out)
+    with pytest.raises(RunError, match="is a mntp run, which tests no recommender"):
+        runs.recommender_results(out)
     capsys.readouterr()
     for change, key in [("optimizer.learning_rate=0.01", "optimizer.learning_rate"),
                         ("trainable.lora_rank=2", "trainable.lora_rank")]:

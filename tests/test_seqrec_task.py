@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec import launch
+from jaxrec import launch, runs
 
 NUM_ITEMS = 30
 
@@ -73,6 +73,11 @@ def test_sasrec_learns_the_order_and_reports_diagnostics(seqrec_run):
     assert len(json.loads((tmp / "sasrec" / "item_ids.json").read_text())) == NUM_ITEMS
     rows = [json.loads(line) for line in (tmp / "sasrec" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["split"] == "validation" for r in rows) == summary["per_seed"][0]["training"]["epochs"]
+    # the typed reader the report and the recommender API read runs with
+    tested = runs.recommender_results(tmp / "sasrec")
+    assert tested.seeds == summary["seeds"] and tested.protocols == ["full", "sampled"]
+    assert tested.per_seed[0].metrics("sampled") == test["sampled"]
+    assert tested.per_seed[0].groups("by_popularity") == groups and tested.per_seed[0].shuffled == test["shuffled"]
 
 
 def test_early_stopping_tests_the_best_state_and_runs_resume(seqrec_run):

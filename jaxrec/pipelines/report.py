@@ -107,13 +107,13 @@ def _over_seeds(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def _group_results(summary: dict, spec: ReportSpec) -> dict:
+def _group_results(tested: runs.RecommenderResults, spec: ReportSpec) -> dict:
     """kind -> group -> {"users", protocol -> metric -> mean/std over seeds}, for
     the groups present in every seed (popularity groups can differ by seed only
     in which are empty)."""
     out = {}
     for kind in spec.groups:
-        per_seed = [r["test"].get(kind, {}) for r in summary["per_seed"]]
+        per_seed = [r.groups(kind) for r in tested.per_seed]
         names = [g for g in per_seed[0] if all(g in seed for seed in per_seed)]
         out[kind] = {}
         for name in names:
@@ -125,22 +125,22 @@ def _group_results(summary: dict, spec: ReportSpec) -> dict:
     return out
 
 
-def _shuffle_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
+def _shuffle_results(tested: runs.RecommenderResults, spec: ReportSpec, stage: str) -> dict:
     """The shuffled-history metrics (report protocol) and the original-vs-shuffled cosine, over seeds."""
-    tests = [r["test"] for r in summary["per_seed"]]
-    if not all(spec.protocol in t.get("shuffled", {}) for t in tests):
+    shuffled = [r.shuffled for r in tested.per_seed]
+    if not all(spec.protocol in s for s in shuffled):
         raise ConfigError(f"report.shuffle: stage {stage} was not tested on shuffled histories under the "
                           f"{spec.protocol} protocol; set its evaluation.shuffle: true")
-    return {"metrics": {m: _over_seeds([t["shuffled"][spec.protocol][m] for t in tests]) for m in spec.metrics},
-            "cosine": _over_seeds([t["shuffled"]["cosine_to_original"] for t in tests])}
+    return {"metrics": {m: _over_seeds([s[spec.protocol][m] for s in shuffled]) for m in spec.metrics},
+            "cosine": _over_seeds([s["cosine_to_original"] for s in shuffled])}
 
 
-def _slice_results(summary: dict, spec: ReportSpec, stage: str) -> dict:
+def _slice_results(tested: runs.RecommenderResults, spec: ReportSpec, stage: str) -> dict:
     """slice -> {"users", metric -> mean/std over seeds (None: no test user's target is in it)}
     under the report's protocol."""
     out = {}
     for name in spec.slices:
-        per_seed = [r["test"].get("by_popularity", {}).get(name) for r in summary["per_seed"]]
+        per_seed = [r.groups("by_popularity").get(name) for r in tested.per_seed]
         if any(group is None for group in per_seed):  # groups without test users are left out
             out[name] = {"users": 0, **{m: None for m in spec.metrics}}
             continue
@@ -172,20 +172,20 @@ def results(pipeline, spec: ReportSpec) -> dict:
     rows = []
     for entry in spec.compare:
         run_dir = pipeline.stages[entry.stage].run_dir
-        summary = runs.summary(run_dir)
-        over = summary["over_seeds"].get(spec.protocol)
+        tested = runs.recommender_results(run_dir)
+        over = tested.over_seeds.get(spec.protocol)
         if over is None:
             raise ConfigError(f"report.protocol {spec.protocol}: stage {entry.stage} did not evaluate it "
-                              f"(it has {', '.join(summary['over_seeds'])})")
-        rows.append({"label": entry.label, "stage": entry.stage, "run_dir": str(run_dir), "seeds": summary["seeds"],
+                              f"(it has {', '.join(tested.protocols)})")
+        rows.append({"label": entry.label, "stage": entry.stage, "run_dir": str(run_dir), "seeds": tested.seeds,
                      "metrics": {m: over.get(m) for m in spec.metrics},
-                     "per_seed": [{"seed": r["seed"], **{m: r["test"][spec.protocol].get(m) for m in spec.metrics}}
-                                  for r in summary["per_seed"]],
-                     "groups": _group_results(summary, spec)})
+                     "per_seed": [{"seed": r.seed, **{m: r.metrics(spec.protocol).get(m) for m in spec.metrics}}
+                                  for r in tested.per_seed],
+                     "groups": _group_results(tested, spec)})
         if spec.shuffle:
-            rows[-1]["shuffled"] = _shuffle_results(summary, spec, entry.stage)
+            rows[-1]["shuffled"] = _shuffle_results(tested, spec, entry.stage)
         if spec.slices:
-            rows[-1]["slices"] = _slice_results(summary, spec, entry.stage)
+            rows[-1]["slices"] = _slice_results(tested, spec, entry.stage)
     configured = settings(pipeline, spec)
     for row, differing in zip(rows, configured["per_row"]):
         row["settings"] = differing

@@ -10,6 +10,7 @@ function compiles once per run.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 from jaxrec.eval.negatives import UserItems
 from jaxrec.eval.ranking import full_ranking_ranks, metrics_from_ranks, sampled_ranks
 from jaxrec.progress import progress_bar
-from jaxrec.seqrec.histories import shuffle_histories
+from jaxrec.seqrec.histories import evaluation_examples, item_popularity, shuffle_histories
 from jaxrec.seqrec.spec import EvalSpec
 
 
@@ -153,6 +154,44 @@ def evaluate(
         if negatives is not None:  # the same negatives as the original histories
             result["shuffled"]["sampled"] = _mean(sampled(shuffled_users, item_vectors, targets, negatives, spec))
     return result
+
+
+class SplitRanking:
+    """A dataset's validation and test splits with what ranking them takes (item
+    popularity, every user's items, the held-out cold items), shared by every
+    recommender task: the task brings its user and item vectors. Row u of a
+    split is user u."""
+
+    def __init__(self, data, spec: EvalSpec, history_length: int):
+        self.spec = spec
+        self.splits = {part: evaluation_examples(data, part, history_length) for part in ("valid", "test")}
+        self.popularity = item_popularity(data)
+        self.user_items = UserItems(data.offsets, data.items, data.num_items)
+        self.cold = data.cold
+
+    def __call__(self, user_vectors: Callable[[np.ndarray], np.ndarray], item_vectors: np.ndarray, part: str,
+                 seed: int, diagnostics: bool) -> dict:
+        """:func:`evaluate` on split ``part`` ("valid" or "test")."""
+        history, targets, lengths = self.splits[part]
+        return evaluate(user_vectors, item_vectors, history, targets, lengths, self.popularity, self.user_items,
+                        self.spec, seed, diagnostics, held_out=self.cold)
+
+
+def best_state_on_test(fitted, test: Callable[[], dict], log=print, who: str = "") -> dict:
+    """``test()`` of the state training ended with: the best validation state where
+    one was kept (``fitted``: a ``TrainResult``), with the seconds it took."""
+    if fitted.best_step is not None:
+        log(f"{who}testing the best validation state (step {fitted.best_step})")
+    start = time.perf_counter()
+    result = test()
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def seeds_summary(results: list[dict]) -> dict:
+    """A recommender task's summary of its seeds (``results``: ``{"seed", "training",
+    "test"}`` each), with :func:`over_seeds`; ``runs.recommender_results`` reads it back."""
+    return {"seeds": [r["seed"] for r in results], "per_seed": results, "over_seeds": over_seeds(results)}
 
 
 def over_seeds(results: list[dict]) -> dict:

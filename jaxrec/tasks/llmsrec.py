@@ -18,7 +18,6 @@ gets the decoder with them).
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +34,8 @@ from jaxrec.llmsrec.spec import DistillSpec
 from jaxrec.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
 from jaxrec.runs import Run
-from jaxrec.eval.negatives import UserItems
-from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
-from jaxrec.seqrec.histories import evaluation_examples, item_popularity, training_user_items
+from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
+from jaxrec.seqrec.histories import evaluation_examples, training_user_items
 from jaxrec.seqrec.spec import EvalSpec, ranking_monitor
 from jaxrec.tasks.specs import ModelSpec, Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -109,23 +107,18 @@ class _Evaluator:
 
     def __init__(self, model: Distiller, prompts: Prompts, days: InteractionDays | None, data, config: LlmsrecConfig):
         self.prompts, self.days, self.config, self.num_items = prompts, days, config, data.num_items
-        self.splits = {part: evaluation_examples(data, part, config.distill.max_history) for part in ("valid", "test")}
-        self.popularity = item_popularity(data)
-        self.user_items = UserItems(data.offsets, data.items, data.num_items)
-        self.cold = data.cold
+        self.ranking = SplitRanking(data, config.evaluation, config.distill.max_history)
         self.user_fn = jax.jit(model.user_vectors)
         self.item_fn = jax.jit(model.item_vectors)
 
     def __call__(self, variables, part: str, diagnostics: bool) -> dict:
         spec = self.config.evaluation
         items = every_item_vector(self.item_fn, variables, self.num_items, spec.batch_size, f"{part}: item vectors")
-        history, targets, lengths = self.splits[part]
-        rows = np.arange(len(history))
         prompt = lambda h, u: self.prompts.users(h, None if self.days is None else self.days(u, h))
-        users = lambda histories: batched(lambda h, u: self.user_fn(variables, prompt(h, u)), histories, rows,
-                                          batch_size=spec.batch_size, progress=f"{part}: user vectors")
-        return evaluate(users, items, history, targets, lengths, self.popularity, self.user_items, spec,
-                        self.config.seed, diagnostics, held_out=self.cold)
+        users = lambda histories: batched(lambda h, u: self.user_fn(variables, prompt(h, u)), histories,
+                                          np.arange(len(histories)), batch_size=spec.batch_size,
+                                          progress=f"{part}: user vectors")
+        return self.ranking(users, items, part, self.config.seed, diagnostics)
 
 
 @dataclasses.dataclass
@@ -194,11 +187,7 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     validate = lambda: training.evaluator(engine.variables(), "valid", diagnostics=False)["full"]
     fitted = training.session.fit(engine, training.batches, run.path, identity, validate=validate, log=log,
                                   count_tokens=lambda batch: int(np.sum(batch["attention_mask"])))
-    if fitted.best_step is not None:
-        log(f"testing the best validation state (step {fitted.best_step})")
-    start = time.perf_counter()
-    test = training.evaluator(engine.variables(), "test", diagnostics=True)
-    test["seconds"] = round(time.perf_counter() - start, 2)
+    test = best_state_on_test(fitted, lambda: training.evaluator(engine.variables(), "test", diagnostics=True), log)
     trained = gather(engine.state.trainable["model"]["params"])
     run.save_arrays("heads", "heads.safetensors", trained["heads"], spec=dataclasses.asdict(spec))
     runs.save_lm(run, {"params": {"extra_embedding": trained["llm"]["extra_embedding"]}}, "subtrees",
@@ -207,9 +196,8 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
     for section in ("full", "sampled"):
         if section in test:
             log(f"test ({section}): " + "  ".join(f"{k} {v:.4f}" for k, v in test[section].items()))
-    per_seed = [{"seed": config.seed, "training": fitted.summary, "test": test}]
-    return {"task": "llmsrec", "trainable_parameters": trainable, "seeds": [config.seed], "per_seed": per_seed,
-            "over_seeds": over_seeds(per_seed)}
+    return {"task": "llmsrec", "trainable_parameters": trainable,
+            **seeds_summary([{"seed": config.seed, "training": fitted.summary, "test": test}])}
 
 
 TASK = Task("llmsrec", LlmsrecConfig, run, "distil a seqrec SASRec's user vectors into a frozen LM through heads "

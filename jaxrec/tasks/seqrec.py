@@ -14,7 +14,6 @@ test metrics and their mean and standard deviation.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import numpy as np
@@ -24,11 +23,9 @@ from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
 from jaxrec.errors import ConfigError
-from jaxrec.eval.negatives import UserItems
 from jaxrec.runs import Run
-from jaxrec.seqrec.evaluate import batched, evaluate, over_seeds
-from jaxrec.seqrec.histories import (evaluation_examples, item_popularity, training_examples, training_user_items,
-                                     trim_padding, trimmed_width)
+from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
+from jaxrec.seqrec.histories import training_examples, training_user_items, trim_padding, trimmed_width
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
 from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, init_variables, item_slots, make_objective,
                                        maps_batch_items)
@@ -93,22 +90,17 @@ class _Setup:
         self.examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
         # BERT4Rec: every window a second time, masking only its last item
         self.count = len(self.examples) * (2 if bert and spec.mask_last_examples else 1)
-        self.user_items = UserItems(data.offsets, data.items, data.num_items)
         self.training_items = training_user_items(data)  # BCE negatives: never a held-out interaction
         eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
-        self.splits = {part: evaluation_examples(data, part, eval_length) for part in ("valid", "test")}
-        self.popularity = item_popularity(data)
+        self.ranking = SplitRanking(data, config.evaluation, eval_length)
         self.user_fn = jax.jit(lambda v, h, items: self.model.apply(v, h, items, method=Recommender.user_vectors))
         self.item_fn = jax.jit(lambda v: self.model.apply(v, method=Recommender.items))
 
     def evaluate(self, variables, part: str, seed: int, diagnostics: bool) -> dict:
         items = self.item_fn(variables)
-        history, targets, lengths = self.splits[part]
-        eval_spec = self.config.evaluation
         users = lambda rows: batched(lambda h: self.user_fn(variables, h[:, :trimmed_width(h)], items), rows,
-                                     batch_size=eval_spec.batch_size)
-        return evaluate(users, np.asarray(items), history, targets, lengths, self.popularity, self.user_items,
-                        eval_spec, seed, diagnostics, held_out=self.data.cold)
+                                     batch_size=self.config.evaluation.batch_size)
+        return self.ranking(users, np.asarray(items), part, seed, diagnostics)
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Training rows ``indices`` of ``count`` (indices past the examples are BERT4Rec's last-item copies)."""
@@ -164,11 +156,8 @@ def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=pri
     summary["epochs"] = round(summary["steps"] / batches.steps_per_epoch, 2)
     epochs_timed = summary["timed_steps"] / batches.steps_per_epoch
     summary["seconds_per_epoch"] = round(summary["training_seconds"] / epochs_timed, 3) if epochs_timed else None
-    if fitted.best_step is not None:
-        log(f"seed {seed}: testing the best validation state (step {fitted.best_step})")
-    start = time.perf_counter()
-    test = setup.evaluate(engine.variables(), "test", seed, diagnostics=True)
-    test["seconds"] = round(time.perf_counter() - start, 2)
+    test = best_state_on_test(fitted, lambda: setup.evaluate(engine.variables(), "test", seed, diagnostics=True), log,
+                           f"seed {seed}: ")
     result = {"seed": seed, "training": summary, "test": test}
     inside = lambda name: f"{subdir}/{name}" if subdir else name  # output names and files alike
     weights = gather(engine.variables())
@@ -191,7 +180,7 @@ def run(config: SeqrecConfig, run: Run, log=print) -> dict:
     for seed in seeds:
         results.append(train_and_test(setup, seed, run, f"seed-{seed}" if len(seeds) > 1 else "", log))
     summary = {"task": "seqrec", "model": config.recommender.model, "items": config.recommender.items,
-               "seeds": seeds, "per_seed": results, "over_seeds": over_seeds(results)}
+               **seeds_summary(results)}
     for section, metrics in summary["over_seeds"].items():
         log(f"test ({section}, {len(seeds)} seed(s)): " + "  ".join(
             f"{name} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(seeds) > 1 else "") for name, v in metrics.items()))
