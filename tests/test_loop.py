@@ -18,7 +18,8 @@ from jaxrec.data.batches import GrainBatches
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.checkpoint import Checkpointer, ResumeError
 from jaxrec.train.engine import Engine
-from jaxrec.train.loop import LoopSpec, TrainingDiverged, mean_over_batches, train
+from jaxrec.train.hooks import TrainingDiverged
+from jaxrec.train.loop import LoopSpec, mean_over_batches, train
 from jaxrec.train.optim import OptimizerSpec, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
