@@ -34,6 +34,7 @@ from jaxrec.errors import ConfigError, DataError, RunError
 from jaxrec.io import atomic_dir
 from jaxrec.models.convert import params_to_hf, rules_for
 from jaxrec.models.decoder_config import config_to_hf, load_hf_config
+from jaxrec.tasks.registry import TASKS
 
 FILLER_TOKEN = "<|jaxrec_unused_{}|>"
 """Names for the unused ids between a tokenizer's last token and the model's vocabulary size (padded vocabularies),
@@ -167,6 +168,10 @@ def save_recommender(run_dir: str | Path, out: str | Path) -> Path:
                                     "their transpose); stacked blocks carry a leading layer axis"})
 
 
+EXPORTERS = {"item_embeddings": save_item_embeddings, "recommender": save_recommender}
+"""What a task's runs export as, by ``Task.export`` (the rest: ``lm``, an HF model directory)."""
+
+
 def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -174,15 +179,14 @@ def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--to {out} exists and is not empty; choose a new directory")
     task = runs.open_run(run_dir, "--run").task
+    kind = TASKS[task].export if task in TASKS else "lm"
     if peft:
-        if task in ("encode", "seqrec"):
+        if kind != "lm":
             raise ConfigError(f"--peft exports the LoRA adapters of an LM run; {run_dir} is not one (its task is "
                               f"{task}): export it without --peft")
         return save_peft_adapter(run_dir, out)
-    if task == "encode":
-        return save_item_embeddings(run_dir, out)
-    if task == "seqrec":
-        return save_recommender(run_dir, out)
+    if kind != "lm":
+        return EXPORTERS[kind](run_dir, out)
     names = _token_names(run_dir)  # also checks that run_dir is a finished run with a trained LM
     return save_hf_model(runs.load_lm(run_dir), out, names)
 

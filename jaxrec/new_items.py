@@ -32,14 +32,15 @@ class NewItemEncoder:
         """The encoder behind a seqrec run's frozen item matrix (``config``: the run's
         SeqrecConfig; ``item_ids``: its catalogue, row 0 padding)."""
         from jaxrec.tasks.encode import EncodeConfig
+        from jaxrec.seqrec.recommender import backbone_class
         from jaxrec.tasks.seqrec import frozen_item_rows
 
         spec = config.recommender
         if spec.items == "id":
             raise RunError("this run's items are ID embeddings, which exist only for items it trained on; "
                            "new items need a run with recommender.items: llm or id+llm")
-        if spec.model == "bert4rec":
-            raise RunError("BERT4Rec runs do not take new items (their mask token's row follows the catalogue)")
+        if backbone_class(spec).masks_items:
+            raise RunError(f"{spec.model} runs do not take new items (the mask token's row follows the catalogue)")
         location = spec.embeddings
         if not runs.is_run(location):
             raise RunError(f"recommender.embeddings is {location}, a matrix made outside jaxrec: there is no "

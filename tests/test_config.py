@@ -229,7 +229,7 @@ def test_layering_model_core_and_library_modules():
 
 
 FLOORS = [
-    {"errors", "shapes"},
+    {"errors", "shapes", "inputs"},
     {"io", "progress", "sharding", "config"},
     {"assets"},
     {"runtime"},
@@ -348,3 +348,28 @@ def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():
     config = SeqrecConfig(recommender=spec)
     assert non_default_fields(config)["recommender"] == non_default_fields(spec)
     assert "recommender" not in non_default_fields(SeqrecConfig())
+
+
+def test_every_field_a_task_reads_is_declared_by_its_section_and_checked_before_a_run(tmp_path):
+    """The files and runs a config names are declared where their sections are (``INPUTS``):
+    each declared name is a field of its section, and check_inputs names a missing one."""
+    from jaxrec.inputs import input_fields
+    from jaxrec.tasks.registry import TASKS
+    from jaxrec.tasks.specs import check_inputs
+
+    for task in TASKS.values():
+        for section, key in input_fields(task.config):
+            spec = getattr(task.config(), section)
+            assert key in {f.name for f in dataclasses.fields(spec)}, (task.name, section, key)
+    seqrec = input_fields(TASKS["seqrec"].config)
+    assert {("data", "name"), ("recommender", "embeddings"), ("recommender", "align_to")} == set(seqrec)
+    assert seqrec[("recommender", "align_to")].run and not seqrec[("data", "name")].run
+    llmsrec = input_fields(TASKS["llmsrec"].config)
+    assert {("distill", "teacher"), ("model", "init_from"), ("model", "name")} <= set(llmsrec)
+    assert llmsrec[("model", "name")].asset and llmsrec[("model", "name")].run
+    missing = tmp_path / "no-teacher"
+    with pytest.raises(ConfigError, match=f"distill.teacher: {missing} does not exist; expected a finished seqrec run"):
+        check_inputs(load_config(None, ["task=llmsrec", f"distill.teacher={missing}"]))
+    # the tasks whose runs a report may compare, and what each exports, come with the task
+    assert sorted(n for n, t in TASKS.items() if t.tests_recommender) == ["llmsrec", "seqrec"]
+    assert {TASKS[n].export for n in ("encode", "seqrec", "llmsrec", "mntp")} == {"item_embeddings", "recommender", "lm"}

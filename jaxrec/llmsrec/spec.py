@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxrec.inputs import InputField
 from jaxrec.objectives.distill import REDUCTIONS, DistillWeights
 
 ACTIVATIONS = ("leaky_relu", "gelu", "relu")
@@ -14,6 +15,8 @@ ACTIVATIONS = ("leaky_relu", "gelu", "relu")
 
 @dataclasses.dataclass
 class DistillSpec:
+    INPUTS = {"teacher": InputField("a finished seqrec run directory", run=True)}
+
     teacher: str | None = None
     """A finished seqrec run directory of an ID-based SASRec (its ``best/`` state is the frozen teacher)."""
     max_history: int = 10

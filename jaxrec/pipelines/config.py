@@ -32,7 +32,8 @@ from pathlib import Path
 
 from jaxrec.config import apply_override, culprit_override, include_entries, merge_trees, read_tree
 from jaxrec.errors import ConfigError
-from jaxrec.tasks.specs import RUN_FIELDS
+from jaxrec.inputs import input_fields
+from jaxrec.tasks.registry import config_class
 
 PIPELINE_KEYS = ("run_dir", "include", "stages", "report")
 
@@ -182,24 +183,27 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
     return stages, tree.get("report") or {}, run_dir
 
 
+def run_fields(task: str, reads_only_runs: bool = False) -> list[tuple[str, str]]:
+    """(section, field) of the task's config fields that may name a run directory (with
+    ``reads_only_runs``: those that never name anything else, such as an asset)."""
+    return [name for name, field in input_fields(config_class(task)).items()
+            if field.run and not (reads_only_runs and field.asset)]
+
+
 def _references(stage: Stage, names) -> dict[str, str]:
     """config field -> the stage it names, for the fields that name run directories."""
     found = {}
-    for section, key in RUN_FIELDS:
+    for section, key in run_fields(stage.task):
         target = _stage_name((stage.tree.get(section) or {}).get(key), names)
         if target is not None:
             found[f"{section}.{key}"] = target
     return found
 
 
-READ_FIELDS = tuple(field for field in RUN_FIELDS if field != ("model", "name"))
-"""The fields that only ever read an earlier run (model.name may also name an asset)."""
-
-
 def _check_unresolved_references(stage: Stage, names: list[str]) -> None:
     """A field that reads a run and names neither a stage nor an existing path is a typo, found now
     rather than when that stage starts."""
-    for section, key in READ_FIELDS:
+    for section, key in run_fields(stage.task, reads_only_runs=True):
         value = (stage.tree.get(section) or {}).get(key)
         if not isinstance(value, str) or _stage_name(value, names) is not None or Path(value).exists():
             continue

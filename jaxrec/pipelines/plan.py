@@ -23,9 +23,9 @@ from pathlib import Path
 from jaxrec import runs
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
+from jaxrec.inputs import input_fields
 from jaxrec.pipelines.config import Pipeline, stage_config
 from jaxrec.tasks.run_dir import config_changes
-from jaxrec.tasks.specs import RUN_FIELDS
 
 ACTIONS = ("run", "resume", "rerun", "skip")
 
@@ -46,11 +46,11 @@ class StagePlan:
 def input_paths(config) -> dict[str, str]:
     """The run directories (or files) a task config reads, by config field."""
     found = {}
-    for section, key in RUN_FIELDS:
+    for (section, key), field in input_fields(type(config)).items():
         value = getattr(getattr(config, section, None), key, None)
-        if not isinstance(value, str):
+        if not field.run or not isinstance(value, str):
             continue
-        if (section, key) == ("model", "name") and not runs.is_run(value):
+        if field.asset and not runs.is_run(value):
             continue  # a base model: its identity is in the config and the checkpoints
         found[f"{section}.{key}"] = value
     return found

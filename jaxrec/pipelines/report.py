@@ -39,6 +39,7 @@ from jaxrec.config import build
 from jaxrec.errors import ConfigError
 from jaxrec.io import write_bytes_atomic, write_json_atomic
 from jaxrec.seqrec.evaluate import COLD_GROUP
+from jaxrec.tasks.registry import TASKS
 
 
 @dataclasses.dataclass
@@ -80,7 +81,6 @@ PROTOCOLS = ("full", "sampled")
 SLICES = (COLD_GROUP, "tail", "popular", "cold")
 """Popularity groups a report can show beside the overall figures ('cold': the least popular share
 of evaluation.cold_share; the held-out ones need data.cold_items)."""
-COMPARABLE_TASKS = ("seqrec", "llmsrec")
 
 
 def report_spec(pipeline) -> ReportSpec:
@@ -91,9 +91,10 @@ def report_spec(pipeline) -> ReportSpec:
     for entry in spec.compare:
         if entry.stage not in pipeline.stages:
             raise ConfigError(f"{pipeline.path}: report.compare: no stage {entry.stage!r}")
-        if pipeline.stages[entry.stage].task not in COMPARABLE_TASKS:
+        comparable = [name for name, task in TASKS.items() if task.tests_recommender]
+        if pipeline.stages[entry.stage].task not in comparable:
             raise ConfigError(f"{pipeline.path}: report.compare: stage {entry.stage} is a "
-                              f"{pipeline.stages[entry.stage].task} stage; compare {' or '.join(COMPARABLE_TASKS)} stages")
+                              f"{pipeline.stages[entry.stage].task} stage; compare {' or '.join(comparable)} stages")
     return spec
 
 

@@ -1,10 +1,11 @@
-"""SASRec, BERT4Rec and GRU4Rec as Flax modules.
+"""SASRec, BERT4Rec and GRU4Rec as Flax modules, behind one protocol
+(:class:`Backbone`).
 
-Both read a history of item ids [batch, length] (0 = padding) through an item
-table [num_items + 1, hidden] supplied by the caller (trainable ID embeddings,
-or adapted frozen LLM embeddings), and return one state per position; the
-state at the last real position is the user representation, scored against
-the same table.
+Each reads a history of item ids [batch, length] (0 = padding) through an
+item table [num_items + 1, hidden] supplied by the caller (trainable ID
+embeddings, or adapted frozen LLM embeddings), and returns one state per
+position; the state at the last real position (BERT4Rec: at a mask appended
+after it) is the user representation, scored against the same table.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,14 @@ class SeqRecConfig:
     positions: Literal["from_start", "from_end"] = "from_start"
     """Position of each history item: counted from its first item, or by recency so the last item is
     always at max_history - 1 (the public PyTorch SASRec's left-padded rows)."""
+    mask_rate: float = 0.6
+    """BERT4Rec: share of history items chosen for prediction."""
+    mask_random: float = 0.1
+    """BERT4Rec: share of the chosen items replaced by a random item instead of the mask."""
+    mask_keep: float = 0.1
+    """BERT4Rec: share of the chosen items left unchanged (still predicted)."""
+    mask_last_examples: bool = True
+    """BERT4Rec: also train on each window with only its last item masked."""
 
 
 # normal(0.02) weights for every attention-model layer and embedding, as BERT
@@ -213,11 +223,54 @@ class _AttentionEncoder(nn.Module):
         return x
 
 
-class SASRec(nn.Module):
-    """Causal self-attention over the history with learned positions; the
-    output at position t depends only on items 0..t."""
+class Backbone(nn.Module):
+    """A recommender's sequence model. ``__call__`` gives the states of right-padded
+    histories read through an item table; the rest is what differs between models,
+    so that neither the recommender nor its task asks which model it holds. The
+    defaults are those of a next-item model (SASRec, GRU4Rec); BERT4Rec, trained
+    to recover masked items, overrides them."""
 
     config: SeqRecConfig
+    num_items: int = 0
+    """Catalogue size (item ids 1..num_items); rows a model adds to the item table follow it."""
+
+    readout_slots: ClassVar[int] = 0
+    """Positions a user's readout adds to a history (so evaluation reads max_history minus these items)."""
+    masks_items: ClassVar[bool] = False
+    """Training replaces items of the history (any item of the catalogue may then enter a batch,
+    and the table has rows after the catalogue, so items added after training cannot be)."""
+
+    @classmethod
+    def example_kind(cls, examples: str) -> str:
+        """The kind of training examples (``histories.training_examples``) for the configured ``examples``."""
+        return examples
+
+    @classmethod
+    def training_copies(cls, config: SeqRecConfig) -> int:
+        """How many times an epoch visits each training example."""
+        return 1
+
+    @classmethod
+    def batch_fields(cls, indices: np.ndarray, examples: int) -> dict[str, np.ndarray]:
+        """Fields a training batch of rows ``indices`` (of ``examples * training_copies``) adds."""
+        return {}
+
+    def input_table(self, items: jax.Array) -> jax.Array:
+        """The table histories are looked up in, from the item vectors."""
+        return items
+
+    def user_history(self, history: jax.Array) -> jax.Array:
+        """The history whose last state is the user's vector."""
+        return history
+
+    def training_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """(history, targets) a training step reads from ``batch``."""
+        return batch["history"], batch["targets"]
+
+
+class SASRec(Backbone):
+    """Causal self-attention over the history with learned positions; the
+    output at position t depends only on items 0..t."""
 
     @nn.compact
     def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
@@ -225,16 +278,50 @@ class SASRec(nn.Module):
         return _AttentionEncoder(self.config, causal=True, name="encoder")(history, item_table, deterministic, last_only)
 
 
-class BERT4Rec(nn.Module):
-    """Bidirectional self-attention over the history; trained to recover
-    masked items, it predicts the next item at a mask appended to the history."""
+class BERT4Rec(Backbone):
+    """Bidirectional self-attention over the history. Trained to recover masked
+    items (:func:`mask_items`; the mask is a learned row right after the
+    catalogue), it predicts the next item at a mask appended to the history."""
 
-    config: SeqRecConfig
+    readout_slots = 1
+    masks_items = True
 
-    @nn.compact
+    def setup(self):
+        self.encoder = _AttentionEncoder(self.config, causal=False)
+        self.mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02), (1, self.config.hidden))
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_items + 1
+
     def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
                  last_only: bool = False) -> jax.Array:
-        return _AttentionEncoder(self.config, causal=False, name="encoder")(history, item_table, deterministic, last_only)
+        return self.encoder(history, item_table, deterministic, last_only)
+
+    @classmethod
+    def example_kind(cls, examples: str) -> str:
+        return "windows"  # each window's items are its own targets, where masked
+
+    @classmethod
+    def training_copies(cls, config: SeqRecConfig) -> int:
+        return 2 if config.mask_last_examples else 1  # every window again, masking only its last item
+
+    @classmethod
+    def batch_fields(cls, indices: np.ndarray, examples: int) -> dict[str, np.ndarray]:
+        return {"mask_last": indices >= examples}  # the second visit of each window
+
+    def input_table(self, items: jax.Array) -> jax.Array:
+        """The items, then the mask row at ``mask_id`` (whatever rows ``items`` has beyond the catalogue)."""
+        return jnp.concatenate([items[: self.mask_id], self.mask_embedding], axis=0)
+
+    def user_history(self, history: jax.Array) -> jax.Array:
+        history = jnp.pad(history, ((0, 0), (0, 1)))
+        return history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
+
+    def training_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        c = self.config
+        return mask_items(rng, batch["history"], c.mask_rate, self.mask_id, self.num_items, c.mask_random,
+                          c.mask_keep, batch["mask_last"])
 
 
 def mask_items(rng: jax.Array, history: jax.Array, rate: float, mask_id: int, num_items: int,
@@ -260,11 +347,9 @@ def mask_items(rng: jax.Array, history: jax.Array, rate: float, mask_id: int, nu
     return jnp.where(chosen, replacement, history), jnp.where(chosen, history, 0)
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(Backbone):
     """Stacked GRUs over the history (right-padded rows: padding comes after
     the real items and never reaches their states)."""
-
-    config: SeqRecConfig
 
     @nn.compact
     def __call__(self, history: jax.Array, item_table: jax.Array, deterministic: bool = True,
@@ -310,3 +395,6 @@ def last_position(history: jax.Array) -> jax.Array:
     """[batch] index of each right-padded row's last real item (0 for an empty row)."""
     return jnp.maximum(jnp.sum(history > 0, axis=1) - 1, 0)
 
+
+
+BACKBONES: dict[str, type[Backbone]] = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}

@@ -18,10 +18,17 @@ import numpy as np
 from jaxrec.objectives.scft import soft_clip_loss
 from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
-from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, embedding_initializer, mask_items
+from jaxrec.seqrec.models import BACKBONES, Backbone, SeqRecConfig, embedding_initializer
 from jaxrec.seqrec.spec import RecommenderSpec
 
-BACKBONES = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
+
+def backbone_config(spec: RecommenderSpec) -> SeqRecConfig:
+    """The backbone's part of the recommender's settings."""
+    return SeqRecConfig(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(SeqRecConfig)})
+
+
+def backbone_class(spec: RecommenderSpec) -> type[Backbone]:
+    return BACKBONES[spec.model]
 
 
 def _widths(spec: RecommenderSpec) -> tuple[int, int]:
@@ -49,8 +56,7 @@ class Recommender(nn.Module):
 
     def setup(self):
         s = self.spec
-        backbone = {f.name: getattr(s, f.name) for f in dataclasses.fields(SeqRecConfig)}
-        self.backbone = BACKBONES[s.model](SeqRecConfig(**backbone))
+        self.backbone = backbone_class(s)(backbone_config(s), self.num_items)
         id_width, llm_width = _widths(s)
         if id_width:
             self.id_items = IDEmbedding(self.num_items, id_width, embedding_initializer(s.weight_init, s.embedding_init))
@@ -59,12 +65,6 @@ class Recommender(nn.Module):
             self.adapter = FrozenTextAdapter((*s.adapter, llm_width), s.adapter_init, s.adapter_norm)
         if self.align_dim:
             self.align_table = self.variable("constants", "align_items", jnp.zeros, (self.num_items + 1, self.align_dim))
-        if s.model == "bert4rec":
-            self.mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02), (1, s.hidden))
-
-    @property
-    def mask_id(self) -> int:
-        return self.num_items + 1
 
     def adapted_llm_items(self, rows: jax.Array | None = None) -> jax.Array:
         """The adapter's output for every item, or for the item ids ``rows`` only
@@ -99,13 +99,6 @@ class Recommender(nn.Module):
             return ids, None
         return (ids + adapted if self.spec.combine == "sum" else jnp.concatenate([ids, adapted], axis=1)), adapted
 
-    def input_table(self, items: jax.Array) -> jax.Array:
-        """The table histories are looked up in: the items, plus BERT4Rec's mask row at
-        ``mask_id`` (right after the catalogue, whatever rows ``items`` has beyond it)."""
-        if self.spec.model != "bert4rec":
-            return items
-        return jnp.concatenate([items[: self.mask_id], self.mask_embedding], axis=0)
-
     def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False,
                  rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(states [B, L, hidden], or [B, 1, hidden] at each row's last real item
@@ -119,17 +112,18 @@ class Recommender(nn.Module):
         """``__call__``'s (states, item vectors), and the adapter's part of the item
         vectors (None without LLM items), which RAT's alignment loss reuses."""
         items, adapted = self._items_and_adapted(rows)
-        return self.backbone(history, self.input_table(items), deterministic, last_only), items, adapted
+        return self.backbone(history, self.backbone.input_table(items), deterministic, last_only), items, adapted
+
+    def training_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """(history, targets) of a training batch as the backbone reads them (BERT4Rec masks items)."""
+        return self.backbone.training_inputs(rng, batch)
 
     def user_vectors(self, history: jax.Array, items: jax.Array) -> jax.Array:
         """The representation of each right-padded history, given the item
         vectors (``items()``, computed once per evaluation rather than per
-        user batch): the state at its last item (SASRec, GRU4Rec) or at a
-        mask appended after it (BERT4Rec)."""
-        if self.spec.model == "bert4rec":
-            history = jnp.pad(history, ((0, 0), (0, 1)))
-            history = history.at[jnp.arange(len(history)), jnp.sum(history > 0, axis=1)].set(self.mask_id)
-        return self.backbone(history, self.input_table(items), last_only=True)[:, 0]
+        user batch): the state at the last position of the backbone's
+        ``user_history`` (SASRec, GRU4Rec: the last item; BERT4Rec: a mask appended after it)."""
+        return self.backbone(self.backbone.user_history(history), self.backbone.input_table(items), last_only=True)[:, 0]
 
     def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None,
                        adapted: jax.Array | None = None) -> jax.Array:
@@ -152,9 +146,9 @@ class Recommender(nn.Module):
 def maps_batch_items(spec: RecommenderSpec) -> bool:
     """Whether training computes the vectors of the batch's items only: under the
     sampled BCE loss nothing else is scored, and with LLM items that spares the
-    adapter the rest of the catalogue (BERT4Rec keeps the whole table: its random
-    replacements may be any item)."""
-    return spec.loss == "bce" and spec.items != "id" and spec.model != "bert4rec"
+    adapter the rest of the catalogue (a backbone that replaces items, BERT4Rec, keeps
+    the whole table: its replacements may be any item)."""
+    return spec.loss == "bce" and spec.items != "id" and not backbone_class(spec).masks_items
 
 
 def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | None:
@@ -193,7 +187,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
     loss ``negatives`` [B, L, negatives] (drawn on the host where a target is,
     0 elsewhere; never the user's items) and optionally ``item_slots`` (:func:`item_slots`: score the batch's
-    items only); for BERT4Rec ``mask_last`` [B] (rows that mask only their last item).
+    items only); and the backbone's ``batch_fields`` (BERT4Rec: ``mask_last`` [B], rows that mask only their last item).
     ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
     excluded = None
@@ -205,10 +199,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
         rows = None
         if "item_slots" in batch:
             rows, batch = batch_item_rows(batch)
-        history, targets = batch["history"], batch["targets"]
-        if spec.model == "bert4rec":
-            history, targets = mask_items(mask_rng, history, spec.mask_rate, model.mask_id, model.num_items,
-                                          spec.mask_random, spec.mask_keep, batch["mask_last"])
+        history, targets = model.apply(variables, mask_rng, batch, method=Recommender.training_inputs)
         # prefixes: one target per row, at its last real position
         last_only = spec.examples == "prefixes"
         states, items, adapted = model.apply(variables, history, deterministic=False, last_only=last_only, rows=rows,

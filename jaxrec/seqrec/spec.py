@@ -6,9 +6,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxrec.inputs import InputField
+
 
 @dataclasses.dataclass
 class RecommenderSpec:
+    INPUTS = {"embeddings": InputField("an encode run directory or an .npy file", run=True),
+              "align_to": InputField("a finished seqrec run directory", run=True)}
+
     model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
     hidden: int = 64
     layers: int = 2

@@ -125,4 +125,4 @@ def run(config: EncodeConfig, run: Run, log=print) -> dict:
 
 
 TASK = Task("encode", EncodeConfig, run, "embed every item (title or attribute prompt) with an LM (a base model, or a run's trained LM "
-            "through model.init_from); outputs item_embeddings.npy and item_ids.json")
+            "through model.init_from); outputs item_embeddings.npy and item_ids.json", export="item_embeddings")

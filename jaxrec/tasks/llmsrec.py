@@ -201,4 +201,4 @@ def run(config: LlmsrecConfig, run: Run, log=print) -> dict:
 
 
 TASK = Task("llmsrec", LlmsrecConfig, run, "distil a seqrec SASRec's user vectors into a frozen LM through heads "
-            "and added tokens, then rank with it (LLM-SRec)")
+            "and added tokens, then rank with it (LLM-SRec)", tests_recommender=True)

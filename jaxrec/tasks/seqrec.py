@@ -27,8 +27,8 @@ from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
 from jaxrec.seqrec.histories import training_examples, training_user_items, trim_padding, trimmed_width
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
-from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, init_variables, item_slots, make_objective,
-                                       maps_batch_items)
+from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, backbone_class, backbone_config,
+                                       init_variables, item_slots, make_objective, maps_batch_items)
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -86,13 +86,11 @@ class _Setup:
             spec, data.num_items, 0 if self.llm_items is None else self.llm_items.shape[1],
             0 if spec.align_to is None else adapter_output_width(spec),
         )
-        bert = spec.model == "bert4rec"
-        self.examples = training_examples(data, spec.max_history, "windows" if bert else spec.examples)
-        # BERT4Rec: every window a second time, masking only its last item
-        self.count = len(self.examples) * (2 if bert and spec.mask_last_examples else 1)
+        self.backbone = backbone_class(spec)
+        self.examples = training_examples(data, spec.max_history, self.backbone.example_kind(spec.examples))
+        self.count = len(self.examples) * self.backbone.training_copies(backbone_config(spec))
         self.training_items = training_user_items(data)  # BCE negatives: never a held-out interaction
-        eval_length = spec.max_history - 1 if bert else spec.max_history  # BERT4Rec appends a mask
-        self.ranking = SplitRanking(data, config.evaluation, eval_length)
+        self.ranking = SplitRanking(data, config.evaluation, spec.max_history - self.backbone.readout_slots)
         self.user_fn = jax.jit(lambda v, h, items: self.model.apply(v, h, items, method=Recommender.user_vectors))
         self.item_fn = jax.jit(lambda v: self.model.apply(v, method=Recommender.items))
 
@@ -103,11 +101,10 @@ class _Setup:
         return self.ranking(users, np.asarray(items), part, seed, diagnostics)
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Training rows ``indices`` of ``count`` (indices past the examples are BERT4Rec's last-item copies)."""
+        """Training rows ``indices`` of ``count`` (indices past the examples: the backbone's further visits)."""
         rows = indices % len(self.examples)
-        batch = trim_padding({"history": self.examples.history[rows], "targets": self.examples.targets[rows]})
-        if self.spec.model == "bert4rec":
-            batch["mask_last"] = indices >= len(self.examples)
+        batch = trim_padding({"history": self.examples.history[rows], "targets": self.examples.targets[rows],
+                              **self.backbone.batch_fields(indices, len(self.examples))})
         if self.spec.loss == "bce":
             targets = batch["targets"]
             # negatives where a target is scored, elsewhere the padding item, so a
@@ -188,4 +185,4 @@ def run(config: SeqrecConfig, run: Run, log=print) -> dict:
 
 
 TASK = Task("seqrec", SeqrecConfig, run, "SASRec / GRU4Rec / BERT4Rec on ID or frozen-LLM items, early-stopped and "
-            "tested (LLM2Rec's and LLMEmb's downstream recommenders)")
+            "tested (LLM2Rec's and LLMEmb's downstream recommenders)", tests_recommender=True, export="recommender")

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable, Literal
 
+from jaxrec.inputs import InputField, input_fields
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.train.engine import TrainableSpec
 from jaxrec.train.loop import LoopSpec
@@ -19,12 +20,18 @@ DEFAULT_MODEL = "smollm2-135m"
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A task as the launcher runs it: ``run(config, run, log) -> summary``."""
+    """A task as the launcher runs it: ``run(config, run, log) -> summary``. The files
+    and runs it reads are declared by its config's sections (``INPUTS``)."""
 
     name: str
     config: type
     run: Callable
     help: str
+    tests_recommender: bool = False
+    """Its runs hold a recommender's test results (``runs.recommender_results``): reports compare them."""
+    export: Literal["lm", "item_embeddings", "recommender"] = "lm"
+    """What ``python -m jaxrec.export`` writes of its runs: the trained LM (an HF model
+    directory), the item vectors, or the recommender's weights and item table."""
 
 
 def require_positive(spec, *names: str) -> None:
@@ -41,6 +48,11 @@ def require_rate(name: str, value: float | None) -> None:
 
 @dataclasses.dataclass
 class ModelSpec:
+    INPUTS = {"init_from": InputField("a finished run directory", run=True),
+              "name": InputField("a named model asset, an HF model directory, a .gguf file or a run directory",
+                                 run=True, asset=True),
+              "tokenizer": InputField("an HF model directory with tokenizer files or a .gguf file")}
+
     name: str | None = None
     """A named asset (``smollm2-135m``, the default), an HF model directory, a
     LLaMA GGUF file; or a finished run directory, whose trained LM is loaded."""
@@ -99,6 +111,9 @@ def _same_file(name: str, source: str) -> bool:
 
 @dataclasses.dataclass
 class DataSpec:
+    INPUTS = {"name": InputField("a named dataset asset, a dataset directory or hf:<Category> in the HF datasets "
+                                 "cache", asset=True)}
+
     name: str = "ml-100k"
     """A named dataset asset (``ml-100k``), a directory with interactions.tsv + items.tsv, RecBole .inter + .item
     files, Amazon review + meta files or saved HF datasets, or ``hf:<Category>`` (Amazon Reviews 2023 in the
@@ -173,21 +188,6 @@ class BatchSpec:
         require_rate("attribute_drop", self.attribute_drop)
 
 
-RUN_FIELDS = (("model", "init_from"), ("model", "name"), ("recommender", "embeddings"),
-              ("recommender", "align_to"), ("distill", "teacher"))
-"""Config fields that may name a run directory (a pipeline may name a stage there instead)."""
-
-INPUT_FIELDS = {
-    ("model", "name"): "a named model asset, an HF model directory, a .gguf file or a run directory",
-    ("model", "init_from"): "a finished run directory",
-    ("model", "tokenizer"): "an HF model directory with tokenizer files or a .gguf file",
-    ("data", "name"): "a named dataset asset, a dataset directory or hf:<Category> in the HF datasets cache",
-    ("recommender", "embeddings"): "an encode run directory or an .npy file",
-    ("recommender", "align_to"): "a finished seqrec run directory",
-    ("distill", "teacher"): "a finished seqrec run directory",
-}
-
-
 def check_inputs(config, produced: set[str] = frozenset()) -> None:
     """Every path a config reads exists (or is a named asset, or a run
     directory in ``produced`` that an earlier stage writes): checked before
@@ -195,7 +195,7 @@ def check_inputs(config, produced: set[str] = frozenset()) -> None:
     from jaxrec.assets import REGISTRY
     from jaxrec.data.hf_datasets import from_hub_cache, is_hub_name
 
-    for (section, key), what in INPUT_FIELDS.items():
+    for (section, key), field in input_fields(type(config)).items():
         value = getattr(getattr(config, section, None), key, None)
         if value is None or value in REGISTRY or Path(value).expanduser().exists():
             continue
@@ -207,7 +207,7 @@ def check_inputs(config, produced: set[str] = frozenset()) -> None:
             continue
         if any(value == run or value.startswith(run.rstrip("/") + "/") for run in produced):
             continue
-        raise ConfigError(f"{section}.{key}: {value} does not exist; expected {what}")
+        raise ConfigError(f"{section}.{key}: {value} does not exist; expected {field.what}")
 
 
 @dataclasses.dataclass
