@@ -168,8 +168,14 @@ def save_recommender(run_dir: str | Path, out: str | Path) -> Path:
                                     "their transpose); stacked blocks carry a leading layer axis"})
 
 
-EXPORTERS = {"item_embeddings": save_item_embeddings, "recommender": save_recommender}
-"""What a task's runs export as, by ``Task.export`` (the rest: ``lm``, an HF model directory)."""
+def save_trained_lm(run_dir: str | Path, out: str | Path) -> Path:
+    """A run's trained LM (its base with everything trained along its chain) as an HF model directory."""
+    names = _token_names(run_dir)  # also checks that run_dir is a finished run with a trained LM
+    return save_hf_model(runs.load_lm(run_dir), out, names)
+
+
+EXPORTERS = {"lm": save_trained_lm, "item_embeddings": save_item_embeddings, "recommender": save_recommender}
+"""What a task's runs export as, by ``Task.export``."""
 
 
 def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path:
@@ -185,10 +191,7 @@ def export_run(run_dir: str | Path, out: str | Path, peft: bool = False) -> Path
             raise ConfigError(f"--peft exports the LoRA adapters of an LM run; {run_dir} is not one (its task is "
                               f"{task}): export it without --peft")
         return save_peft_adapter(run_dir, out)
-    if kind != "lm":
-        return EXPORTERS[kind](run_dir, out)
-    names = _token_names(run_dir)  # also checks that run_dir is a finished run with a trained LM
-    return save_hf_model(runs.load_lm(run_dir), out, names)
+    return EXPORTERS[kind](run_dir, out)
 
 
 def _token_names(run_dir: str | Path) -> list[str] | None:

@@ -6,6 +6,7 @@ without a central table of every task's fields."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 
 
@@ -22,8 +23,10 @@ class InputField:
     """It may name a named asset instead of a path."""
 
 
+@functools.cache
 def input_fields(config_class: type) -> dict[tuple[str, str], InputField]:
-    """(section, field) -> :class:`InputField` over the sections of a config class."""
+    """(section, field) -> :class:`InputField` over the sections of a config class
+    (read once per class: pipelines ask for every stage, several times)."""
     hints = typing.get_type_hints(config_class)
     found = {}
     for section in dataclasses.fields(config_class):

@@ -57,7 +57,7 @@ def _best_seed_directory(run_dir: Path, run: runs.RunInfo) -> Path:
     with the best validation value of the run's monitor."""
     if run.prefix or "recommender" in run.manifest["outputs"]:
         return run_dir
-    tested = runs.recommender_results(run_dir)
+    tested = runs.recommender_results(run)
     loop = run.manifest["config"]["loop"]
     key, sign = f"best_validation_{loop['monitor']}", (1 if loop["monitor_mode"] == "max" else -1)
     scored = [(sign * r.training[key], r.seed) for r in tested.per_seed if r.training.get(key) is not None]

@@ -340,14 +340,14 @@ class RecommenderResults:
         return list(self.over_seeds)
 
 
-def recommender_results(path: str | Path) -> RecommenderResults:
-    """The test results of the finished recommender run at ``path``."""
-    info = open_run(path)
-    found = summary(path)
+def recommender_results(run: str | Path | RunInfo) -> RecommenderResults:
+    """The test results of a finished recommender run (its directory, or the run already opened)."""
+    info = run if isinstance(run, RunInfo) else open_run(run)
+    found = json.loads(info.file("summary").read_text())
     if "per_seed" not in found:
-        raise RunError(f"{path} is a {info.task} run, which tests no recommender: point at a seqrec or llmsrec run")
+        raise RunError(f"{info.path} is a {info.task} run, which tests no recommender: point at a seqrec or llmsrec run")
     return RecommenderResults([SeedResult(r["seed"], r["training"], r["test"]) for r in found["per_seed"]],
-                       found["over_seeds"])
+                              found["over_seeds"])
 
 
 def _load_matrix(run: RunInfo, matrix: str, ids: str, item_ids: list[str]) -> np.ndarray:

@@ -88,10 +88,10 @@ def report_spec(pipeline) -> ReportSpec:
         spec = build(ReportSpec, pipeline.report, prefix="report.")
     except ConfigError as err:
         raise ConfigError(f"{pipeline.path}: {err}") from None
+    comparable = [name for name, task in TASKS.items() if task.tests_recommender]
     for entry in spec.compare:
         if entry.stage not in pipeline.stages:
             raise ConfigError(f"{pipeline.path}: report.compare: no stage {entry.stage!r}")
-        comparable = [name for name, task in TASKS.items() if task.tests_recommender]
         if pipeline.stages[entry.stage].task not in comparable:
             raise ConfigError(f"{pipeline.path}: report.compare: stage {entry.stage} is a "
                               f"{pipeline.stages[entry.stage].task} stage; compare {' or '.join(comparable)} stages")
