@@ -34,7 +34,7 @@ from jaxrec.errors import ConfigError, DataError, RunError
 from jaxrec.io import atomic_dir
 from jaxrec.models.convert import params_to_hf, rules_for
 from jaxrec.models.decoder_config import config_to_hf, load_hf_config
-from jaxrec.tasks.registry import TASKS
+from jaxrec.registry import TASKS
 
 FILLER_TOKEN = "<|jaxrec_unused_{}|>"
 """Names for the unused ids between a tokenizer's last token and the model's vocabulary size (padded vocabularies),

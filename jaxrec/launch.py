@@ -63,7 +63,7 @@ shapes, does not compile them again: JAXREC_COMPILATION_CACHE=DIR keeps them els
 
 
 def _epilog() -> str:
-    from jaxrec.tasks import TASKS
+    from jaxrec.registry import TASKS
 
     lines = ["tasks:"] + [f"  {name:<12} {task.help}" for name, task in TASKS.items()]
     return "\n".join(lines) + "\n" + _EPILOG_TAIL
@@ -176,7 +176,8 @@ def _main_pipeline(args) -> int | None:
 
 
 def _main_task(args) -> int | None:
-    from jaxrec.tasks import load_config, run_dir_of, run_task
+    from jaxrec.registry import load_config
+    from jaxrec.run_dir import run_dir_of, run_task
 
     if args.stages:
         raise ConfigError(f"--stages needs a pipeline config (one with a 'stages' mapping); "
@@ -187,7 +188,7 @@ def _main_task(args) -> int | None:
         return 0
     if args.dry_run:
         from jaxrec.config import to_dict
-        from jaxrec.tasks.run_dir import check_relaunch
+        from jaxrec.run_dir import check_relaunch
         from jaxrec.tasks.specs import check_inputs
 
         check_inputs(config)  # what the launch itself checks before it loads anything

@@ -104,8 +104,8 @@ def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
     from flax import traverse_util
     from safetensors.numpy import load_file
 
-    from jaxrec.llmsrec.teacher import Teacher
-    from jaxrec.tasks.llmsrec import distiller, every_item_vector, frozen_constants, prompts_for
+    from jaxrec.methods.llmsrec.teacher import Teacher
+    from jaxrec.methods.llmsrec.task import distiller, every_item_vector, frozen_constants, prompts_for
 
     spec = config.distill
     lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer)
@@ -167,7 +167,7 @@ class Recommender:
         with several seeds, the seed with the best validation result), or a
         finished llmsrec run."""
         from jaxrec.config import build
-        from jaxrec.tasks.llmsrec import LlmsrecConfig
+        from jaxrec.methods.llmsrec.task import LlmsrecConfig
         from jaxrec.tasks.seqrec import SeqrecConfig
 
         run_dir = Path(run_dir)

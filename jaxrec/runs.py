@@ -78,7 +78,7 @@ class Run:
             "base": None, "init_from": None, "chain": [], "inputs": inputs or {}, "outputs": {}, "started": _now(),
             "ended": None, "config": config,
         }
-        if relaunched_with:  # relaunches that resumed it with a longer schedule (see tasks.run_dir)
+        if relaunched_with:  # relaunches that resumed it with a longer schedule (see jaxrec.run_dir)
             self.manifest["relaunched_with"] = relaunched_with
 
     def open(self) -> "Run":

@@ -83,6 +83,14 @@ class PackedLayout:
         return self.by_row[self.row_starts[min(first, self.rows)] : self.row_starts[min(stop, self.rows)]]
 
 
+def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int, side: str = "right") -> dict[str, np.ndarray]:
+    """Ids and attention mask padded to the batch's length bucket (capped at
+    ``max_length``), so training compiles once per bucket, not per batch."""
+    length = min(bucket_length(max(len(s) for s in sequences)), max_length)
+    ids, mask = pad_sequences(sequences, length, pad_id, side)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def pack_layout(lengths: Sequence[int], width: int, max_segments: int | None = None) -> PackedLayout:
     """Next-fit over the sequences, longest first: each goes into the current
     row if it fits (and the row holds fewer than ``max_segments``), else

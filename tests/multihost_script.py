@@ -22,10 +22,9 @@ def main(process_id: int, num_processes: int, port: int, mesh: tuple[int, int, i
     assert jax.device_count() == 8, jax.devices()
 
     import jaxrec
-    from jaxrec.data.text_examples import pad_batch
     from jaxrec.data.batches import GrainBatches
-    from jaxrec.objectives import csft
-    from jaxrec.shapes import pack_sequences
+    from jaxrec.methods.llm2rec import csft
+    from jaxrec.shapes import pack_sequences, pad_batch
     from jaxrec.train.session import gather
     from jaxrec.train.mesh import MeshSpec, local_batch_devices, process_batch_block, rules_of
     from tests.conftest import build_torch_model, save_tokenizer

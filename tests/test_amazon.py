@@ -130,7 +130,7 @@ def test_amazon_2023_in_the_offline_hf_cache_reads_as_the_json_lines(tmp_path, m
     from datasets.arrow_writer import ArrowWriter
 
     from jaxrec.errors import ConfigError
-    from jaxrec.tasks import load_config
+    from jaxrec.registry import load_config
     from jaxrec.tasks.specs import check_inputs
 
     jsonl = tmp_path / "jsonl"

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from jaxrec.data.prep import PrepSpec, load_dataset
+from jaxrec.methods.llm2rec.contrastive import Contrastive, ContrastiveConfig
+from jaxrec.methods.llm2rec.csft import Csft, CsftConfig
+from jaxrec.methods.llm2rec.mntp import Mntp, MntpConfig
+from jaxrec.methods.llmemb.scft import Scft, ScftConfig
 from jaxrec.models.lm import load_pretrained
 from jaxrec.seqrec.histories import evaluation_examples, training_examples, training_user_items
-from jaxrec.tasks.lm_training import Contrastive, Csft, Mntp, Scft, CsftConfig, MntpConfig, ContrastiveConfig, ScftConfig
 from tests.conftest import build_torch_model, save_tokenizer
 
 ITEMS, USERS = 60, 80

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxrec.data.text_examples import csft_example, csft_targets
+from jaxrec.methods.llm2rec.csft import csft_example, csft_targets
 from jaxrec.data.interactions import read_recbole_interactions, read_tsv_interactions
 from jaxrec.data.item_tables import DataError
 from jaxrec.data.prep import PrepSpec, k_core, load_dataset

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from jaxrec import launch, runs
-from jaxrec.data.text_examples import attribute_text, attribute_view, item_attributes
-from jaxrec.objectives.scft import soft_clip_loss
-from jaxrec.tasks.lm_training import Scft, ScftConfig
+from jaxrec.data.item_text import attribute_text, item_attributes
+from jaxrec.methods.llmemb.scft import Scft, ScftConfig, attribute_view
+from jaxrec.objectives.similarity import soft_clip_loss
 from tests.test_objectives import _soft_clip_numpy
 from tests.test_pipelines import ROOT, real_slice
 from tests.test_seqrec import _toy_data

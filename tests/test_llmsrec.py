@@ -12,8 +12,8 @@ import pytest
 
 from jaxrec import launch
 from jaxrec.data.prep import SeqData
-from jaxrec.llmsrec.prompts import InteractionDays, Prompts, date_text
-from jaxrec.llmsrec.teacher import _latest
+from jaxrec.methods.llmsrec.prompts import InteractionDays, Prompts, date_text
+from jaxrec.methods.llmsrec.teacher import _latest
 from jaxrec.train.checkpoint import Checkpointer
 from tests.test_seqrec_task import NUM_ITEMS, write_successor_dataset
 
@@ -54,8 +54,8 @@ def test_item_vectors_from_a_gradient_free_prompt_start_equal_the_whole_prompts_
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from jaxrec.llmsrec.model import DistillHeads, Distiller, item_start_cache
-    from jaxrec.llmsrec.prompts import EXTRA_TOKENS
+    from jaxrec.methods.llmsrec.model import DistillHeads, Distiller, item_start_cache
+    from jaxrec.methods.llmsrec.prompts import EXTRA_TOKENS
     from jaxrec.models.decoder import Decoder
     from tests.test_properties import CONFIG
 
@@ -228,8 +228,8 @@ def test_llmsrec_trains_only_the_heads_and_added_tokens(teacher_and_data, tiny_c
 
 
 def test_training_leaves_the_decoder_bitwise_unchanged_and_moves_only_the_added_rows(teacher_and_data, tiny_checkpoints):
-    from jaxrec.tasks import build_config
-    from jaxrec.tasks.llmsrec import build_training
+    from jaxrec.registry import build_config
+    from jaxrec.methods.llmsrec.task import build_training
 
     teacher, data_dir, _ = teacher_and_data
     directory, _ = tiny_checkpoints("llama-tied-gqa")
@@ -255,7 +255,7 @@ def test_training_leaves_the_decoder_bitwise_unchanged_and_moves_only_the_added_
 
 def test_a_teacher_that_is_not_a_finished_seqrec_run_is_refused(teacher_and_data, tmp_path):
     from jaxrec.data.item_tables import DataError
-    from jaxrec.llmsrec.teacher import Teacher
+    from jaxrec.methods.llmsrec.teacher import Teacher
 
     teacher, _, _ = teacher_and_data
     with pytest.raises(DataError, match="holds no finished seqrec run; distill.teacher must be"):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from jaxrec.models.pooling import last_token_pool, mean_pool
-from jaxrec.objectives import contrastive, csft, distill, mntp, scft
+from jaxrec.methods.llm2rec import contrastive, mntp
+from jaxrec.methods.llmsrec import distill
+from jaxrec.objectives import similarity, tokens
 
 RNG = np.random.default_rng(0)
 
@@ -28,7 +30,7 @@ def test_next_token_loss_counts_only_target_tokens():
     target = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 0]])
     logp = _log_softmax(logits)
     terms = [-logp[b, t - 1, ids[b, t]] for b in range(2) for t in range(1, 5) if target[b, t]]
-    loss, count = csft.next_token_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(target))
+    loss, count = tokens.next_token_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(target))
     assert int(count) == 4
     np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-6)
 
@@ -92,16 +94,16 @@ def _soft_clip_numpy(x, y, tau):
 def test_soft_clip_loss_matches_numpy(normalize):
     x, y = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))  # raw: norms about 2, dots up to ~4
     expected = _soft_clip_numpy(_normalize(x), _normalize(y), 3.0) if normalize else _soft_clip_numpy(x, y, 3.0)
-    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(3.0), normalize)
+    got = similarity.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(3.0), normalize)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    grad = jax.grad(lambda t: scft.soft_clip_loss(jnp.asarray(x), jnp.asarray(y), t, normalize))(jnp.float32(3.0))
+    grad = jax.grad(lambda t: similarity.soft_clip_loss(jnp.asarray(x), jnp.asarray(y), t, normalize))(jnp.float32(3.0))
     assert np.isfinite(grad) and grad != 0.0, "tau must be learnable"
 
 
 def test_soft_clip_loss_leaves_out_invalid_rows():
     x, y = RNG.normal(size=(6, 4)), RNG.normal(size=(6, 4))
     valid = np.array([True, False, True, True, False, True])
-    got = scft.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(2.0),
+    got = similarity.soft_clip_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(2.0),
                               valid=jnp.asarray(valid))
     np.testing.assert_allclose(float(got), _soft_clip_numpy(x[valid], y[valid], 2.0), rtol=1e-5)
 
@@ -153,7 +155,7 @@ def test_mntp_selected_positions_give_the_full_loss():
     full, count = mntp.masked_next_token_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(label_mask))
     positions, valid = mntp.masked_positions(jnp.asarray(label_mask), 10, groups=3)  # a group per row
     picked = jnp.take_along_axis(jnp.asarray(logits), jnp.maximum(positions - 1, 0)[..., None], axis=1)
-    part, part_count = mntp.selected_loss(picked, jnp.asarray(labels), positions, valid)
+    part, part_count = tokens.selected_loss(picked, jnp.asarray(labels), positions, valid)
     np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
     assert int(part_count) == int(count) == label_mask.sum()
     assert mntp.selection_budget(16, 0.2) < 16 and mntp.selection_budget(4, 0.2) == 4
@@ -162,6 +164,6 @@ def test_mntp_selected_positions_give_the_full_loss():
     assert positions.shape == (1, 12) and int(valid.sum()) == label_mask[:2].sum() and positions.max() >= 10
     flat_logits = jnp.asarray(logits[:2]).reshape(1, 20, 7)
     picked = jnp.take_along_axis(flat_logits, jnp.maximum(positions - 1, 0)[..., None], axis=1)
-    grouped, _ = mntp.selected_loss(picked, jnp.asarray(labels[:2]), positions, valid)
+    grouped, _ = tokens.selected_loss(picked, jnp.asarray(labels[:2]), positions, valid)
     whole, _ = mntp.masked_next_token_loss(jnp.asarray(logits[:2]), jnp.asarray(labels[:2]), jnp.asarray(label_mask[:2]))
     np.testing.assert_allclose(float(grouped), float(whole), rtol=1e-6)

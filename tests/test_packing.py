@@ -11,7 +11,7 @@ import pytest
 import jaxrec
 from jaxrec.shapes import align_packed_blocks, pack_sequences, pad_sequences, pad_trailing_axes
 from jaxrec.models.layers import positions_from_mask
-from jaxrec.objectives import mntp, model_losses
+from jaxrec.methods.llm2rec import contrastive, mntp
 from tests.conftest import random_ids
 from tests.train_helpers import assert_same_csft_loss_and_gradients
 
@@ -114,8 +114,8 @@ def test_packed_states_equal_one_row_per_sequence(tiny_checkpoints, variant, kin
 def test_packed_contrastive_loss_equals_the_padded_one(tiny_checkpoints):
     directory, _ = tiny_checkpoints("llama-tied-gqa")
     lm = jaxrec.load_lm(directory)
-    spec = model_losses.ContrastiveSpec(temperature=0.1, views="dropout")  # no dropout: both views equal
-    _, loss = model_losses.make_contrastive(lm.model, spec, model_losses.MaskingSpec(), 1, (0, 1, 2))
+    spec = contrastive.ContrastiveSpec(temperature=0.1, views="dropout")  # no dropout: both views equal
+    _, loss = contrastive.make_loss(lm.model, spec, mntp.MaskingSpec(), 1, (0, 1, 2))
     sequences = _sequences(seed=3)
     ids, mask = pad_sequences(sequences, 12, 0)
     padded, _ = loss({"params": lm.params}, {}, {"input_ids": ids, "attention_mask": mask}, jax.random.key(0))
@@ -127,7 +127,7 @@ def test_packed_contrastive_loss_equals_the_padded_one(tiny_checkpoints):
 def test_packed_csft_loss_and_gradients_equal_the_padded_ones(tiny_checkpoints):
     """Histories with their targets packed several to a row (split over two
     device blocks) give the loss and gradients of the left-padded batch."""
-    from jaxrec.objectives import csft
+    from jaxrec.methods.llm2rec import csft
 
     directory, _ = tiny_checkpoints("llama-tied-gqa")
     lm = jaxrec.load_lm(directory)
@@ -143,7 +143,7 @@ def test_packed_csft_loss_and_gradients_equal_the_padded_ones(tiny_checkpoints):
 
 
 def test_a_target_that_starts_a_packed_sequence_is_not_scored():
-    from jaxrec.objectives import csft
+    from jaxrec.methods.llm2rec import csft
 
     batch = csft.collate([([7, 8], [1, 1]), ([5, 6, 9], [0, 1, 1])], pad_id=0, max_length=8, pack=True)
     rows, columns, valid = batch["target_rows"], batch["target_columns"], batch["target_valid"]

@@ -21,8 +21,8 @@ from safetensors.numpy import load_file
 
 from jaxrec import launch, runs
 from jaxrec.errors import RunError
-from jaxrec.tasks import TASKS
-from jaxrec.tasks.run_dir import LOCK_FILE, exclusive
+from jaxrec.registry import TASKS
+from jaxrec.run_dir import LOCK_FILE, exclusive
 from jaxrec.train.checkpoint import Checkpointer
 from tests.conftest import write_tiny_dataset
 

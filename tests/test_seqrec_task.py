@@ -164,7 +164,7 @@ def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
     import sys
 
     from jaxrec.config import ConfigError
-    from jaxrec.tasks import load_config
+    from jaxrec.registry import load_config
     from jaxrec.train.mesh import MeshSpec, make_mesh
 
     with pytest.raises(ValueError, match="cpu_devices=3"):

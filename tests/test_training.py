@@ -68,7 +68,7 @@ def test_partition_splits_disjointly_and_combines_back():
 def test_extra_token_rows_train_alone(tiny_lm):
     """New tokens (ids >= vocab_size) get their own embedding rows, which can be
     the only trainable variables."""
-    from jaxrec.objectives import model_losses
+    from jaxrec.methods.llm2rec import contrastive, mntp
     from jaxrec.train import mesh as mesh_lib
     from jaxrec.train.engine import Engine, place_variables
     from jaxrec.train.optim import OptimizerSpec, make_optimizer
@@ -80,7 +80,7 @@ def test_extra_token_rows_train_alone(tiny_lm):
     params = dict(tiny_lm.params)
     params["extra_embedding"] = np.zeros((2, config.hidden_size), np.float32)
     variables = place_variables(model, params, mesh, rules, jax.random.key(0))
-    bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(views="dropout"), model_losses.MaskingSpec(), 1, ())
+    bound = contrastive.make_loss(model, contrastive.ContrastiveSpec(views="dropout"), mntp.MaskingSpec(), 1, ())
     engine = Engine(model, variables, bound, ("^params/extra_embedding$",), make_optimizer(OptimizerSpec(1e-2), 10), mesh)
     batch = title_batches(1)[0]
     batch["input_ids"][:, 1] = 128  # the first new token
@@ -159,7 +159,7 @@ def test_bfloat16_compute_keeps_float32_lora_weights(tiny_checkpoints):
 
 
 def test_csft_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_lm):
-    from jaxrec.objectives.csft import target_positions
+    from jaxrec.methods.llm2rec.csft import target_positions
 
     rng = np.random.default_rng(4)
     ids = rng.integers(3, 128, size=(3, 14)).astype(np.int32)

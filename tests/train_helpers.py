@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
-from jaxrec.objectives import model_losses
+from jaxrec.methods.llm2rec import contrastive, csft, mntp
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.engine import Engine, place_variables
 from jaxrec.train.optim import OptimizerSpec, make_optimizer
@@ -34,15 +34,15 @@ def build_engine(lm, objective: str, mesh_spec=None, devices=None, mode="lora", 
     import jax
 
     variables = place_variables(model, lm.params, mesh, rules, jax.random.key(0))
-    masking = model_losses.MaskingSpec(rate=0.3)
+    masking = mntp.MaskingSpec(rate=0.3)
     if objective == "mntp":
-        bound = model_losses.make_mntp(model, masking, mask_token_id=1, special_ids=(0, 1, 2))
+        bound = mntp.make_loss(model, masking, mask_token_id=1, special_ids=(0, 1, 2))
     elif objective == "contrastive":
-        bound = model_losses.make_contrastive(
-            model, model_losses.ContrastiveSpec(temperature=0.1, views="masking"), masking, 1, (0, 1, 2)
+        bound = contrastive.make_loss(
+            model, contrastive.ContrastiveSpec(temperature=0.1, views="masking"), masking, 1, (0, 1, 2)
         )
     elif objective == "csft":
-        bound = model_losses.make_csft(model)
+        bound = csft.make_loss(model)
     else:
         raise ValueError(objective)
     patterns = ("^lora/",) if mode == "lora" else ("^params/",)
@@ -54,7 +54,7 @@ def assert_same_csft_loss_and_gradients(params, decoder: Decoder, batch: dict, e
     """CSFT's loss and gradients on ``batch`` equal those on ``expected_batch``."""
     import jax
 
-    _, loss = model_losses.make_csft(decoder)
+    _, loss = csft.make_loss(decoder)
     value_and_grad = jax.value_and_grad(lambda p, b: loss({"params": p}, {}, b, jax.random.key(0))[0])
     value, grads = value_and_grad(params, batch)
     expected, expected_grads = value_and_grad(params, expected_batch)

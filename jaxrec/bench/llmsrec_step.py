@@ -24,7 +24,7 @@ def run(steps: int, rounds: int, log=print) -> dict:
 
     from jaxrec.bench.alternate import best_seconds_per_step
     from jaxrec.pipelines.config import load_pipeline, stage_config
-    from jaxrec.tasks.llmsrec import build_training
+    from jaxrec.methods.llmsrec.task import build_training
     from jaxrec.train.session import TrainingSession
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -44,10 +44,10 @@ def _measure(layout: str, batch_size: int, steps: int) -> dict:
     from jaxrec.bench.memory import peak_resident_bytes
     from jaxrec.bench.train import LORA, _selections
     from jaxrec.data.item_tables import read_items
-    from jaxrec.data.text_examples import pad_batch
     from jaxrec.models.decoder import Decoder
     from jaxrec.models.lm import load_pretrained
-    from jaxrec.objectives import model_losses
+    from jaxrec.methods.llm2rec import mntp
+    from jaxrec.shapes import pad_batch
     from jaxrec.train.loop import LoopSpec
     from jaxrec.train.mesh import MeshSpec
     from jaxrec.train.optim import OptimizerSpec
@@ -56,8 +56,8 @@ def _measure(layout: str, batch_size: int, steps: int) -> dict:
     session = TrainingSession(MeshSpec(**LAYOUTS[layout]), OptimizerSpec(1e-4, decay="constant"), LoopSpec(steps=1000))
     lm = load_pretrained("smollm2-135m", shardings=session.param_shardings)
     model = Decoder(lm.config.replace(lora=LORA))
-    objective = model_losses.make_mntp(model, model_losses.MaskingSpec(rate=0.2), lm.config.pad_token_id or 0,
-                                       tuple(lm.tokenizer.all_special_ids))
+    objective = mntp.make_loss(model, mntp.MaskingSpec(rate=0.2), lm.config.pad_token_id or 0,
+                               tuple(lm.tokenizer.all_special_ids))
     engine = session.engine(model, session.place(model, lm.params), objective, ("^lora/",), steps_per_epoch=1)
     pad = lm.config.pad_token_id or 0
     batches = [pad_batch(s, pad, 32) for s in _selections(lm, read_items("ml-100k").titles, batch_size, steps + 1)]

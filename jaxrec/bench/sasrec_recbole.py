@@ -75,9 +75,9 @@ def run(seeds: list[int], max_epochs: int, work_dir: str, sides: tuple[str, ...]
             log(json.dumps(runs[-1]))
         result["recbole"] = _side(runs)
     if "jaxrec" in sides:
-        from jaxrec.tasks import run_task
+        from jaxrec.run_dir import run_task
         from jaxrec.runtime import split_cpu
-        from jaxrec.tasks import load_config
+        from jaxrec.registry import load_config
 
         seed_list = "[" + ",".join(str(s) for s in seeds) + "]"
         config = load_config(CONFIG, [f"evaluation.seeds={seed_list}", f"loop.epochs={max_epochs}",

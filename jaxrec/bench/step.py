@@ -36,8 +36,8 @@ def run(shape: str, dtype: str, batch_size: int, length: int, steps: int, peak_t
     from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
     from jaxrec.models.decoder import Decoder
     from jaxrec.models.decoder_config import config_from_hf_dict
-    from jaxrec.objectives import model_losses
-    from jaxrec.objectives.csft import target_positions
+    from jaxrec.methods.llm2rec import csft
+    from jaxrec.methods.llm2rec.csft import target_positions
     from jaxrec.train.loop import LoopSpec
     from jaxrec.train import mesh as mesh_lib
     from jaxrec.train.mesh import MeshSpec
@@ -51,7 +51,7 @@ def run(shape: str, dtype: str, batch_size: int, length: int, steps: int, peak_t
     init = jax.jit(lambda rng: nn.unbox(model.init(rng, jnp.zeros((1, 8), jnp.int32)))["params"],
                    out_shardings=shardings)
     params = init(jax.random.key(0))
-    engine = session.engine(model, session.place(model, params), model_losses.make_csft(model), ("^params/",), 1)
+    engine = session.engine(model, session.place(model, params), csft.make_loss(model), ("^params/",), 1)
     del params
     rows = -(-batch_size // session.batch_rows) * session.batch_rows  # a multiple of the batch devices
     rng = np.random.default_rng(0)

@@ -19,12 +19,12 @@ from jaxrec import assets
 from jaxrec.bench import torch_reference
 from jaxrec.bench.flops import decoder_forward_flops, matmul_peak
 from jaxrec.data.item_tables import read_items
-from jaxrec.data.text_examples import csft_example, pad_batch
+from jaxrec.methods.llm2rec import contrastive, csft, mntp
+from jaxrec.methods.llm2rec.csft import csft_example
 from jaxrec.models.decoder import Decoder
 from jaxrec.models.layers import LoraSpec
 from jaxrec.models.lm import load_pretrained
-from jaxrec.objectives import csft, model_losses
-from jaxrec.shapes import pack_sequences
+from jaxrec.shapes import pack_sequences, pad_batch
 from jaxrec.train import mesh as mesh_lib
 from jaxrec.train.loop import LoopSpec
 from jaxrec.train.optim import OptimizerSpec
@@ -81,13 +81,13 @@ def lora_engine(lm, objective: str):
     model = Decoder(lm.config.replace(lora=LORA, attention_dropout=DROPOUT[objective]))
     session = TrainingSession(mesh_lib.MeshSpec(), OptimizerSpec(1e-4, decay="constant"), LoopSpec(steps=1000))
     specials = tuple(lm.tokenizer.all_special_ids)
-    masking = model_losses.MaskingSpec(rate=0.2)
+    masking = mntp.MaskingSpec(rate=0.2)
     if objective == "mntp":
-        bound = model_losses.make_mntp(model, masking, lm.config.pad_token_id or 0, specials)
+        bound = mntp.make_loss(model, masking, lm.config.pad_token_id or 0, specials)
     elif objective == "csft":
-        bound = model_losses.make_csft(model)
+        bound = csft.make_loss(model)
     else:
-        bound = model_losses.make_contrastive(model, model_losses.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
+        bound = contrastive.make_loss(model, contrastive.ContrastiveSpec(0.1, "dropout"), masking, 0, specials)
     return session.engine(model, session.place(model, lm.params), bound, ("^lora/",), steps_per_epoch=1)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from jaxrec.config import apply_override, culprit_override, include_entries, merge_trees, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.inputs import input_fields
-from jaxrec.tasks.registry import config_class
+from jaxrec.registry import config_class
 
 PIPELINE_KEYS = ("run_dir", "include", "stages", "report")
 
@@ -91,7 +91,7 @@ class Pipeline:
 
 
 def _task_sections(task: str, origin: str) -> list[str]:
-    from jaxrec.tasks.registry import config_class, sections
+    from jaxrec.registry import config_class, sections
 
     return sections(config_class(task, origin))
 
@@ -171,7 +171,7 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
         stage_dir = Path(body["run_dir"]) if body.get("run_dir") else run_dir / name
         stages[name] = Stage(name, merge_trees(applied, {k: v for k, v in body.items() if k != "run_dir"}), stage_dir, where)
 
-    from jaxrec.tasks.registry import TASKS, sections
+    from jaxrec.registry import TASKS, sections
 
     known = {s for t in TASKS.values() for s in sections(t.config)}
     for key in shared:
@@ -283,7 +283,7 @@ def _order_problem(stages: dict[str, Stage], name: str, target: str) -> str:
 
 def stage_config(pipeline: Pipeline, name: str):
     """The stage's validated task config (stage names resolved to run directories)."""
-    from jaxrec.tasks import build_config
+    from jaxrec.registry import build_config
 
     stage = pipeline.stages[name]
     return build_config(stage.resolved_tree(pipeline.stages), stage.origin)

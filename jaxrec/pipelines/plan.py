@@ -25,7 +25,7 @@ from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
 from jaxrec.inputs import input_fields
 from jaxrec.pipelines.config import Pipeline, stage_config
-from jaxrec.tasks.run_dir import config_changes
+from jaxrec.run_dir import config_changes
 
 ACTIONS = ("run", "resume", "rerun", "skip")
 

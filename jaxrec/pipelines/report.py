@@ -39,7 +39,7 @@ from jaxrec.config import build
 from jaxrec.errors import ConfigError
 from jaxrec.io import write_bytes_atomic, write_json_atomic
 from jaxrec.seqrec.evaluate import COLD_GROUP
-from jaxrec.tasks.registry import TASKS
+from jaxrec.registry import TASKS
 
 
 @dataclasses.dataclass

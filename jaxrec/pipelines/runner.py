@@ -18,8 +18,8 @@ from jaxrec.io import write_bytes_atomic, write_json_atomic
 from jaxrec.pipelines.config import Pipeline
 from jaxrec.pipelines.plan import StagePlan, describe, fingerprints, make_plan
 from jaxrec.progress import progress_bar, shared_display
-from jaxrec.tasks import run_task
-from jaxrec.tasks.run_dir import exclusive, move_aside
+from jaxrec.run_dir import run_task
+from jaxrec.run_dir import exclusive, move_aside
 from jaxrec.tasks.specs import check_inputs
 
 

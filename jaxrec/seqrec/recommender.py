@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.objectives.scft import soft_clip_loss
+from jaxrec.objectives.similarity import soft_clip_loss
 from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
 from jaxrec.seqrec.models import BACKBONES, Backbone, SeqRecConfig, embedding_initializer

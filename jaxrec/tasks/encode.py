@@ -13,7 +13,7 @@ import time
 from typing import Literal
 
 from jaxrec.data.item_tables import ItemTable, read_items
-from jaxrec.data.text_examples import attribute_text, item_attributes
+from jaxrec.data.item_text import attribute_text, item_attributes
 from jaxrec.errors import DataError
 from jaxrec.runs import Run
 from jaxrec.tasks.specs import DataSpec, ModelSpec, Task, TaskConfig, require_positive

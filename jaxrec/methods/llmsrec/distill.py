@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec.objectives.contrastive import l2_normalize
+from jaxrec.objectives.similarity import l2_normalize
 
 REDUCTIONS = ("mean", "sum")
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.models.decoder import Decoder
-from jaxrec.llmsrec.spec import DistillSpec
-from jaxrec.objectives.distill import sequence_distillation_loss
+from jaxrec.methods.llmsrec.spec import DistillSpec
+from jaxrec.methods.llmsrec.distill import sequence_distillation_loss
 
 TRAINABLE = ("^params/heads/", "^params/llm/extra_embedding$")
 

@@ -1,4 +1,5 @@
-"""Who may write a run directory, and with what.
+"""Running a task in its run directory (:func:`run_task`), and who may write
+a run directory, and with what.
 
 - **One launch at a time:** a launch holds an exclusive lock on its run
   directory (and a pipeline on its own directory) until it ends. The lock is
@@ -22,15 +23,17 @@ import datetime
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.config import to_dict
+from jaxrec.config import to_dict, to_yaml
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.tasks.registry import build_config
+from jaxrec.registry import TASKS, build_config
+from jaxrec.tasks.specs import TaskConfig, check_inputs
 
 LOCK_FILE = ".lock"
 EXTENDING_KEYS = frozenset({"loop.steps", "loop.epochs", "loop.patience"})
@@ -229,3 +232,44 @@ def exclusive(directory: str | Path) -> Iterator[None]:
         if refusal is not None:
             raise refusal
         yield
+
+
+def run_dir_of(config: TaskConfig) -> Path:
+    """Where ``config``'s task writes: its ``run_dir``, else ``runs/<task>-<timestamp>``."""
+    return Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_task(config: TaskConfig, log=print, inputs: dict | None = None, replace: bool = False) -> dict:
+    """Run ``config``'s task in its run directory: its inputs are checked
+    first, then the directory is claimed (see :mod:`jaxrec.tasks.run_dir`:
+    one launch at a time, never over another run), then the manifest says
+    running, then finished with the outputs, failed with the error, or
+    interrupted. A relaunch that is refused (its checkpoints belong to another
+    model or chain) leaves the directory as it was. ``inputs``: fingerprints
+    of the runs a pipeline stage reads, recorded in its manifest. ``replace``:
+    move a run the directory holds aside instead of refusing to write over it."""
+    import jax
+
+    from jaxrec.runs import Run
+    from jaxrec.train.checkpoint import ResumeError
+
+    check_inputs(config)
+    run_dir = run_dir_of(config)
+    config_dict = to_dict(config)
+    with claimed(run_dir, config_dict, config.task, replace, log) as relaunched_with:
+        run = Run(run_dir, config.task, config_dict, to_yaml(config), writer=jax.process_index() == 0,
+                  inputs=inputs, relaunched_with=relaunched_with).open()
+        log(f"run directory: {run_dir}")
+        try:
+            summary = TASKS[config.task].run(config, run, log=log)
+        except ResumeError:
+            run.restore_previous()
+            raise
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (jaxrec.train.interrupt)
+            run.interrupt(err)
+            raise
+        except BaseException as err:
+            run.fail(err)
+            raise
+        run.finish(summary)
+    return summary

@@ -1,12 +1,12 @@
-"""SCFT (LLMEmb): symmetric CLIP-style loss with soft targets and a learnable
-temperature.
+"""Similarity losses between two sets of vectors.
 
-With X, Y the two augmented views' embeddings [batch, dim]:
+``soft_clip_loss`` is LLMEmb's SCFT loss, a symmetric CLIP-style loss with
+soft targets: with X, Y the two views' embeddings [batch, dim],
 logits = X Y^T / tau, targets = softmax((X X^T + Y Y^T) / 2 * tau), and the
 loss averages the cross-entropy of logits against targets row-wise and of
-logits^T against targets^T. tau is trained (initialised at 3). The authors'
-code applies it to the raw embeddings; ``normalize`` L2-normalises them first.
-The same form (fixed tau) aligns RAT's adapter outputs to ID item vectors.
+logits^T against targets^T. The authors' code applies it to the raw
+embeddings; ``normalize`` L2-normalises them first. The same form (fixed tau)
+aligns RAT's adapter outputs to ID item vectors in the recommender.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec.objectives.contrastive import l2_normalize
-
 TAU_INIT = 3.0
+"""SCFT's learnable temperature starts here (the authors' value)."""
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def soft_clip_loss(x: jax.Array, y: jax.Array, tau: jax.Array, normalize: bool = False,

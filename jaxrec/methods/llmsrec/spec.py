@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxrec.inputs import InputField
-from jaxrec.objectives.distill import REDUCTIONS, DistillWeights
+from jaxrec.methods.llmsrec.distill import REDUCTIONS, DistillWeights
 
 ACTIVATIONS = ("leaky_relu", "gelu", "relu")
 

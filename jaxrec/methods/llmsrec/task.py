@@ -27,11 +27,11 @@ from jaxrec import runs
 from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.errors import ConfigError
-from jaxrec.llmsrec.model import (TRAINABLE, DistillHeads, Distiller, item_start_cache, item_start_cache_bytes,
+from jaxrec.methods.llmsrec.model import (TRAINABLE, DistillHeads, Distiller, item_start_cache, item_start_cache_bytes,
                                   make_objective)
-from jaxrec.llmsrec.prompts import EXTRA_TOKENS, TOKEN_NAMES, InteractionDays, Prompts
-from jaxrec.llmsrec.spec import DistillSpec
-from jaxrec.llmsrec.teacher import Teacher
+from jaxrec.methods.llmsrec.prompts import EXTRA_TOKENS, TOKEN_NAMES, InteractionDays, Prompts
+from jaxrec.methods.llmsrec.spec import DistillSpec
+from jaxrec.methods.llmsrec.teacher import Teacher
 from jaxrec.models.decoder import Decoder
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
