@@ -165,6 +165,46 @@ def test_rat_alignment_covers_the_batchs_target_items(limit):
     assert abs(normalised - _soft_clip_numpy(adapted[real], aligned[real], 2.0)) > 1e-3
 
 
+@pytest.mark.parametrize("loss_kind", ["softmax", "bce"])
+def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same_loss(loss_kind):
+    """align_items: null aligns every target position, as the authors' code: with
+    align_slots the step scores a bound on the batch's real targets instead of
+    every position, padding included, and its loss and gradients are the same."""
+    from jaxrec.seqrec.recommender import Recommender, align_slots, init_variables, item_slots, make_objective
+    from jaxrec.seqrec.spec import RecommenderSpec
+
+    rng = np.random.default_rng(1)
+    num_items, length, users = 200, 16, 6
+    llm = rng.normal(size=(num_items + 1, 12)).astype(np.float32)
+    aligned = rng.normal(size=(num_items + 1, 8)).astype(np.float32)
+    llm[0] = aligned[0] = 0
+    spec = RecommenderSpec(hidden=8, items="llm", embeddings="x", adapter=[10], align_to="y", align_items=None,
+                           max_history=length, examples="sequences", loss=loss_kind, negatives=2, dropout=0.3)
+    model = Recommender(spec, num_items, llm_dim=12, align_dim=8)
+    variables = init_variables(model, jax.random.key(0), llm, aligned)
+    lengths = np.array([16, 3, 5, 1, 9, 2])
+    history = np.where(np.arange(length) < lengths[:, None], rng.integers(1, num_items + 1, (users, length)), 0)
+    targets = np.where(history > 0, rng.integers(1, num_items + 1, history.shape), 0).astype(np.int32)
+    batch = {"history": history.astype(np.int32), "targets": targets}
+    if loss_kind == "bce":
+        batch["negatives"] = np.where(targets[..., None] > 0, rng.integers(1, num_items + 1, (users, length, 2)),
+                                      0).astype(np.int32)
+        batch["item_slots"] = item_slots(batch, num_items)
+    slots = align_slots(batch)
+    assert np.count_nonzero(targets) <= slots.size < targets.size  # 36 real targets of 96 positions
+    _, loss = make_objective(model)
+    params, constants = variables["params"], variables["constants"]
+    grad = jax.jit(jax.value_and_grad(lambda p, b: loss({"params": p, "constants": constants}, {}, b,
+                                                      jax.random.key(3)), has_aux=True))
+    (every, every_parts), every_grads = grad(params, batch)
+    (real, real_parts), real_grads = grad(params, {**batch, "align_slots": slots})
+    assert float(every_parts["align_loss"]) > 0
+    np.testing.assert_allclose(float(real), float(every), rtol=1e-5)
+    np.testing.assert_allclose(float(real_parts["align_loss"]), float(every_parts["align_loss"]), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+                 real_grads, every_grads)
+
+
 @pytest.mark.parametrize("items, align", [("llm", True), ("id+llm", False)])
 def test_bce_step_on_the_batchs_items_equals_the_whole_catalogue(items, align):
     """Scoring only the batch's items (item_slots) gives the loss and gradients of

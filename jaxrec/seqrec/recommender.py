@@ -126,17 +126,22 @@ class Recommender(nn.Module):
         return self.backbone(self.backbone.user_history(history), self.backbone.input_table(items), last_only=True)[:, 0]
 
     def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None,
-                       adapted: jax.Array | None = None) -> jax.Array:
+                       adapted: jax.Array | None = None, slots: int | None = None) -> jax.Array:
         """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
         the items at the batch's target positions (at most ``align_items`` of
         them, at randomly chosen positions, or all; padding takes no part).
         With ``rows``, ``targets`` index the item ids ``rows``; ``adapted``: the
-        adapter's output for those items when the caller has it (``forward``)."""
+        adapter's output for those items when the caller has it (``forward``).
+        ``slots`` (:func:`align_slots`): a bound on the batch's real target
+        positions, so that aligning all of them scores that many, not every
+        position of the batch."""
         adapted = self.adapted_llm_items(rows) if adapted is None else adapted
         chosen = flat = targets.reshape(-1)
         if self.spec.align_items is not None:
             order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
             chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
+        elif slots is not None and slots < flat.size:  # every real position: they come first
+            chosen = flat[jnp.argsort(flat <= 0, stable=True)[:slots]]
         aligned = self.align_table.value[chosen if rows is None else rows[chosen]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
         return soft_clip_loss(adapted[chosen], aligned, tau,
@@ -151,21 +156,30 @@ def maps_batch_items(spec: RecommenderSpec) -> bool:
     return spec.loss == "bce" and spec.items != "id" and not backbone_class(spec).masks_items
 
 
-def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | None:
-    """For a BCE batch, zeros [rows, k] whose size (rows * k) bounds the batch's
-    distinct item ids, padding included: the jitted loss reads the bound from the
-    shape. ``k`` comes from a short ladder (1, 2, 3, 4, 6, 8, 12, ...), so few
-    sizes ever compile, and processes of a multi-process job agree on the largest
-    (every array's trailing width is). None where the bound would reach the
-    catalogue: then the whole table is cheaper than the gather."""
-    ids = np.unique(np.concatenate([batch[key].reshape(-1) for key in ("history", "targets", "negatives")]))
-    rows = len(batch["history"])
-    needed = -(-(len(ids) + 1) // rows)  # + 1: the padding item, always there
+def slots_for(count: int, rows: int) -> np.ndarray:
+    """Zeros [rows, k] whose size (rows * k) bounds ``count``: a jitted step reads
+    the bound from the shape. ``k`` comes from a short ladder (1, 2, 3, 4, 6, 8,
+    12, ...), so few sizes ever compile, and processes of a multi-process job
+    agree on the largest (every array's trailing width is)."""
+    needed = max(-(-count // rows), 1)
     power = 1 << (needed - 1).bit_length()  # the smallest power of two >= needed
     k = power * 3 // 4 if power >= 4 and power * 3 // 4 >= needed else power
-    if rows * k >= num_items + 1:
-        return None
     return np.zeros((rows, k), np.int8)
+
+
+def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | None:
+    """For a BCE batch, :func:`slots_for` the batch's distinct item ids, padding
+    included. None where the bound would reach the catalogue: then the whole
+    table is cheaper than the gather."""
+    ids = np.unique(np.concatenate([batch[key].reshape(-1) for key in ("history", "targets", "negatives")]))
+    slots = slots_for(len(ids) + 1, len(batch["history"]))  # + 1: the padding item, always there
+    return None if slots.size >= num_items + 1 else slots
+
+
+def align_slots(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """For RAT over every target (``align_items: null``), :func:`slots_for` the
+    batch's real target positions."""
+    return slots_for(int(np.count_nonzero(batch["targets"])), len(batch["targets"]))
 
 
 def batch_item_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -187,7 +201,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     ``targets`` [B, L] int32 (0 = no target at that position); for the BCE
     loss ``negatives`` [B, L, negatives] (drawn on the host where a target is,
     0 elsewhere; never the user's items) and optionally ``item_slots`` (:func:`item_slots`: score the batch's
-    items only); and the backbone's ``batch_fields`` (BERT4Rec: ``mask_last`` [B], rows that mask only their last item).
+    items only); optionally ``align_slots`` (:func:`align_slots`); and the backbone's ``batch_fields`` (BERT4Rec: ``mask_last`` [B], rows that mask only their last item).
     ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
     excluded = None
@@ -215,7 +229,8 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
         metrics = {"next_item_loss": next_item}
         total = next_item
         if model.align_dim:
-            align = model.apply(variables, targets, align_rng, rows, adapted, method=Recommender.alignment_loss)
+            slots = batch["align_slots"].size if "align_slots" in batch else None
+            align = model.apply(variables, targets, align_rng, rows, adapted, slots, method=Recommender.alignment_loss)
             metrics["align_loss"] = align
             total = total + spec.align_weight * align
         return total, metrics

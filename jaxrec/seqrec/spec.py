@@ -75,8 +75,10 @@ class RecommenderSpec:
     align_tau: float = 2.0
     align_items: int | None = 256
     """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch;
-    null: the target of every position, as the authors' code (a [positions x positions] similarity matrix
-    a step: 25,600 x 25,600 for their batch of 128 histories of 200)."""
+    null: the target of every position, as the authors' code. The step then scores the batch's real
+    targets, in a few bucketed sizes (a batch of 128 Beauty users holds about 750), except under a
+    backbone that masks items (BERT4Rec), whose targets are chosen in the step: it scores every position
+    (25,600 x 25,600 similarities for 128 histories of 200)."""
     align_normalize: bool = False
     """L2-normalise both sides of the alignment loss (the authors' code aligns raw vectors)."""
 
