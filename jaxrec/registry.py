@@ -42,9 +42,13 @@ def build_config(tree: dict, origin: str = "config") -> TaskConfig:
             raise ConfigError(f"{origin}: section '{key}' is not used by task '{task}' (it belongs to "
                               f"{', '.join(users)}); remove it or set task to one of those")
     try:
-        return build(cls, {**tree, "task": task})
+        config = build(cls, {**tree, "task": task})
     except ConfigError as err:
         raise ConfigError(f"{origin}: {err}") from None
+    if getattr(getattr(config, "batch", None), "pack", False) and not TASKS[task].packs_examples:
+        packing = [name for name, t in TASKS.items() if t.packs_examples]
+        raise ConfigError(f"{origin}: batch.pack works for the {', '.join(packing)} tasks; set batch.pack=false")
+    return config
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TaskConfig:

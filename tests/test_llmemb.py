@@ -165,12 +165,32 @@ def test_rat_alignment_covers_the_batchs_target_items(limit):
     assert abs(normalised - _soft_clip_numpy(adapted[real], aligned[real], 2.0)) > 1e-3
 
 
-@pytest.mark.parametrize("loss_kind", ["softmax", "bce"])
-def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same_loss(loss_kind):
+def _same_loss_and_gradients(model, variables, batch, narrowed):
+    """The recommender objective's loss, its parts and every gradient on ``batch``
+    and on ``narrowed`` (the same batch with a field that narrows the work) agree."""
+    from jaxrec.seqrec.recommender import make_objective
+
+    _, loss = make_objective(model)
+    params, constants = variables["params"], variables["constants"]
+    grad = jax.jit(jax.value_and_grad(lambda p, b: loss({"params": p, "constants": constants}, {}, b,
+                                                      jax.random.key(3)), has_aux=True))
+    (whole, whole_parts), whole_grads = grad(params, batch)
+    (part, part_parts), part_grads = grad(params, narrowed)
+    np.testing.assert_allclose(float(part), float(whole), rtol=1e-5)
+    for name in whole_parts:
+        np.testing.assert_allclose(float(part_parts[name]), float(whole_parts[name]), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+                 part_grads, whole_grads)
+    return whole_parts
+
+
+@pytest.mark.parametrize("loss_kind, cap", [("softmax", None), ("bce", None), ("softmax", 64)])
+def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same_loss(loss_kind, cap):
     """align_items: null aligns every target position, as the authors' code: with
     align_slots the step scores a bound on the batch's real targets instead of
-    every position, padding included, and its loss and gradients are the same."""
-    from jaxrec.seqrec.recommender import Recommender, align_slots, init_variables, item_slots, make_objective
+    every position, padding included, and its loss and gradients are the same
+    (and the same under a cap the batch does not reach)."""
+    from jaxrec.seqrec.recommender import Recommender, align_slots, init_variables, item_slots
     from jaxrec.seqrec.spec import RecommenderSpec
 
     rng = np.random.default_rng(1)
@@ -178,7 +198,7 @@ def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same
     llm = rng.normal(size=(num_items + 1, 12)).astype(np.float32)
     aligned = rng.normal(size=(num_items + 1, 8)).astype(np.float32)
     llm[0] = aligned[0] = 0
-    spec = RecommenderSpec(hidden=8, items="llm", embeddings="x", adapter=[10], align_to="y", align_items=None,
+    spec = RecommenderSpec(hidden=8, items="llm", embeddings="x", adapter=[10], align_to="y", align_items=cap,
                            max_history=length, examples="sequences", loss=loss_kind, negatives=2, dropout=0.3)
     model = Recommender(spec, num_items, llm_dim=12, align_dim=8)
     variables = init_variables(model, jax.random.key(0), llm, aligned)
@@ -192,24 +212,15 @@ def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same
         batch["item_slots"] = item_slots(batch, num_items)
     slots = align_slots(batch)
     assert np.count_nonzero(targets) <= slots.size < targets.size  # 36 real targets of 96 positions
-    _, loss = make_objective(model)
-    params, constants = variables["params"], variables["constants"]
-    grad = jax.jit(jax.value_and_grad(lambda p, b: loss({"params": p, "constants": constants}, {}, b,
-                                                      jax.random.key(3)), has_aux=True))
-    (every, every_parts), every_grads = grad(params, batch)
-    (real, real_parts), real_grads = grad(params, {**batch, "align_slots": slots})
+    every_parts = _same_loss_and_gradients(model, variables, batch, {**batch, "align_slots": slots})
     assert float(every_parts["align_loss"]) > 0
-    np.testing.assert_allclose(float(real), float(every), rtol=1e-5)
-    np.testing.assert_allclose(float(real_parts["align_loss"]), float(every_parts["align_loss"]), rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
-                 real_grads, every_grads)
 
 
 @pytest.mark.parametrize("items, align", [("llm", True), ("id+llm", False)])
 def test_bce_step_on_the_batchs_items_equals_the_whole_catalogue(items, align):
     """Scoring only the batch's items (item_slots) gives the loss and gradients of
     the whole table: the adapter's other rows never reach a BCE loss."""
-    from jaxrec.seqrec.recommender import Recommender, init_variables, item_slots, make_objective
+    from jaxrec.seqrec.recommender import Recommender, init_variables, item_slots
     from jaxrec.seqrec.spec import RecommenderSpec
 
     rng = np.random.default_rng(0)
@@ -229,17 +240,7 @@ def test_bce_step_on_the_batchs_items_equals_the_whole_catalogue(items, align):
              "negatives": rng.integers(1, num_items + 1, size=(4, length, 2)).astype(np.int32)}
     slots = item_slots(batch, num_items)
     assert slots is not None and len(np.unique(np.concatenate([a.ravel() for a in batch.values()]))) + 1 <= slots.size < num_items
-    _, loss = make_objective(model)
-    params, constants = variables["params"], variables["constants"]
-    grad = jax.jit(jax.value_and_grad(lambda p, b: loss({"params": p, "constants": constants}, {}, b,
-                                                      jax.random.key(3)), has_aux=True))
-    (whole, whole_parts), whole_grads = grad(params, batch)
-    (part, part_parts), part_grads = grad(params, {**batch, "item_slots": slots})
-    np.testing.assert_allclose(float(part), float(whole), rtol=1e-5)
-    for name in whole_parts:
-        np.testing.assert_allclose(float(part_parts[name]), float(whole_parts[name]), rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
-                 part_grads, whole_grads)
+    _same_loss_and_gradients(model, variables, batch, {**batch, "item_slots": slots})
     assert item_slots(batch, 20) is None  # a bound as large as the catalogue: the whole table is used
 
 

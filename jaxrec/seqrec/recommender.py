@@ -133,15 +133,13 @@ class Recommender(nn.Module):
         With ``rows``, ``targets`` index the item ids ``rows``; ``adapted``: the
         adapter's output for those items when the caller has it (``forward``).
         ``slots`` (:func:`align_slots`): a bound on the batch's real target
-        positions, so that aligning all of them scores that many, not every
-        position of the batch."""
+        positions, so that only that many are scored, not every position."""
         adapted = self.adapted_llm_items(rows) if adapted is None else adapted
         chosen = flat = targets.reshape(-1)
-        if self.spec.align_items is not None:
+        budget = min((b for b in (self.spec.align_items, slots) if b is not None), default=flat.size)
+        if budget < flat.size:
             order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
-            chosen = flat[jnp.argsort(order)[: self.spec.align_items]]
-        elif slots is not None and slots < flat.size:  # every real position: they come first
-            chosen = flat[jnp.argsort(flat <= 0, stable=True)[:slots]]
+            chosen = flat[jnp.argsort(order)[:budget]]
         aligned = self.align_table.value[chosen if rows is None else rows[chosen]]
         tau = jnp.asarray(self.spec.align_tau, jnp.float32)
         return soft_clip_loss(adapted[chosen], aligned, tau,
@@ -176,9 +174,15 @@ def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | Non
     return None if slots.size >= num_items + 1 else slots
 
 
+def counts_align_targets(spec: RecommenderSpec) -> bool:
+    """Whether RAT's batches bound their real targets (:func:`align_slots`): a
+    backbone that masks items, BERT4Rec, chooses its targets inside the step."""
+    return spec.align_to is not None and not backbone_class(spec).masks_items
+
+
 def align_slots(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """For RAT over every target (``align_items: null``), :func:`slots_for` the
-    batch's real target positions."""
+    """For RAT, :func:`slots_for` the batch's real target positions: the
+    alignment scores that many at most (and at most ``align_items``)."""
     return slots_for(int(np.count_nonzero(batch["targets"])), len(batch["targets"]))
 
 

@@ -75,10 +75,10 @@ class RecommenderSpec:
     align_tau: float = 2.0
     align_items: int | None = 256
     """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch;
-    null: the target of every position, as the authors' code. The step then scores the batch's real
-    targets, in a few bucketed sizes (a batch of 128 Beauty users holds about 750), except under a
-    backbone that masks items (BERT4Rec), whose targets are chosen in the step: it scores every position
-    (25,600 x 25,600 similarities for 128 histories of 200)."""
+    null: the target of every position, as the authors' code. Either way the step scores at most the
+    batch's real targets, in a few bucketed sizes (a batch of 128 Beauty users holds about 750), except
+    under a backbone that masks items (BERT4Rec), whose targets are chosen in the step: uncapped, it
+    scores every position (25,600 x 25,600 similarities for 128 histories of 200)."""
     align_normalize: bool = False
     """L2-normalise both sides of the alignment loss (the authors' code aligns raw vectors)."""
 

@@ -93,20 +93,12 @@ class Objective:
                 for i in range(0, len(examples) - size + 1, size)]
 
 
-PACKING_TASKS: list[str] = []
-"""The LM-training tasks whose examples pack (``batch.pack``), as :func:`lm_task` made them."""
-
-
 def lm_task(name: str, config: type[LMTrainingConfig], objective: type[Objective], help: str) -> Task:
     """The task that trains ``objective`` on an LM."""
-    if objective.packable:
-        PACKING_TASKS.append(name)
-    return Task(name, config, functools.partial(train_objective, objective), help)
+    return Task(name, config, functools.partial(train_objective, objective), help, packs_examples=objective.packable)
 
 
 def train_objective(objective_class: type[Objective], config: LMTrainingConfig, run: Run, log=print) -> dict:
-    if config.batch.pack and not objective_class.packable:
-        raise ConfigError(f"batch.pack works for the {', '.join(PACKING_TASKS)} tasks; set batch.pack=false")
     if config.batch.with_replacement:
         raise ConfigError(f"batch.with_replacement is a seqrec option; the {config.task} task passes over its "
                           "examples in shuffled epochs: set batch.with_replacement=false")

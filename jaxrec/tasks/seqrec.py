@@ -28,8 +28,8 @@ from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, se
 from jaxrec.seqrec.histories import training_examples, training_user_items, trim_padding, trimmed_width
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
 from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, align_slots, backbone_class,
-                                       backbone_config, init_variables, item_slots, make_objective,
-                                       maps_batch_items)
+                                       backbone_config, counts_align_targets, init_variables, item_slots,
+                                       make_objective, maps_batch_items)
 from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
@@ -118,9 +118,7 @@ class _Setup:
             slots = item_slots(batch, self.data.num_items) if maps_batch_items(self.spec) else None
             if slots is not None:
                 batch["item_slots"] = slots
-        if self.spec.align_to is not None and self.spec.align_items is None and not self.backbone.masks_items:
-            # RAT over every target: as many as the batch has, not every position (a
-            # backbone that masks items chooses its targets in the step and keeps all)
+        if counts_align_targets(self.spec):
             batch["align_slots"] = align_slots(batch)
         return batch
 

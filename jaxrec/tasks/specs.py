@@ -32,6 +32,8 @@ class Task:
     export: Literal["lm", "item_embeddings", "recommender"] = "lm"
     """What ``python -m jaxrec.export`` writes of its runs: the trained LM (an HF model
     directory), the item vectors, or the recommender's weights and item table."""
+    packs_examples: bool = False
+    """Its examples can be packed several to a row (``batch.pack``)."""
 
 
 def require_positive(spec, *names: str) -> None:

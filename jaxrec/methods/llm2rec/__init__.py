@@ -3,7 +3,6 @@ contrastive learning with bidirectional attention; its mean-pooled item
 embeddings (the shared ``encode`` task) feed SASRec / GRU4Rec (the shared
 ``seqrec`` task). Each of its objectives is one module here."""
 
-# in the method's order, which is the order help and errors list its tasks in
-from jaxrec.methods.llm2rec import csft, mntp, contrastive  # isort: skip
+from jaxrec.methods.llm2rec import contrastive, csft, mntp
 
 TASKS = (csft.TASK, mntp.TASK, contrastive.TASK)
