@@ -137,8 +137,30 @@ def test_conditioning_of_frozen_matrices_matches_numpy():
     np.testing.assert_allclose(standard[:, :4], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(standard[:, 4], 0.0)  # a constant dimension carries nothing
     assert np.mean(np.sum(standard**2, axis=1)) == pytest.approx(4 / 5, rel=1e-5)
-    with pytest.raises(ValueError, match="unknown conditioning 'whiten'"):
-        condition(x, "whiten")
+    with pytest.raises(ValueError, match="unknown conditioning 'zscore'"):
+        condition(x, "zscore")
+
+
+def test_whitening_gives_an_identity_covariance_over_the_kept_directions():
+    from jaxrec.seqrec.item_vectors import condition, frozen_matrix_transform
+
+    rng = np.random.default_rng(3)
+    mixing = rng.normal(size=(6, 6)) * [50.0, 5.0, 1.0, 0.2, 0.05, 0.0]  # one direction carries nothing
+    x = (rng.normal(size=(40, 6)) @ mixing.T + 7.0).astype(np.float32)
+    white = condition(x, "whiten").astype(np.float64)
+    assert white.shape == (40, 5)  # the null direction is dropped
+    np.testing.assert_allclose(white.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.cov(white.T, bias=True), np.eye(5) / 5, atol=1e-5)
+    # the same rows as numpy's eigendecomposition of the covariance, up to each direction's sign
+    x64 = x.astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(x64.T, bias=True))
+    order = np.argsort(values)[::-1][:5]
+    expected = (x64 - x64.mean(0)) @ vectors[:, order] / np.sqrt(values[order] * 5)
+    np.testing.assert_allclose(np.abs(white), np.abs(expected), rtol=1e-3, atol=1e-5)
+    top2 = frozen_matrix_transform(x, "whiten", 2)(x).astype(np.float64)  # with pca: the top directions, whitened
+    np.testing.assert_allclose(np.abs(top2), np.abs(expected[:, :2]) * np.sqrt(5 / 2), rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot keep 6 whitened components"):
+        frozen_matrix_transform(x, "whiten", 6)
 
 
 def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):

@@ -58,10 +58,11 @@ class RecommenderSpec:
     """For 'llm' / 'id+llm': an encode run directory (item_embeddings.npy + item_ids.json) or an .npy file with item_ids.json beside it."""
     pca: int | None = None
     """Reduce the LLM embeddings to this many principal components first (LLMEmb: 1536)."""
-    conditioning: Literal["none", "scale", "center_scale", "standardize"] = "none"
+    conditioning: Literal["none", "scale", "center_scale", "standardize", "whiten"] = "none"
     """Rescaling of the frozen LLM matrix, once, before PCA: none (the authors' code), scale (divide by
     the mean row norm), center_scale (subtract the mean row first), standardize (per dimension, then
-    divide by sqrt(dim)). Mean-pooled LLM rows have norms of tens, which saturates the softmax at
+    divide by sqrt(dim)), whiten (rotated onto the principal directions, each to unit variance, then
+    divided by sqrt(directions); with pca, the top pca directions whitened). Mean-pooled LLM rows have norms of tens, which saturates the softmax at
     initialisation; see the shipped configs for the measured effect."""
     adapter: list[int] = dataclasses.field(default_factory=list)
     """Hidden widths of the adapter before its last layer (of width hidden); [] is one linear layer (LLM2Rec), [768] is LLMEmb's."""
