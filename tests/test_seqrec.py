@@ -510,3 +510,24 @@ def test_prefixes_under_bce_score_each_rows_target_against_the_negatives_at_its_
     states, items = model.apply(variables, jnp.asarray(history), last_only=True)
     expected = sampled_bce_loss(states, items, jnp.asarray([[7], [8]]), jnp.asarray([[[9, 10]], [[11, 12]]]))
     assert value == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_ridge_probe_r2_matches_a_direct_fit_and_scores_noise_at_zero():
+    from jaxrec.seqrec.probe import _folds, ridge_r2
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = x @ rng.normal(size=(6, 3)) + 0.5 * rng.normal(size=(200, 3)) + 4.0
+    result = ridge_r2(x, y, lambdas=(0.1, 1e4), folds=4, seed=2)
+    residual = total = 0.0
+    for held in _folds(200, 4, 2):  # the same folds, fitted with numpy's solver (intercept by centring)
+        fit = np.setdiff1d(np.arange(200), held)
+        xm, ym = x[fit].mean(0), y[fit].mean(0)
+        w = np.linalg.solve((x[fit] - xm).T @ (x[fit] - xm) + 0.1 * np.eye(6), (x[fit] - xm).T @ (y[fit] - ym))
+        residual += (((x[held] - xm) @ w - (y[held] - ym)) ** 2).sum()
+        total += ((y[held] - ym) ** 2).sum()
+    assert result["by_lambda"][0.1] == pytest.approx(1 - residual / total, rel=1e-9)
+    assert result["lambda"] == 0.1 and result["r2"] > 0.9  # 0.25 of noise variance against ~6 of signal
+    assert abs(result["by_lambda"][1e4]) < result["r2"]  # shrunk to the mean: about no fit
+    noise = ridge_r2(rng.normal(size=(200, 6)), y, folds=4)
+    assert noise["r2"] < 0.02  # unrelated features explain nothing (the best lambda shrinks to the mean)

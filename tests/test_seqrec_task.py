@@ -96,7 +96,7 @@ def test_early_stopping_tests_the_best_state_and_runs_resume(seqrec_run):
     assert training["best_step"] <= first["steps"]
 
 
-def test_seeds_give_mean_and_std(seqrec_run):
+def test_seeds_give_mean_and_std(seqrec_run, capsys):
     run, tmp = seqrec_run
     summary = run(tmp / "s", "loop.epochs=2", "evaluation.seeds=[3,4]", "evaluation.shuffle=false")
     assert [r["seed"] for r in summary["per_seed"]] == [3, 4]
@@ -104,6 +104,18 @@ def test_seeds_give_mean_and_std(seqrec_run):
     stats = summary["over_seeds"]["full"]["ndcg@10"]
     assert stats["mean"] == pytest.approx(np.mean(values)) and stats["std"] == pytest.approx(np.std(values))
     assert (tmp / "s" / "seed-3" / "test_metrics.json").exists() and (tmp / "s" / "seed-4" / "best").is_dir()
+    # the linear probe of frozen matrices against this run's ID vectors: a noisy copy of seed 3's own
+    # vectors is predicted almost fully, another seed's partly, Gaussian noise not at all
+    from jaxrec.bench.__main__ import main as bench
+
+    ids = json.loads((tmp / "s" / "seed-3" / "item_ids.json").read_text())
+    table = runs.item_table(tmp / "s", ["", *ids], 3)[1:]
+    np.save(tmp / "copy.npy", table + 0.01 * table.std() * np.random.default_rng(0).normal(size=table.shape))
+    (tmp / "item_ids.json").write_text(json.dumps(ids))
+    assert bench(["probe", "--id-run", str(tmp / "s"), "--embeddings", str(tmp / "copy.npy")]) == 0
+    rows = {row["matrix"].split(" (")[0]: row for row in json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]}
+    assert rows[str(tmp / "copy.npy")]["id_vectors_r2"] > 0.95
+    assert rows["Gaussian noise"]["id_vectors_r2"] < 0.1 < rows["ID vectors of seed 4"]["id_vectors_r2"] < 0.95
 
 
 def _fake_encode_run(directory, dim=24, seed=0):

@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                                                   "against cached once per catalogue")
     llmsrec.add_argument("--steps", type=int, default=6)
     llmsrec.add_argument("--rounds", type=int, default=2)
+    probe = sub.add_parser("probe", help="linear probes: how much of a trained ID recommender's item vectors (and "
+                                         "of the items' popularity) frozen item matrices predict, on held-out items")
+    probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items: id")
+    probe.add_argument("--embeddings", nargs="+", required=True, help="encode run directories or .npy files")
+    probe.add_argument("--conditioning", default="standardize", help="applied to each matrix first (default: standardize)")
+    probe.add_argument("--seed", type=int, help="the ID run's seed to probe (default: its first)")
+    probe.add_argument("--folds", type=int, default=5)
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)
@@ -130,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sides = (args.only,) if args.only else ("jaxrec", "recbole")
         result = run(args.seeds, args.max_epochs, args.work_dir, sides, args.overrides, log=log)
+    elif args.bench == "probe":
+        from jaxrec.bench.probe import run
+
+        result = run(args.id_run, args.embeddings, args.conditioning, args.seed, args.folds, log=log)
     elif args.bench == "recommend":
         from jaxrec.bench.recommend import run
 
