@@ -112,10 +112,13 @@ def test_seeds_give_mean_and_std(seqrec_run, capsys):
     table = runs.item_table(tmp / "s", ["", *ids], 3)[1:]
     np.save(tmp / "copy.npy", table + 0.01 * table.std() * np.random.default_rng(0).normal(size=table.shape))
     (tmp / "item_ids.json").write_text(json.dumps(ids))
-    assert bench(["probe", "--id-run", str(tmp / "s"), "--embeddings", str(tmp / "copy.npy")]) == 0
+    assert bench(["probe", "--id-run", str(tmp / "s"), "--embeddings", str(tmp / "copy.npy"),
+                  "--write-floor", str(tmp / "floor")]) == 0
     rows = {row["matrix"].split(" (")[0]: row for row in json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]}
     assert rows[str(tmp / "copy.npy")]["id_vectors_r2"] > 0.95
     assert rows["Gaussian noise"]["id_vectors_r2"] < 0.1 < rows["ID vectors of seed 4"]["id_vectors_r2"] < 0.95
+    floor = runs.item_embeddings(tmp / "floor" / "item_embeddings.npy", ["", *ids])  # an embeddings input as written
+    assert floor.shape == (len(ids) + 1, table.shape[1]) and not floor[0].any() and floor[1:].std() > 0.5
 
 
 def _fake_encode_run(directory, dim=24, seed=0):

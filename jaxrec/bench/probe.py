@@ -8,6 +8,9 @@ training's vectors another training's predict)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from jaxrec import runs
@@ -27,7 +30,7 @@ def _id_run(location: str):
 
 
 def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", seed: int | None = None,
-        folds: int = 5, log=print) -> dict:
+        folds: int = 5, write_floor: str | None = None, log=print) -> dict:
     config = _id_run(id_run)
     data = config.data.load(config.seed, log=lambda *_: None)
     item_ids = [str(i) for i in data.item_ids]
@@ -44,7 +47,14 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
     other_seeds = [s for s in config.evaluation.seeds if s != seed]
     if other_seeds:
         matrices[f"ID vectors of seed {other_seeds[0]} (the ceiling)"] = runs.item_table(id_run, item_ids, other_seeds[0])
-    matrices[f"Gaussian noise ({width} wide, the floor)"] = np.random.default_rng(0).normal(size=(len(item_ids), width))
+    noise = np.random.default_rng(0).normal(size=(len(item_ids), width)).astype(np.float32)
+    matrices[f"Gaussian noise ({width} wide, the floor)"] = noise
+    if write_floor:  # the same noise as an embeddings input, so a recommender can be trained on it as a control
+        out = Path(write_floor)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "item_embeddings.npy", noise[1:])
+        (out / "item_ids.json").write_text(json.dumps(item_ids[1:]))
+        log(f"wrote the Gaussian matrix to {out}: give recommender.embeddings={out / 'item_embeddings.npy'}")
     rows = []
     for name, matrix in matrices.items():
         features = fit_conditioning(matrix[trained], conditioning)(matrix[trained])
