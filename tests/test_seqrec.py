@@ -197,6 +197,27 @@ def test_initialisation_options_of_positions_ids_and_adapter():
     assert np.std(params["backbone"]["encoder"]["positions"]["embedding"]) == pytest.approx(0.02, rel=0.05)
 
 
+def test_id_dropout_leaves_a_share_of_items_only_their_adapted_llm_part_in_training():
+    from jaxrec.seqrec.recommender import Recommender, init_variables
+
+    spec = RecommenderSpec(hidden=16, max_history=5, items="id+llm", embeddings="x", id_dropout=0.3)
+    model = Recommender(spec, 2000, llm_dim=12)
+    llm = np.random.default_rng(0).normal(size=(2001, 12)).astype(np.float32)
+    variables = init_variables(model, jax.random.key(0), llm, None)
+    ids = np.asarray(variables["params"]["id_items"]["embedding"])
+    adapted = np.asarray(model.apply(variables, method=Recommender.adapted_llm_items))
+    trained, _ = model.apply(variables, None, True, rngs={"dropout": jax.random.key(1)},
+                             method=Recommender._items_and_adapted)
+    trained = np.asarray(trained)[1:]
+    dropped = np.all(np.isclose(trained, adapted[1:], atol=1e-7), axis=1)
+    np.testing.assert_allclose(trained[~dropped], ids[1:][~dropped] + adapted[1:][~dropped], rtol=1e-6, atol=1e-7)
+    assert dropped.mean() == pytest.approx(0.3, abs=0.04)  # about id_dropout of the 2,000 items
+    evaluated = np.asarray(model.apply(variables, method=Recommender.items))  # no dropping outside training
+    np.testing.assert_allclose(evaluated[1:], ids[1:] + adapted[1:], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="id_dropout drops the ID part"):
+        RecommenderSpec(items="llm", embeddings="x", id_dropout=0.3)
+
+
 def test_next_item_losses_match_numpy():
     from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
 

@@ -88,13 +88,17 @@ class Recommender(nn.Module):
         those of the item ids ``rows`` only (see :func:`batch_item_rows`)."""
         return self._items_and_adapted(rows)[0]
 
-    def _items_and_adapted(self, rows: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-        """(the item vectors, the adapter's part of them or None without LLM items)."""
+    def _items_and_adapted(self, rows: jax.Array | None, training: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """(the item vectors, the adapter's part of them or None without LLM items);
+        ``training``: with ``id_dropout``, a random share of the items lose their ID part."""
         id_width, llm_width = _widths(self.spec)
         adapted = self.adapted_llm_items(rows) if llm_width else None
         if not id_width:
             return adapted, adapted
         ids = self.id_items() if rows is None else self.id_items()[rows]
+        if training and adapted is not None and self.spec.id_dropout > 0:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.spec.id_dropout, (ids.shape[0], 1))
+            ids = ids * keep  # not rescaled: an item without a trained ID vector has none at all
         if adapted is None:
             return ids, None
         return (ids + adapted if self.spec.combine == "sum" else jnp.concatenate([ids, adapted], axis=1)), adapted
@@ -111,7 +115,7 @@ class Recommender(nn.Module):
                 rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """``__call__``'s (states, item vectors), and the adapter's part of the item
         vectors (None without LLM items), which RAT's alignment loss reuses."""
-        items, adapted = self._items_and_adapted(rows)
+        items, adapted = self._items_and_adapted(rows, training=not deterministic)
         return self.backbone(history, self.backbone.input_table(items), deterministic, last_only), items, adapted
 
     def training_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:

@@ -54,6 +54,11 @@ class RecommenderSpec:
     """Item representation: trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""
     combine: Literal["sum", "concat"] = "sum"
     """How 'id+llm' joins the two (concat: half the hidden width each)."""
+    id_dropout: float = 0.0
+    """'id+llm': share of the items whose ID part is zeroed in each training step (item dropout, as in
+    DropoutNet), so that the adapted LLM part alone learns to rank them, as it must for items without a
+    trained ID vector (held-out cold items, items added after training); 0: off (none of the three
+    methods' code has an ID + LLM model)."""
     embeddings: str | None = None
     """For 'llm' / 'id+llm': an encode run directory (item_embeddings.npy + item_ids.json) or an .npy file with item_ids.json beside it."""
     pca: int | None = None
@@ -110,6 +115,10 @@ class RecommenderSpec:
             raise ValueError(f"embedding_init must be > 0, got {self.embedding_init}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.id_dropout and self.items != "id+llm":
+            raise ValueError(f"id_dropout drops the ID part of 'id+llm' items; items is {self.items!r}")
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
         if min(self.mask_random, self.mask_keep) < 0 or self.mask_random + self.mask_keep > 1:
