@@ -122,6 +122,14 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
            "recommender.items llm" in report
     slices = json.loads((first / "results.json").read_text())["rows"][0]["slices"]
     assert set(slices) == {"held-out cold items", "tail"} and "overall Recall@10 | overall NDCG@10" in report
+    probe = json.loads((first / "results.json").read_text())["probe"]  # the LLM rows' matrices, a floor, a ceiling
+    assert [r["label"] for r in probe["rows"]] == [
+        "SASRec on untrained SmolLM2 (bidirectional, mean)", "SASRec on LLM2Rec embeddings",
+        "SASRec on ID + LLM2Rec embeddings", "Gaussian noise, 64 wide (the floor)",
+        "SASRec, ID only: the ID vectors of seed 1 (the ceiling)"]
+    assert probe["rows"][1] == {**probe["rows"][2], "label": probe["rows"][1]["label"]}  # one matrix, probed once
+    assert all(-1.0 < r["id_vectors_r2"] < 1.0 and -1.0 < r["log_count_r2"] < 1.0 for r in probe["rows"])
+    assert "### What the frozen item vectors hold (linear probe)" in report
     for png in ("training_curves.png", "metrics.png", "slices.png"):
         assert (first / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "SASRec on LLM2Rec embeddings" in capsys.readouterr().err  # the table is printed

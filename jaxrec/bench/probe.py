@@ -16,38 +16,40 @@ import numpy as np
 from jaxrec import runs
 from jaxrec.config import build
 from jaxrec.seqrec.item_vectors import fit_conditioning
-from jaxrec.seqrec.probe import ridge_r2
+from jaxrec.seqrec.probe import ProbeTargets, gaussian_matrix
 
 
-def _id_run(location: str):
+def id_run_targets(location: str | Path, seed: int | None = None):
+    """(the ID run's config, its data, the seed probed, its ProbeTargets) of a finished
+    seqrec run with ID items (of several seeds: ``seed``, default its first)."""
     from jaxrec.tasks.seqrec import SeqrecConfig
 
     run = runs.open_run(location, "--id-run")
     config = build(SeqrecConfig, {k: v for k, v in run.manifest["config"].items() if k != "run_dir"})
     if run.task != "seqrec" or config.recommender.items != "id":
         raise SystemExit(f"--id-run {location}: expected a finished seqrec run with recommender.items: id")
-    return config
+    data = config.data.load(config.seed, log=lambda *_: None)
+    if seed is None:
+        seed = config.evaluation.seeds[0] if config.evaluation.seeds else config.seed
+    table = runs.item_table(location, [str(i) for i in data.item_ids], seed)
+    return config, data, seed, ProbeTargets.of(data, table)
 
 
 def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", seed: int | None = None,
         folds: int = 5, write_floor: str | None = None, log=print) -> dict:
-    config = _id_run(id_run)
-    data = config.data.load(config.seed, log=lambda *_: None)
+    config, data, seed, targets = id_run_targets(id_run, seed)
     item_ids = [str(i) for i in data.item_ids]
-    seed = config.evaluation.seeds[0] if seed is None and config.evaluation.seeds else (seed or config.seed)
-    table = runs.item_table(id_run, item_ids, seed)
-    counts = np.bincount(np.concatenate(data.train_sequences()), minlength=data.num_items + 1)
-    trained = np.flatnonzero(counts > 0)
-    trained = trained[trained > 0]
-    popularity = np.log1p(counts[trained])
-    log(f"{len(trained)} of {data.num_items} items have training interactions; probing the ID vectors of seed {seed} "
-        f"of {id_run} ({table.shape[1]} wide) and log(1 + training count), {folds}-fold over items")
-    matrices = {location: runs.item_embeddings(location, item_ids) for location in embeddings}
+    log(f"{len(targets.items)} of {data.num_items} items have training interactions; probing the ID vectors of seed "
+        f"{seed} of {id_run} ({targets.vectors.shape[1]} wide) and log(1 + training count), {folds}-fold over items")
+    matrices = {}
+    for location in embeddings:
+        raw = runs.item_embeddings(location, item_ids)
+        matrices[location] = fit_conditioning(raw[targets.items], conditioning)(raw)
     width = next(iter(matrices.values())).shape[1]
     other_seeds = [s for s in config.evaluation.seeds if s != seed]
     if other_seeds:
         matrices[f"ID vectors of seed {other_seeds[0]} (the ceiling)"] = runs.item_table(id_run, item_ids, other_seeds[0])
-    noise = np.random.default_rng(0).normal(size=(len(item_ids), width)).astype(np.float32)
+    noise = gaussian_matrix(len(item_ids), width)
     matrices[f"Gaussian noise ({width} wide, the floor)"] = noise
     if write_floor:  # the same noise as an embeddings input, so a recommender can be trained on it as a control
         out = Path(write_floor)
@@ -57,10 +59,8 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
         log(f"wrote the Gaussian matrix to {out}: give recommender.embeddings={out / 'item_embeddings.npy'}")
     rows = []
     for name, matrix in matrices.items():
-        features = fit_conditioning(matrix[trained], conditioning)(matrix[trained])
-        vectors, counts_fit = ridge_r2(features, table[trained], folds=folds), ridge_r2(features, popularity, folds=folds)
-        rows.append({"matrix": name, "id_vectors_r2": round(vectors["r2"], 4), "id_vectors_lambda": vectors["lambda"],
-                     "log_count_r2": round(counts_fit["r2"], 4), "log_count_lambda": counts_fit["lambda"]})
-        log(f"{name}: R^2 ID vectors {vectors['r2']:.3f} (lambda {vectors['lambda']:g}), "
-            f"log count {counts_fit['r2']:.3f} (lambda {counts_fit['lambda']:g})")
-    return {"id_run": id_run, "seed": seed, "conditioning": conditioning, "items": int(len(trained)), "rows": rows}
+        probe = targets.score(matrix, folds)
+        rows.append({"matrix": name, **{k: round(v, 4) if k.endswith("r2") else v for k, v in probe.items()}})
+        log(f"{name}: R^2 ID vectors {probe['id_vectors_r2']:.3f} (lambda {probe['id_vectors_lambda']:g}), "
+            f"log count {probe['log_count_r2']:.3f} (lambda {probe['log_count_lambda']:g})")
+    return {"id_run": id_run, "seed": seed, "conditioning": conditioning, "items": int(len(targets.items)), "rows": rows}

@@ -15,6 +15,7 @@ The ``report`` section of a pipeline config::
       hit_ratio: false             # true: call Recall@K HR@K (the same number with one target)
       shuffle: false               # true: the shuffle diagnostics (stages tested with evaluation.shuffle)
       slices: [held-out cold items, tail]   # optional: popularity groups shown beside the overall figures
+      probe: false                 # true: a linear probe of each LLM row's frozen matrix against the ID row
 
 Compared stages are seqrec or llmsrec stages. Written into the pipeline
 directory: ``results.json``, ``results.md``, ``training_curves.png``,
@@ -64,6 +65,10 @@ class ReportSpec:
     slices: list[str] = dataclasses.field(default_factory=list)
     """Target-item popularity groups (by_popularity names: 'held-out cold items' with data.cold_items,
     'tail', 'popular', ...) tabulated beside the overall metrics, each model's row in one table."""
+    probe: bool = False
+    """A linear probe of every LLM row's frozen matrix (as its adapter reads it) against the first ID
+    row's item vectors and the items' log training counts, beside a Gaussian floor and, with several
+    ID seeds, another seed's ID vectors as a ceiling (see jaxrec.seqrec.probe)."""
 
     def __post_init__(self):
         unknown = set(self.groups) - set(GROUP_KINDS)
@@ -169,6 +174,45 @@ def settings(pipeline, spec: ReportSpec) -> dict:
     return {"shared": shared, "per_row": differing}
 
 
+def _probe_results(pipeline, spec: ReportSpec) -> dict:
+    """The probe table: rows of {"label", "id_vectors_r2", "log_count_r2", ...}, and what it was measured on."""
+    from jaxrec.pipelines.config import stage_config
+    from jaxrec.seqrec.probe import ProbeTargets, gaussian_matrix
+    from jaxrec.tasks.seqrec import frozen_item_rows
+
+    configs = {e.stage: stage_config(pipeline, e.stage) for e in spec.compare}
+    id_rows = [e for e in spec.compare if configs[e.stage].task == "seqrec" and configs[e.stage].recommender.items == "id"]
+    if not id_rows:
+        raise ConfigError(f"{pipeline.path}: report.probe needs an ID row (a seqrec stage with recommender.items: id) "
+                          "among report.compare to probe against")
+    id_config, id_run = configs[id_rows[0].stage], pipeline.stages[id_rows[0].stage].run_dir
+    data = id_config.data.load(id_config.seed, log=lambda *_: None)
+    item_ids = [str(i) for i in data.item_ids]
+    seeds = runs.recommender_results(id_run).seeds
+    targets = ProbeTargets.of(data, runs.item_table(id_run, item_ids, seeds[0]))
+    rows, seen, width = [], {}, None
+    for entry in spec.compare:
+        recommender = configs[entry.stage].recommender if configs[entry.stage].task == "seqrec" else None
+        if recommender is None or recommender.items == "id":
+            continue
+        if configs[entry.stage].data != id_config.data:
+            raise ConfigError(f"{pipeline.path}: report.probe: stage {entry.stage} reads other data than the ID row "
+                              f"{id_rows[0].stage}; probe rows of one dataset")
+        key = (recommender.embeddings, recommender.conditioning, recommender.pca)
+        if key not in seen:
+            raw, transform = frozen_item_rows(recommender, item_ids)
+            matrix = np.concatenate([np.zeros((1, raw.shape[1]), np.float32), transform(raw)])
+            seen[key], width = targets.score(matrix), matrix.shape[1]
+        rows.append({"label": entry.label, **seen[key]})
+    if width is not None:
+        rows.append({"label": f"Gaussian noise, {width} wide (the floor)",
+                     **targets.score(gaussian_matrix(len(item_ids), width))})
+    if len(seeds) > 1:
+        rows.append({"label": f"{id_rows[0].label}: the ID vectors of seed {seeds[1]} (the ceiling)",
+                     **targets.score(runs.item_table(id_run, item_ids, seeds[1]))})
+    return {"against": id_rows[0].label, "seed": seeds[0], "items": int(len(targets.items)), "rows": rows}
+
+
 def results(pipeline, spec: ReportSpec) -> dict:
     rows = []
     for entry in spec.compare:
@@ -190,9 +234,12 @@ def results(pipeline, spec: ReportSpec) -> dict:
     configured = settings(pipeline, spec)
     for row, differing in zip(rows, configured["per_row"]):
         row["settings"] = differing
-    return {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows,
-            "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle, "slices": spec.slices,
-            "settings": configured["shared"]}
+    table = {"title": spec.title, "protocol": spec.protocol, "metrics": spec.metrics, "rows": rows,
+             "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle, "slices": spec.slices,
+             "settings": configured["shared"]}
+    if spec.probe:
+        table["probe"] = _probe_results(pipeline, spec)
+    return table
 
 
 def metric_name(metric: str, hit_ratio: bool = False) -> str:
@@ -280,6 +327,21 @@ def _slice_table(table: dict) -> list[str]:
     return lines
 
 
+def _probe_table(table: dict) -> list[str]:
+    probe = table.get("probe")
+    if not probe:
+        return []
+    lines = ["", "### What the frozen item vectors hold (linear probe)", "",
+             f"Ridge regressions from each row's frozen matrix, as its adapter reads it, onto the item vectors of "
+             f"{probe['against']} (seed {probe['seed']}) and onto the items' log training counts; R² on held-out "
+             f"items, 5-fold over the {probe['items']} items it trained on. A linear adapter cannot give an item "
+             "more than its row holds: near the floor, the row is a code without content.", "",
+             "| | R² of the ID item vectors | R² of log training count |", "|---|---|---|"]
+    for row in probe["rows"]:
+        lines.append(f"| {row['label']} | {row['id_vectors_r2']:.3f} | {row['log_count_r2']:.3f} |")
+    return lines
+
+
 def markdown(table: dict, stages: list[dict]) -> str:
     metrics = table["metrics"]
     seeds = max((len(r["seeds"]) for r in table["rows"]), default=1)
@@ -294,6 +356,7 @@ def markdown(table: dict, stages: list[dict]) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row["metrics"][m], len(row["seeds"])) for m in metrics)
                      + " |")
     lines += _slice_table(table)
+    lines += _probe_table(table)
     lines += _shuffle_table(table)
     lines += _group_tables(table)
     lines += ["", "Stages:", "", "| stage | task | this launch | seconds | run directory |", "|---|---|---|---|---|"]

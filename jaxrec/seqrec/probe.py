@@ -8,7 +8,11 @@ nothing of the collaborative structure, whatever the recommender's settings."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from jaxrec.data.prep import SeqData
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
@@ -41,3 +45,36 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray, lambdas=LAMBDAS, folds: 
     by_lambda = {lam: 1.0 - residual[lam] / total for lam in lambdas}
     best = max(by_lambda, key=by_lambda.get)
     return {"r2": by_lambda[best], "lambda": best, "by_lambda": by_lambda}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeTargets:
+    """What frozen matrices are probed against: the ID vectors and the log training
+    counts of the items an ID recommender trained on (items without a training
+    interaction keep their initial vectors and are left out)."""
+
+    items: np.ndarray
+    """Item ids (rows of a [num_items + 1, d] matrix)."""
+    vectors: np.ndarray
+    log_counts: np.ndarray
+
+    @classmethod
+    def of(cls, data: SeqData, id_table: np.ndarray) -> "ProbeTargets":
+        """From a dataset and an ID recommender's item table [num_items + 1, hidden] trained on it."""
+        counts = np.bincount(np.concatenate(data.train_sequences()), minlength=data.num_items + 1)
+        items = np.flatnonzero(counts > 0)
+        items = items[items > 0]
+        return cls(items, np.asarray(id_table)[items], np.log1p(counts[items]))
+
+    def score(self, matrix: np.ndarray, folds: int = 5) -> dict:
+        """The probe of a [num_items + 1, d] matrix (row = item id): R^2 onto the
+        ID vectors and onto the log counts, with each one's ridge lambda."""
+        features = np.asarray(matrix)[self.items]
+        vectors, counts = ridge_r2(features, self.vectors, folds=folds), ridge_r2(features, self.log_counts, folds=folds)
+        return {"id_vectors_r2": vectors["r2"], "id_vectors_lambda": vectors["lambda"],
+                "log_count_r2": counts["r2"], "log_count_lambda": counts["lambda"]}
+
+
+def gaussian_matrix(rows: int, width: int, seed: int = 0) -> np.ndarray:
+    """The probe's floor: N(0, 1) rows of the given width (what fitting noise scores)."""
+    return np.random.default_rng(seed).normal(size=(rows, width)).astype(np.float32)
