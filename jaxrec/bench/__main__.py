@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--seed", type=int, help="the ID run's seed to probe (default: its first)")
     probe.add_argument("--folds", type=int, default=5)
     probe.add_argument("--write-floor", metavar="DIR", help="also save the Gaussian matrix there (item_embeddings.npy "
-                                                            "+ item_ids.json), to train a recommender on it as a control")
+                                                            "+ item_ids.json), moved and scaled to the first --embeddings' "
+                                                            "mean row and spread, to train a recommender on it as a control")
     args = parser.parse_args(argv)
     reuse_host_buffers()  # as jaxrec.launch does, so the timings are the launcher's
     log = lambda message: print(f"[bench {args.bench}] {message}", file=sys.stderr, flush=True)

@@ -35,16 +35,25 @@ def id_run_targets(location: str | Path, seed: int | None = None):
     return config, data, seed, ProbeTargets.of(data, table)
 
 
+def like_rows(noise: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``noise`` moved to the mean row of ``rows`` and scaled to their mean distance from it, so that a
+    recommender that reads a matrix as extracted (conditioning: none) sees noise of the embeddings' scale."""
+    rows = np.asarray(rows, np.float64)
+    mean = rows.mean(axis=0)
+    spread = np.linalg.norm(rows - mean, axis=1).mean() / np.linalg.norm(noise, axis=1).mean()
+    return (noise * spread + mean).astype(np.float32)
+
+
 def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", seed: int | None = None,
         folds: int = 5, write_floor: str | None = None, log=print) -> dict:
     config, data, seed, targets = id_run_targets(id_run, seed)
     item_ids = [str(i) for i in data.item_ids]
     log(f"{len(targets.items)} of {data.num_items} items have training interactions; probing the ID vectors of seed "
         f"{seed} of {id_run} ({targets.vectors.shape[1]} wide) and log(1 + training count), {folds}-fold over items")
-    matrices = {}
+    matrices, raws = {}, []
     for location in embeddings:
-        raw = runs.item_embeddings(location, item_ids)
-        matrices[location] = fit_conditioning(raw[targets.items], conditioning)(raw)
+        raws.append(runs.item_embeddings(location, item_ids))
+        matrices[location] = fit_conditioning(raws[-1][targets.items], conditioning)(raws[-1])
     width = next(iter(matrices.values())).shape[1]
     other_seeds = [s for s in config.evaluation.seeds if s != seed]
     if other_seeds:
@@ -54,7 +63,7 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
     if write_floor:  # the same noise as an embeddings input, so a recommender can be trained on it as a control
         out = Path(write_floor)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "item_embeddings.npy", noise[1:])
+        np.save(out / "item_embeddings.npy", like_rows(noise[1:], raws[0][1:]))
         (out / "item_ids.json").write_text(json.dumps(item_ids[1:]))
         log(f"wrote the Gaussian matrix to {out}: give recommender.embeddings={out / 'item_embeddings.npy'}")
     rows = []
