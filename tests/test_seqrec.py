@@ -534,7 +534,7 @@ def test_prefixes_under_bce_score_each_rows_target_against_the_negatives_at_its_
 
 
 def test_ridge_probe_r2_matches_a_direct_fit_and_scores_noise_at_zero():
-    from jaxrec.seqrec.probe import _folds, ridge_r2
+    from jaxrec.seqrec.probe import _folds, ridge_r2, ridge_r2s
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 6))
@@ -550,5 +550,7 @@ def test_ridge_probe_r2_matches_a_direct_fit_and_scores_noise_at_zero():
     assert result["by_lambda"][0.1] == pytest.approx(1 - residual / total, rel=1e-9)
     assert result["lambda"] == 0.1 and result["r2"] > 0.9  # 0.25 of noise variance against ~6 of signal
     assert abs(result["by_lambda"][1e4]) < result["r2"]  # shrunk to the mean: about no fit
+    both = ridge_r2s(x, [y, y[:, 0]], lambdas=(0.1, 1e4), folds=4, seed=2)  # one SVD per fold for both targets
+    assert both[0] == result and both[1] == ridge_r2(x, y[:, 0], lambdas=(0.1, 1e4), folds=4, seed=2)
     noise = ridge_r2(rng.normal(size=(200, 6)), y, folds=4)
     assert noise["r2"] < 0.02  # unrelated features explain nothing (the best lambda shrinks to the mean)

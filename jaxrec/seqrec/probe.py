@@ -28,23 +28,35 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray, lambdas=LAMBDAS, folds: 
     the fitting rows' mean, pooled over the folds and the target columns. Returns
     ``{"r2": best over lambdas, "lambda": its lambda, "by_lambda": {lambda: r2}}``;
     the best is chosen on these same folds, so it is a slightly optimistic figure."""
+    return ridge_r2s(features, [targets], lambdas, folds, seed)[0]
+
+
+def ridge_r2s(features: np.ndarray, targets: list[np.ndarray], lambdas=LAMBDAS, folds: int = 5,
+              seed: int = 0) -> list[dict]:
+    """:func:`ridge_r2` of several targets on the same features, one SVD per fold for all of them."""
     x = np.asarray(features, np.float64)
-    y = np.asarray(targets, np.float64).reshape(len(x), -1)
-    residual = {lam: 0.0 for lam in lambdas}
-    total = 0.0
+    ys = [np.asarray(y, np.float64).reshape(len(x), -1) for y in targets]
+    residual = np.zeros((len(ys), len(lambdas)))
+    total = np.zeros(len(ys))
     for held in _folds(len(x), folds, seed):
         fit = np.setdiff1d(np.arange(len(x)), held)
-        x_mean, y_mean = x[fit].mean(0), y[fit].mean(0)
+        x_mean = x[fit].mean(0)
         u, s, vt = np.linalg.svd(x[fit] - x_mean, full_matrices=False)
-        projected = u.T @ (y[fit] - y_mean)
-        held_x, held_y = x[held] - x_mean, y[held] - y_mean
-        total += float((held_y**2).sum())
-        for lam in lambdas:
-            weights = vt.T @ ((s / (s**2 + lam))[:, None] * projected)
-            residual[lam] += float(((held_x @ weights - held_y) ** 2).sum())
-    by_lambda = {lam: 1.0 - residual[lam] / total for lam in lambdas}
-    best = max(by_lambda, key=by_lambda.get)
-    return {"r2": by_lambda[best], "lambda": best, "by_lambda": by_lambda}
+        held_x = x[held] - x_mean
+        for t, y in enumerate(ys):
+            y_mean = y[fit].mean(0)
+            projected = u.T @ (y[fit] - y_mean)
+            held_y = y[held] - y_mean
+            total[t] += float((held_y**2).sum())
+            for j, lam in enumerate(lambdas):
+                weights = vt.T @ ((s / (s**2 + lam))[:, None] * projected)
+                residual[t, j] += float(((held_x @ weights - held_y) ** 2).sum())
+    results = []
+    for t in range(len(ys)):
+        by_lambda = {lam: 1.0 - residual[t, j] / total[t] for j, lam in enumerate(lambdas)}
+        best = max(by_lambda, key=by_lambda.get)
+        results.append({"r2": by_lambda[best], "lambda": best, "by_lambda": by_lambda})
+    return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +82,7 @@ class ProbeTargets:
         """The probe of a [num_items + 1, d] matrix (row = item id): R^2 onto the
         ID vectors and onto the log counts, with each one's ridge lambda."""
         features = np.asarray(matrix)[self.items]
-        vectors, counts = ridge_r2(features, self.vectors, folds=folds), ridge_r2(features, self.log_counts, folds=folds)
+        vectors, counts = ridge_r2s(features, [self.vectors, self.log_counts], folds=folds)
         return {"id_vectors_r2": vectors["r2"], "id_vectors_lambda": vectors["lambda"],
                 "log_count_r2": counts["r2"], "log_count_lambda": counts["lambda"]}
 
