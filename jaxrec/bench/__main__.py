@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "of the items' popularity) frozen item matrices predict, on held-out items")
     probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items: id")
     probe.add_argument("--embeddings", nargs="+", required=True, help="encode run directories or .npy files")
-    probe.add_argument("--conditioning", default="standardize", help="applied to each matrix first (default: standardize)")
+    probe.add_argument("--conditioning", default="standardize",
+                       choices=["none", "scale", "center_scale", "standardize", "whiten"],
+                       help="applied to each matrix first, as recommender.conditioning (default: standardize)")
     probe.add_argument("--seed", type=int, help="the ID run's seed to probe (default: its first)")
-    probe.add_argument("--folds", type=int, default=5)
+    probe.add_argument("--folds", type=int, default=5, help="cross-validation folds over the items (default: 5)")
     probe.add_argument("--write-floor", metavar="DIR", help="also save the Gaussian matrix there (item_embeddings.npy "
                                                             "+ item_ids.json), moved and scaled to the first --embeddings' "
                                                             "mean row and spread, to train a recommender on it as a control")
