@@ -7,6 +7,7 @@ import json
 import sys
 
 from jaxrec.runtime import reuse_host_buffers
+from jaxrec.seqrec.item_vectors import CONDITIONINGS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items: id")
     probe.add_argument("--embeddings", nargs="+", required=True, help="encode run directories or .npy files")
     probe.add_argument("--conditioning", default="standardize",
-                       choices=["none", "scale", "center_scale", "standardize", "whiten"],
+                       choices=CONDITIONINGS,
                        help="applied to each matrix first, as recommender.conditioning (default: standardize)")
     probe.add_argument("--seed", type=int, help="the ID run's seed to probe (default: its first)")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds over the items (default: 5)")
