@@ -13,7 +13,6 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.config import build
 from jaxrec.data.item_tables import ItemTable
 from jaxrec.errors import DataError, RunError
 from jaxrec.seqrec.item_vectors import RowTransform
@@ -46,7 +45,7 @@ class NewItemEncoder:
             raise RunError(f"recommender.embeddings is {location}, a matrix made outside jaxrec: there is no "
                            "encoder to embed new items with; use a run whose embeddings come from an encode run")
         encode_run = runs.open_run(location, "recommender.embeddings")
-        encode_config = build(EncodeConfig, {k: v for k, v in encode_run.manifest["config"].items() if k != "run_dir"})
+        encode_config = encode_run.config(EncodeConfig)
         _, transform = frozen_item_rows(spec, item_ids)
         lm = encode_config.model.load()
         return cls(lm, encode_config.encode, transform, str(location))

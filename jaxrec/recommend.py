@@ -166,7 +166,6 @@ class Recommender:
         """A finished seqrec run (or one of its seed-<n> directories; of a run
         with several seeds, the seed with the best validation result), or a
         finished llmsrec run."""
-        from jaxrec.config import build
         from jaxrec.methods.llmsrec.task import LlmsrecConfig
         from jaxrec.tasks.seqrec import SeqrecConfig
 
@@ -178,8 +177,7 @@ class Recommender:
         if run.task not in ("seqrec", "llmsrec"):
             raise RunError(f"{run_dir} is a {run.task} run; recommendations come from a finished seqrec or "
                            "llmsrec run")
-        stored = {k: v for k, v in run.manifest["config"].items() if k != "run_dir"}
-        config = build(SeqrecConfig if run.task == "seqrec" else LlmsrecConfig, stored)
+        config = run.config(SeqrecConfig if run.task == "seqrec" else LlmsrecConfig)
         data = config.data.load(config.seed, log=lambda *_: None)
         if run.task == "llmsrec":
             return cls(run_dir, config, data, _llmsrec_scorer(run, config, data))

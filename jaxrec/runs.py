@@ -39,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save
 
+from jaxrec.config import build
 from jaxrec.errors import DataError, RunError
 from jaxrec.io import save_npy_atomic, sha256_file, write_bytes_atomic, write_json_atomic
 from jaxrec.models.layers import LoraSpec
@@ -197,6 +198,11 @@ class RunInfo:
     @property
     def task(self) -> str:
         return self.manifest["task"]
+
+    def config(self, config_class: type):
+        """The config the run was made with, built as ``config_class`` (its run_dir left out:
+        where a run was written is not part of what it did)."""
+        return build(config_class, {k: v for k, v in self.manifest["config"].items() if k != "run_dir"})
 
     def output(self, name: str) -> dict:
         outputs = self.manifest["outputs"]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.config import build
 from jaxrec.seqrec.item_vectors import fit_conditioning
 from jaxrec.seqrec.probe import ProbeTargets, gaussian_matrix
 
@@ -25,7 +24,7 @@ def id_run_targets(location: str | Path, seed: int | None = None):
     from jaxrec.tasks.seqrec import SeqrecConfig
 
     run = runs.open_run(location, "--id-run")
-    config = build(SeqrecConfig, {k: v for k, v in run.manifest["config"].items() if k != "run_dir"})
+    config = run.config(SeqrecConfig)
     if run.task != "seqrec" or config.recommender.items != "id":
         raise SystemExit(f"--id-run {location}: expected a finished seqrec run with recommender.items: id")
     data = config.data.load(config.seed, log=lambda *_: None)
