@@ -165,7 +165,7 @@ def test_whitening_gives_an_identity_covariance_over_the_kept_directions():
 
 def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):
     from jaxrec.seqrec.item_vectors import condition, pca
-    from jaxrec.tasks.seqrec import _llm_items
+    from jaxrec.tasks.seqrec import frozen_item_table
     from jaxrec.tasks.seqrec import SeqrecConfig
 
     rng = np.random.default_rng(1)
@@ -174,7 +174,7 @@ def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):
     (tmp_path / "item_ids.json").write_text(json.dumps([str(i) for i in range(1, 7)]))
     config = SeqrecConfig()
     config.recommender = RecommenderSpec(items="llm", embeddings=str(tmp_path), conditioning="center_scale", pca=3)
-    table = _llm_items(config, [""] + [str(i) for i in range(1, 7)])
+    table = frozen_item_table(config.recommender, [""] + [str(i) for i in range(1, 7)])
     assert table.shape == (7, 3) and not table[0].any()
     np.testing.assert_allclose(table[1:], pca(condition(matrix, "center_scale"), 3), rtol=1e-5, atol=1e-6)
 

@@ -14,24 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.seqrec.item_vectors import fit_conditioning
-from jaxrec.seqrec.probe import ProbeTargets, gaussian_matrix
-
-
-def id_run_targets(location: str | Path, seed: int | None = None):
-    """(the ID run's config, its data, the seed probed, its ProbeTargets) of a finished
-    seqrec run with ID items (of several seeds: ``seed``, default its first)."""
-    from jaxrec.tasks.seqrec import SeqrecConfig
-
-    run = runs.open_run(location, "--id-run")
-    config = run.config(SeqrecConfig)
-    if run.task != "seqrec" or config.recommender.items != "id":
-        raise SystemExit(f"--id-run {location}: expected a finished seqrec run with recommender.items: id")
-    data = config.data.load(config.seed, log=lambda *_: None)
-    if seed is None:
-        seed = config.evaluation.seeds[0] if config.evaluation.seeds else config.seed
-    table = runs.item_table(location, [str(i) for i in data.item_ids], seed)
-    return config, data, seed, ProbeTargets.of(data, table)
+from jaxrec.seqrec.probe import gaussian_matrix
+from jaxrec.seqrec.spec import RecommenderSpec
+from jaxrec.tasks.seqrec import SeqrecConfig, frozen_item_table, id_probe_targets
 
 
 def like_rows(noise: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -45,14 +30,16 @@ def like_rows(noise: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", seed: int | None = None,
         folds: int = 5, write_floor: str | None = None, log=print) -> dict:
-    config, data, seed, targets = id_run_targets(id_run, seed)
+    config = runs.open_run(id_run, "--id-run").config(SeqrecConfig)
+    if seed is None:
+        seed = config.evaluation.seeds[0] if config.evaluation.seeds else config.seed
+    data, targets = id_probe_targets(config, id_run, seed)
     item_ids = [str(i) for i in data.item_ids]
     log(f"{len(targets.items)} of {data.num_items} items have training interactions; probing the ID vectors of seed "
         f"{seed} of {id_run} ({targets.vectors.shape[1]} wide) and log(1 + training count), {folds}-fold over items")
-    matrices, raws = {}, []
-    for location in embeddings:
-        raws.append(runs.item_embeddings(location, item_ids))
-        matrices[location] = fit_conditioning(raws[-1][targets.items], conditioning)(raws[-1])
+    matrices = {location: frozen_item_table(RecommenderSpec(items="llm", embeddings=location, conditioning=conditioning),
+                                            item_ids)  # as a recommender with this conditioning reads it
+                for location in embeddings}
     width = next(iter(matrices.values())).shape[1]
     other_seeds = [s for s in config.evaluation.seeds if s != seed]
     if other_seeds:
@@ -62,7 +49,7 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
     if write_floor:  # the same noise as an embeddings input, so a recommender can be trained on it as a control
         out = Path(write_floor)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "item_embeddings.npy", like_rows(noise[1:], raws[0][1:]))
+        np.save(out / "item_embeddings.npy", like_rows(noise[1:], runs.item_embeddings(embeddings[0], item_ids)[1:]))
         (out / "item_ids.json").write_text(json.dumps(item_ids[1:]))
         log(f"wrote the Gaussian matrix to {out}: give recommender.embeddings={out / 'item_embeddings.npy'}")
     rows = []

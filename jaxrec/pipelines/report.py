@@ -174,50 +174,50 @@ def settings(pipeline, spec: ReportSpec) -> dict:
     return {"shared": shared, "per_row": differing}
 
 
-def _probe_results(pipeline, spec: ReportSpec) -> dict:
-    """The probe table: rows of {"label", "id_vectors_r2", "log_count_r2", ...}, and what it was measured on."""
+def _probe_results(pipeline, spec: ReportSpec, tested: dict[str, runs.RecommenderResults]) -> dict:
+    """The probe table: rows of {"label", "id_vectors_r2", "log_count_r2", ...}, and what it was measured
+    on; ``tested``: each compared stage's results, as :func:`results` read them."""
     from jaxrec.pipelines.config import stage_config
-    from jaxrec.seqrec.probe import ProbeTargets, gaussian_matrix
-    from jaxrec.tasks.seqrec import frozen_item_rows
+    from jaxrec.seqrec.probe import gaussian_matrix
+    from jaxrec.tasks.seqrec import frozen_item_table, id_probe_targets
 
     configs = {e.stage: stage_config(pipeline, e.stage) for e in spec.compare}
-    id_rows = [e for e in spec.compare if configs[e.stage].task == "seqrec" and configs[e.stage].recommender.items == "id"]
+    seqrec = [e for e in spec.compare if configs[e.stage].task == "seqrec"]
+    id_rows = [e for e in seqrec if configs[e.stage].recommender.items == "id"]
     if not id_rows:
         raise ConfigError(f"{pipeline.path}: report.probe needs an ID row (a seqrec stage with recommender.items: id) "
                           "among report.compare to probe against")
-    id_config, id_run = configs[id_rows[0].stage], pipeline.stages[id_rows[0].stage].run_dir
-    data = id_config.data.load(id_config.seed, log=lambda *_: None)
+    against, seeds = id_rows[0], tested[id_rows[0].stage].seeds
+    id_config, id_run = configs[against.stage], pipeline.stages[against.stage].run_dir
+    data, targets = id_probe_targets(id_config, id_run, seeds[0])
     item_ids = [str(i) for i in data.item_ids]
-    seeds = runs.recommender_results(id_run).seeds
-    targets = ProbeTargets.of(data, runs.item_table(id_run, item_ids, seeds[0]))
-    rows, seen, width = [], {}, None
-    for entry in spec.compare:
-        recommender = configs[entry.stage].recommender if configs[entry.stage].task == "seqrec" else None
-        if recommender is None or recommender.items == "id":
+    rows, scored, width = [], {}, None
+    for entry in seqrec:
+        recommender = configs[entry.stage].recommender
+        if recommender.items == "id":
             continue
         if configs[entry.stage].data != id_config.data:
             raise ConfigError(f"{pipeline.path}: report.probe: stage {entry.stage} reads other data than the ID row "
-                              f"{id_rows[0].stage}; probe rows of one dataset")
-        key = (recommender.embeddings, recommender.conditioning, recommender.pca)
-        if key not in seen:
-            raw, transform = frozen_item_rows(recommender, item_ids)
-            matrix = np.concatenate([np.zeros((1, raw.shape[1]), np.float32), transform(raw)])
-            seen[key], width = targets.score(matrix), matrix.shape[1]
-        rows.append({"label": entry.label, **seen[key]})
+                              f"{against.stage}; probe rows of one dataset")
+        key = (recommender.embeddings, recommender.conditioning, recommender.pca)  # what the matrix depends on
+        if key not in scored:
+            matrix = frozen_item_table(recommender, item_ids)
+            scored[key], width = targets.score(matrix), matrix.shape[1]
+        rows.append({"label": entry.label, **scored[key]})
     if width is not None:
         rows.append({"label": f"Gaussian noise, {width} wide (the floor)",
                      **targets.score(gaussian_matrix(len(item_ids), width))})
     if len(seeds) > 1:
-        rows.append({"label": f"{id_rows[0].label}: the ID vectors of seed {seeds[1]} (the ceiling)",
+        rows.append({"label": f"{against.label}: the ID vectors of seed {seeds[1]} (the ceiling)",
                      **targets.score(runs.item_table(id_run, item_ids, seeds[1]))})
-    return {"against": id_rows[0].label, "seed": seeds[0], "items": int(len(targets.items)), "rows": rows}
+    return {"against": against.label, "seed": seeds[0], "items": int(len(targets.items)), "rows": rows}
 
 
 def results(pipeline, spec: ReportSpec) -> dict:
-    rows = []
+    rows, opened = [], {}
     for entry in spec.compare:
         run_dir = pipeline.stages[entry.stage].run_dir
-        tested = runs.recommender_results(run_dir)
+        tested = opened[entry.stage] = runs.recommender_results(run_dir)
         over = tested.over_seeds.get(spec.protocol)
         if over is None:
             raise ConfigError(f"report.protocol {spec.protocol}: stage {entry.stage} did not evaluate it "
@@ -238,7 +238,7 @@ def results(pipeline, spec: ReportSpec) -> dict:
              "groups": spec.groups, "hit_ratio": spec.hit_ratio, "shuffle": spec.shuffle, "slices": spec.slices,
              "settings": configured["shared"]}
     if spec.probe:
-        table["probe"] = _probe_results(pipeline, spec)
+        table["probe"] = _probe_results(pipeline, spec, opened)
     return table
 
 

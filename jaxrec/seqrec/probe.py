@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from jaxrec.data.prep import SeqData
+from jaxrec.seqrec.histories import item_popularity
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
@@ -73,7 +74,7 @@ class ProbeTargets:
     @classmethod
     def of(cls, data: SeqData, id_table: np.ndarray) -> "ProbeTargets":
         """From a dataset and an ID recommender's item table [num_items + 1, hidden] trained on it."""
-        counts = np.bincount(np.concatenate(data.train_sequences()), minlength=data.num_items + 1)
+        counts = item_popularity(data)
         items = np.flatnonzero(counts > 0)
         items = items[items > 0]
         return cls(items, np.asarray(id_table)[items], np.log1p(counts[items]))

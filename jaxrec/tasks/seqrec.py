@@ -22,11 +22,12 @@ from jaxrec import runs
 from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, RunError
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
 from jaxrec.seqrec.histories import training_examples, training_user_items, trim_padding, trimmed_width
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
+from jaxrec.seqrec.probe import ProbeTargets
 from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, align_slots, backbone_class,
                                        backbone_config, counts_align_targets, init_variables, item_slots,
                                        make_objective, maps_batch_items)
@@ -52,13 +53,24 @@ def frozen_item_rows(spec: RecommenderSpec, item_ids: list[str]) -> tuple[np.nda
     return raw, frozen_matrix_transform(raw, spec.conditioning, spec.pca)
 
 
-def _llm_items(config: SeqrecConfig, item_ids: list[str]) -> np.ndarray | None:
-    spec = config.recommender
+def frozen_item_table(spec: RecommenderSpec, item_ids: list[str]) -> np.ndarray | None:
+    """The frozen LLM matrix [len(item_ids), d] as the recommender reads it (conditioned,
+    PCA-reduced; row 0, padding, zero), or None for ID items."""
     if spec.items == "id":
         return None
     raw, transform = frozen_item_rows(spec, item_ids)
     rows = transform(raw)
     return np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
+
+
+def id_probe_targets(config: SeqrecConfig, run_dir, seed: int) -> tuple[SeqData, ProbeTargets]:
+    """The data of a finished ID recommender's run and what the linear probe fits to
+    (:class:`~jaxrec.seqrec.probe.ProbeTargets`): the item vectors of its ``seed``."""
+    if config.recommender.items != "id":
+        raise RunError(f"{run_dir}: the probe needs an ID recommender's run (recommender.items: id), "
+                       f"not one with items {config.recommender.items!r}")
+    data = config.data.load(config.seed, log=lambda *_: None)
+    return data, ProbeTargets.of(data, runs.item_table(run_dir, [str(i) for i in data.item_ids], seed))
 
 
 def _align_items(config: SeqrecConfig, item_ids: list[str], seed: int) -> np.ndarray | None:
@@ -82,7 +94,7 @@ class _Setup:
         spec = self.spec = config.recommender
         self.config, self.data = config, data
         self.item_ids = [str(i) for i in data.item_ids]
-        self.llm_items = _llm_items(config, self.item_ids)
+        self.llm_items = frozen_item_table(config.recommender, self.item_ids)
         self.model = Recommender(
             spec, data.num_items, 0 if self.llm_items is None else self.llm_items.shape[1],
             0 if spec.align_to is None else adapter_output_width(spec),
