@@ -69,6 +69,15 @@ WHITENING_FLOOR = 1e-4
 (numerically zero: whitening would blow up rounding noise)."""
 
 
+def _principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean row, standard deviation along each principal direction, the directions as rows),
+    largest first, of the rows of ``x``."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=0)
+    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, singular / np.sqrt(len(x)), vt
+
+
 def fit_whitening(x: np.ndarray, dim: int | None = None) -> RowTransform:
     """Centred rows rotated onto their principal directions (the top ``dim``, or every
     direction above :data:`WHITENING_FLOOR`), each divided by its standard deviation, then
@@ -76,16 +85,13 @@ def fit_whitening(x: np.ndarray, dim: int | None = None) -> RowTransform:
     factor. Mean-pooled LLM rows spread their variance over few directions (SmolLM2's top 5
     of 576 hold a third of it), and a linear adapter trained by gradient descent learns a
     direction at a speed that grows with its variance; whitened, every direction learns alike."""
-    x = np.asarray(x, np.float64)
-    mean = x.mean(axis=0)
-    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
-    std = singular / np.sqrt(len(x))
-    keep = int(np.count_nonzero(std > WHITENING_FLOOR * std[0])) if dim is None else dim
-    if dim is not None and (dim > len(std) or std[dim - 1] <= WHITENING_FLOOR * std[0]):
-        raise ValueError(f"cannot keep {dim} whitened components of a {x.shape} matrix of rank about "
-                         f"{int(np.count_nonzero(std > WHITENING_FLOOR * std[0]))}")
-    projection = vt[:keep].T / (std[:keep] * np.sqrt(keep))
-    return RowTransform(mean, np.ones(x.shape[1]), projection, np.zeros(x.shape[1]))
+    mean, std, vt = _principal_axes(x)
+    rank = int(np.count_nonzero(std > WHITENING_FLOOR * std[0]))
+    if dim is not None and dim > rank:
+        raise ValueError(f"cannot keep {dim} whitened components of a {np.shape(x)} matrix of rank about {rank}")
+    keep = rank if dim is None else dim
+    return dataclasses.replace(fit_conditioning(x, "none"), projection=vt[:keep].T / (std[:keep] * np.sqrt(keep)),
+                               projection_shift=mean)
 
 
 def condition(x: np.ndarray, how: str) -> np.ndarray:
@@ -99,8 +105,7 @@ def fit_pca(transform: RowTransform, x: np.ndarray, dim: int) -> RowTransform:
     conditioned = transform(x)
     if dim > min(conditioned.shape):
         raise ValueError(f"cannot keep {dim} components of a {conditioned.shape} matrix")
-    mean = np.asarray(conditioned, np.float64).mean(axis=0)
-    _, _, vt = np.linalg.svd(conditioned - mean, full_matrices=False)
+    mean, _, vt = _principal_axes(conditioned)
     return dataclasses.replace(transform, projection=vt[:dim].T, projection_shift=mean)
 
 
