@@ -89,7 +89,11 @@ def build(cls, data: Any, prefix: str = ""):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
+        if key in moved and (key not in fields or not isinstance(data[key], Mapping)):
+            raise ConfigError(f"'{prefix}{key}' is now '{prefix}{'.'.join(moved[key])}'; valid keys under {where}: "
+                              f"{', '.join(fields)}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -101,6 +105,26 @@ def build(cls, data: Any, prefix: str = ""):
         return cls(**values)
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def as_stored_now(cls, data):
+    """A config tree that a run stored, in the shape of today's ``cls``: a key that a class has
+    moved (its ``MOVED_KEYS``: old key -> path under the class) goes to its new place, in nested
+    sections too. A config a user writes gets an error naming the new place instead (:func:`build`)."""
+    if not isinstance(data, Mapping) or not dataclasses.is_dataclass(cls):
+        return data
+    moved, hints = getattr(cls, "MOVED_KEYS", {}), typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    is_moved = lambda key, value: key in moved and (key not in fields or not isinstance(value, Mapping))
+    out = {key: as_stored_now(hints.get(key), value) for key, value in data.items() if not is_moved(key, value)}
+    for key, value in data.items():
+        if is_moved(key, value):
+            *sections, name = moved[key]
+            node = out
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
+    return out
 
 
 def apply_override(tree: dict, assignment: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -161,7 +162,7 @@ def save_recommender(run_dir: str | Path, out: str | Path) -> Path:
     tensors = {f"params/{k}": v for k, v in traverse_util.flatten_dict(trained.params, sep="/").items()}
     tensors["item_table"] = np.load(run.file("item_table"))
     return _write_arrays(out, "recommender.safetensors", tensors,
-                         {"kind": "recommender", "run": str(Path(run_dir).absolute()), "spec": trained.spec,
+                         {"kind": "recommender", "run": str(Path(run_dir).absolute()), "spec": dataclasses.asdict(trained.spec),
                           "item_ids": trained.item_ids,
                           "rows": "item_table row 0 is padding; row i (i >= 1) is the item item_ids[i - 1]",
                           "layout": "Flax parameters: Dense kernels are [in, out] (a torch.nn.Linear weight is "

@@ -24,12 +24,27 @@ class InputField:
 
 
 @functools.cache
-def input_fields(config_class: type) -> dict[tuple[str, str], InputField]:
-    """(section, field) -> :class:`InputField` over the sections of a config class
-    (read once per class: pipelines ask for every stage, several times)."""
-    hints = typing.get_type_hints(config_class)
+def input_fields(config_class: type) -> dict[tuple[str, ...], InputField]:
+    """Path of fields (such as ``("recommender", "items", "embeddings")``) -> :class:`InputField`
+    over the sections of a config class and the sections nested in them (read once per class:
+    pipelines ask for every stage, several times)."""
     found = {}
-    for section in dataclasses.fields(config_class):
-        for key, field in getattr(hints.get(section.name), "INPUTS", {}).items():
-            found[(section.name, key)] = field
+    for field in dataclasses.fields(config_class):
+        section = typing.get_type_hints(config_class).get(field.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for key, declared in getattr(section, "INPUTS", {}).items():
+            found[(field.name, key)] = declared
+        for path, declared in input_fields(section).items():
+            found[(field.name, *path)] = declared
     return found
+
+
+def value_at(node, path: tuple[str, ...]):
+    """The value at ``path`` in a config object or a config tree (nested dicts); None where
+    a section on the way is missing."""
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+        if node is None:
+            return None
+    return node

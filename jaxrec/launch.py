@@ -20,7 +20,7 @@ pipelines:
   order in RUN_DIR/<stage>. Sections written at the top level (data, model, seed, ...) are
   shared by every stage whose task has them; a stage's own keys win. A stage reads an
   earlier stage's results by naming it where a run directory goes:
-      model.init_from: csft          recommender.embeddings: embed
+      model.init_from: csft          recommender.items.embeddings: embed
   'include: [other.yaml]' adds another pipeline's stages (run in that pipeline's directory),
   so pipelines share stages instead of training them twice.
   Launched again, a finished stage whose config and inputs are unchanged is skipped, an

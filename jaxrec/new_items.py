@@ -35,18 +35,18 @@ class NewItemEncoder:
         from jaxrec.tasks.seqrec import frozen_item_rows
 
         spec = config.recommender
-        if spec.items == "id":
+        if not spec.items.uses_llm:
             raise RunError("this run's items are ID embeddings, which exist only for items it trained on; "
-                           "new items need a run with recommender.items: llm or id+llm")
+                           "new items need a run with recommender.items.kind: llm or id+llm")
         if backbone_class(spec).masks_items:
-            raise RunError(f"{spec.model} runs do not take new items (the mask token's row follows the catalogue)")
-        location = spec.embeddings
+            raise RunError(f"{spec.backbone.model} runs do not take new items (the mask token's row follows the catalogue)")
+        location = spec.items.embeddings
         if not runs.is_run(location):
-            raise RunError(f"recommender.embeddings is {location}, a matrix made outside jaxrec: there is no "
+            raise RunError(f"recommender.items.embeddings is {location}, a matrix made outside jaxrec: there is no "
                            "encoder to embed new items with; use a run whose embeddings come from an encode run")
-        encode_run = runs.open_run(location, "recommender.embeddings")
+        encode_run = runs.open_run(location, "recommender.items.embeddings")
         encode_config = encode_run.config(EncodeConfig)
-        _, transform = frozen_item_rows(spec, item_ids)
+        _, transform = frozen_item_rows(spec.items, item_ids)
         lm = encode_config.model.load()
         return cls(lm, encode_config.encode, transform, str(location))
 

@@ -94,7 +94,7 @@ def _seqrec_scorer(config, data, trained: runs.TrainedRecommender) -> _Scorer:
     spec = config.recommender
     users = jax.jit(lambda h, items: model.apply(variables, h, items, method=Module.user_vectors))
     return _Scorer(lambda h, items, _users: users(h, items), np.asarray(model.apply(variables, method=Module.items)),
-                   spec.max_history - backbone_class(spec).readout_slots,
+                   spec.backbone.max_history - backbone_class(spec).readout_slots,
                    lambda rows: np.asarray(model.apply(variables, jnp.asarray(rows), method=Module.new_item_vectors)))
 
 

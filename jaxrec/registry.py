@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxrec.config import apply_override, build, culprit_override, read_tree
+from jaxrec.config import apply_override, as_stored_now, build, culprit_override, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.methods import llm2rec, llmemb, llmsrec
 from jaxrec.tasks import encode, seqrec
@@ -31,10 +31,13 @@ def config_class(task: str, origin: str = "config") -> type:
     return TASKS[task].config
 
 
-def build_config(tree: dict, origin: str = "config") -> TaskConfig:
-    """Validate a config tree into the config class of its ``task`` (default ``encode``)."""
+def build_config(tree: dict, origin: str = "config", stored: bool = False) -> TaskConfig:
+    """Validate a config tree into the config class of its ``task`` (default ``encode``);
+    ``stored``: a tree a run stored, read in today's shape (:func:`~jaxrec.config.as_stored_now`)."""
     task = tree.get("task", DEFAULT_TASK)
     cls = config_class(task, origin)
+    if stored:
+        tree = as_stored_now(cls, tree)
     own = sections(cls)
     for key in tree:
         users = [name for name, t in TASKS.items() if key in sections(t.config)]

@@ -63,7 +63,7 @@ def _stored_config_as_now(stored: dict) -> dict | None:
     """A run's stored config read by today's config classes: options added since
     it ran take their defaults. None when it no longer reads (a key was removed)."""
     try:
-        return to_dict(build_config(stored))
+        return to_dict(build_config(stored, stored=True))
     except (ConfigError, TypeError, ValueError):
         return None
 

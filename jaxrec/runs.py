@@ -39,12 +39,13 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save
 
-from jaxrec.config import build
+from jaxrec.config import as_stored_now, build
 from jaxrec.errors import DataError, RunError
 from jaxrec.io import save_npy_atomic, sha256_file, write_bytes_atomic, write_json_atomic
 from jaxrec.models.layers import LoraSpec
 from jaxrec.models.lora import merge_lora
 from jaxrec.seqrec.item_vectors import load_item_embeddings
+from jaxrec.seqrec.spec import RecommenderSpec
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -202,7 +203,8 @@ class RunInfo:
     def config(self, config_class: type):
         """The config the run was made with, built as ``config_class`` (its run_dir left out:
         where a run was written is not part of what it did)."""
-        return build(config_class, {k: v for k, v in self.manifest["config"].items() if k != "run_dir"})
+        stored = {k: v for k, v in self.manifest["config"].items() if k != "run_dir"}
+        return build(config_class, as_stored_now(config_class, stored))
 
     def output(self, name: str) -> dict:
         outputs = self.manifest["outputs"]
@@ -366,12 +368,12 @@ def item_embeddings(location: str | Path, item_ids: list[str]) -> np.ndarray:
     ``item_embeddings.npy``) with ``item_ids.json`` beside it."""
     path = Path(location)
     if is_run(path):
-        return _load_matrix(open_run(path, "recommender.embeddings"), "item_embeddings", "item_ids", item_ids)
+        return _load_matrix(open_run(path, "recommender.items.embeddings"), "item_embeddings", "item_ids", item_ids)
     matrix = path / "item_embeddings.npy" if path.is_dir() else path
     ids = matrix.parent / "item_ids.json"
     for needed in (matrix, ids):
         if not needed.exists():
-            raise DataError(f"{needed} does not exist; point recommender.embeddings at an encode run directory "
+            raise DataError(f"{needed} does not exist; point recommender.items.embeddings at an encode run directory "
                             "or an .npy file with item_ids.json beside it")
     return load_item_embeddings(matrix, ids, item_ids)
 
@@ -380,19 +382,19 @@ def item_table(location: str | Path, item_ids: list[str], seed: int | None = Non
     """The trained item vectors of a seqrec run (or one seed directory of
     it); of a run that trained several seeds, those of ``seed``."""
     try:
-        run = open_run(location, "recommender.align_to")
+        run = open_run(location, "recommender.alignment.to")
         if not run.prefix and f"seed-{seed}/item_table" in run.manifest["outputs"]:
             run = dataclasses.replace(run, prefix=f"seed-{seed}/")
         run.output("item_table")
     except RunError as err:
-        raise DataError(f"{err}. recommender.align_to must be the run directory of a finished seqrec run with ID "
+        raise DataError(f"{err}. recommender.alignment.to must be the run directory of a finished seqrec run with ID "
                         "items (or one of its seed-<n> directories)") from None
     return _load_matrix(run, "item_table", "item_ids", item_ids)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRecommender:
-    spec: dict
+    spec: RecommenderSpec
     """The ``recommender`` section it was trained with."""
     params: dict
     item_ids: list[str]
@@ -409,7 +411,8 @@ def trained_recommender(location: str | Path, role: str = "the directory") -> Tr
     entry = run.output("recommender")
     params = traverse_util.unflatten_dict(load_file(str(run.file("recommender"))), sep="/")
     item_ids = json.loads(run.file("item_ids").read_text())
-    return TrainedRecommender(entry["spec"], params, item_ids, str(Path(location)))
+    spec = build(RecommenderSpec, as_stored_now(RecommenderSpec, entry["spec"]), prefix="recommender.")
+    return TrainedRecommender(spec, params, item_ids, str(Path(location)))
 
 
 # -- trained language models -------------------------------------------------

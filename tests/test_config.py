@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrec.config import ConfigError, to_yaml
+from jaxrec.config import ConfigError, to_dict, to_yaml
 from jaxrec.registry import load_config
 from jaxrec.tasks.encode import EncodeConfig
 
@@ -70,13 +70,14 @@ def test_missing_file_is_named(tmp_path):
 
 def test_a_config_extends_another_mappings_merged_and_the_rest_replaced(tmp_path):
     (tmp_path / "base.yaml").write_text(
-        "task: seqrec\nseed: 3\nrecommender: {model: gru4rec, hidden: 32, layers: 2}\n"
+        "task: seqrec\nseed: 3\nrecommender: {backbone: {model: gru4rec, hidden: 32, layers: 2}}\n"
         "evaluation: {ks: [5, 10, 20]}\nrun_dir: runs/base\n")
-    (tmp_path / "middle.yaml").write_text("extends: base.yaml\nrecommender: {hidden: 16}\n")
+    (tmp_path / "middle.yaml").write_text("extends: base.yaml\nrecommender: {backbone: {hidden: 16}}\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "top.yaml").write_text("extends: ../middle.yaml\nevaluation: {ks: [10]}\nrun_dir: runs/top\n")
-    config = load_config(tmp_path / "sub" / "top.yaml", ["recommender.layers=1"])
-    assert (config.recommender.model, config.recommender.hidden, config.recommender.layers) == ("gru4rec", 16, 1)
+    config = load_config(tmp_path / "sub" / "top.yaml", ["recommender.backbone.layers=1"])
+    backbone = config.recommender.backbone
+    assert (backbone.model, backbone.hidden, backbone.layers) == ("gru4rec", 16, 1)
     assert (config.evaluation.ks, config.seed, config.run_dir) == ([10], 3, "runs/top")
 
 
@@ -145,7 +146,7 @@ def test_exponent_floats_without_a_dot_are_numbers_but_quoted_strings_are_not():
 
 def test_a_section_the_task_does_not_use_names_the_tasks_that_do(tmp_path):
     with pytest.raises(ConfigError, match=r"section 'recommender' is not used by task 'mntp' \(it belongs to seqrec\)"):
-        load_config(None, ["task=mntp", "recommender.hidden=8"])
+        load_config(None, ["task=mntp", "recommender.backbone.hidden=8"])
     with pytest.raises(ConfigError, match=r"section 'masking' is not used by task 'encode' \(it belongs to mntp, contrastive\)"):
         load_config(_write(tmp_path, "masking:\n  rate: 0.2\n"))
     with pytest.raises(ConfigError, match="task: expected one of encode, csft"):
@@ -197,7 +198,7 @@ def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
 
 def test_seqrec_dropout_range():
     with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\)"):
-        load_config(None, ["task=seqrec", "recommender.dropout=1.5"])
+        load_config(None, ["task=seqrec", "recommender.backbone.dropout=1.5"])
 
 
 def test_layering_model_core_and_library_modules():
@@ -322,9 +323,10 @@ def test_shipped_configs_follow_the_authors_where_they_say_so():
     paper = load_pipeline(configs / "llm2rec" / "qwen2_0.5b_paper.yaml")
     assert stage_config(paper, "embed").encode.mask == "causal"
     sasrec, gru4rec = stage_config(paper, "sasrec"), stage_config(paper, "gru4rec")
-    assert (sasrec.recommender.embedding_init, sasrec.recommender.adapter_init, sasrec.recommender.conditioning) == \
-        (1.0, "xavier_normal", "none")
-    assert sasrec.optimizer.decay_all and not gru4rec.recommender.gru_bias and not gru4rec.recommender.output_layer
+    assert (sasrec.recommender.backbone.embedding_init, sasrec.recommender.items.adapter_init,
+            sasrec.recommender.items.conditioning) == (1.0, "xavier_normal", "none")
+    gru = gru4rec.recommender.backbone
+    assert sasrec.optimizer.decay_all and not gru.gru_bias and not gru.output_layer
     ablation = load_pipeline(configs / "llm2rec" / "ablation_video_games.yaml")
     causal_mean = stage_config(ablation, "embed_causal_mean").encode
     assert (causal_mean.mask, causal_mean.pooling) == ("causal", "mean")
@@ -332,22 +334,57 @@ def test_shipped_configs_follow_the_authors_where_they_say_so():
     assert {"sasrec_causal_mean", "sasrec_id"} <= rows
     same = lambda name: {k: v for k, v in dataclasses.asdict(stage_config(ablation, name)).items() if k != "run_dir"}
     id_row, llm_row = same("sasrec_id"), same("sasrec_contrastive")
-    assert id_row["recommender"]["items"] == "id" and llm_row["recommender"]["items"] == "llm"
+    assert id_row["recommender"]["items"]["kind"] == "id" and llm_row["recommender"]["items"]["kind"] == "llm"
     for section in ("optimizer", "loop", "batch", "evaluation"):
         assert id_row[section] == llm_row[section], section
     teacher = stage_config(load_pipeline(configs / "llmsrec" / "smollm2_ml100k.yaml"), "teacher")
-    assert (teacher.recommender.positions, teacher.recommender.weight_init) == ("from_end", "xavier_normal")
+    assert (teacher.recommender.backbone.positions, teacher.recommender.backbone.weight_init) == ("from_end", "xavier_normal")
     assert teacher.batch.with_replacement and teacher.optimizer.b2 == 0.98
     assert (teacher.loop.epochs, teacher.loop.patience, teacher.loop.eval_every) == (200, 0, 0)
 
 
+def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read():
+    """A config a user writes in the flat form of earlier versions gets an error naming each key's
+    new place; a run stored in that form reads as today's sections (the same config, so a pipeline
+    skips it), and its checkpoints' identity keeps the flat names (so they still resume)."""
+    from jaxrec.registry import build_config
+    from jaxrec.run_dir import same_config
+    from jaxrec.tasks.seqrec import _identity
+
+    with pytest.raises(ConfigError, match=r"'recommender.hidden' is now 'recommender.backbone.hidden'"):
+        build_config({"task": "seqrec", "recommender": {"hidden": 32}})
+    with pytest.raises(ConfigError, match=r"'recommender.items' is now 'recommender.items.kind'"):
+        build_config({"task": "seqrec", "recommender": {"items": "llm", "embeddings": "e"}})
+    with pytest.raises(ConfigError, match=r"'recommender.align_to' is now 'recommender.alignment.to'"):
+        build_config({"task": "seqrec", "recommender": {"align_to": "r"}})
+
+    flat = {"model": "gru4rec", "hidden": 32, "items": "id+llm", "embeddings": "e", "id_dropout": 0.2,
+            "align_to": "r", "align_items": None, "align_weight": 0.5, "examples": "chunks"}
+    stored = {"task": "seqrec", "seed": 4, "recommender": flat}
+    config = build_config(stored, stored=True)
+    spec = config.recommender
+    assert (spec.backbone.model, spec.backbone.hidden, spec.examples) == ("gru4rec", 32, "chunks")
+    assert (spec.items.kind, spec.items.embeddings, spec.items.id_dropout) == ("id+llm", "e", 0.2)
+    assert (spec.alignment.to, spec.alignment.max_items, spec.alignment.weight) == ("r", None, 0.5)
+    sectioned = {"task": "seqrec", "seed": 4, "recommender": {
+        "backbone": {"model": "gru4rec", "hidden": 32}, "items": {"kind": "id+llm", "embeddings": "e", "id_dropout": 0.2},
+        "alignment": {"to": "r", "max_items": None, "weight": 0.5}, "examples": "chunks"}}
+    today = to_dict(build_config(sectioned))
+    assert today == to_dict(config)
+    assert same_config(today, {"config": stored, "config_hash": "of the stored tree"})
+    assert not same_config(to_dict(build_config({**sectioned, "seed": 5})), {"config": stored})
+    assert _identity(config, 0)["recommender"] == flat
+
+
 def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():
     from jaxrec.config import non_default_fields
-    from jaxrec.seqrec.spec import RecommenderSpec
+    from jaxrec.seqrec.spec import BackboneSpec, ItemsSpec, RecommenderSpec
     from jaxrec.tasks.seqrec import SeqrecConfig
 
-    spec = RecommenderSpec(hidden=128, conditioning="standardize", adapter=[768])
-    assert non_default_fields(spec) == {"hidden": 128, "conditioning": "standardize", "adapter": [768]}
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=128),
+                           items=ItemsSpec(conditioning="standardize", adapter=[768]))
+    assert non_default_fields(spec) == {"backbone": {"hidden": 128},
+                                        "items": {"conditioning": "standardize", "adapter": [768]}}
     config = SeqrecConfig(recommender=spec)
     assert non_default_fields(config)["recommender"] == non_default_fields(spec)
     assert "recommender" not in non_default_fields(SeqrecConfig())
@@ -356,17 +393,17 @@ def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():
 def test_every_field_a_task_reads_is_declared_by_its_section_and_checked_before_a_run(tmp_path):
     """The files and runs a config names are declared where their sections are (``INPUTS``):
     each declared name is a field of its section, and check_inputs names a missing one."""
-    from jaxrec.inputs import input_fields
+    from jaxrec.inputs import input_fields, value_at
     from jaxrec.registry import TASKS
     from jaxrec.tasks.specs import check_inputs
 
     for task in TASKS.values():
-        for section, key in input_fields(task.config):
-            spec = getattr(task.config(), section)
-            assert key in {f.name for f in dataclasses.fields(spec)}, (task.name, section, key)
+        for *sections, key in input_fields(task.config):
+            spec = value_at(task.config(), tuple(sections))
+            assert key in {f.name for f in dataclasses.fields(spec)}, (task.name, sections, key)
     seqrec = input_fields(TASKS["seqrec"].config)
-    assert {("data", "name"), ("recommender", "embeddings"), ("recommender", "align_to")} == set(seqrec)
-    assert seqrec[("recommender", "align_to")].run and not seqrec[("data", "name")].run
+    assert {("data", "name"), ("recommender", "items", "embeddings"), ("recommender", "alignment", "to")} == set(seqrec)
+    assert seqrec[("recommender", "alignment", "to")].run and not seqrec[("data", "name")].run
     llmsrec = input_fields(TASKS["llmsrec"].config)
     assert {("distill", "teacher"), ("model", "init_from"), ("model", "name")} <= set(llmsrec)
     assert llmsrec[("model", "name")].asset and llmsrec[("model", "name")].run

@@ -5,6 +5,7 @@ with its greedy continuations, and the refusals that name the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -160,14 +161,14 @@ def test_item_embeddings_and_recommender_export_with_their_id_maps(tiny_checkpoi
 
     seqrec = tmp_path / "sasrec"
     settings = ["task=seqrec", f"data.name={write_successor_dataset(tmp_path / 'successor')}", "data.k_core=1",
-                f"run_dir={seqrec}", "recommender.hidden=16", "loop.epochs=1", "evaluation.seeds=[0, 1]"]
+                f"run_dir={seqrec}", "recommender.backbone.hidden=16", "loop.epochs=1", "evaluation.seeds=[0, 1]"]
     assert launch.main([a for s in settings for a in ("--set", s)]) == 0
     assert export.main(["--run", str(seqrec), "--to", str(tmp_path / "nope")]) == 2
     assert "it trained several seeds: name one of" in capsys.readouterr().err
     assert export.main(["--run", str(seqrec / "seed-1"), "--to", str(tmp_path / "sasrec-out")]) == 0
     description = json.loads((tmp_path / "sasrec-out" / "description.json").read_text())
     trained = runs.trained_recommender(seqrec / "seed-1")
-    assert description["spec"] == trained.spec and description["item_ids"] == trained.item_ids
+    assert description["spec"] == dataclasses.asdict(trained.spec) and description["item_ids"] == trained.item_ids
     tensors = load_file(str(tmp_path / "sasrec-out" / "recommender.safetensors"))
     np.testing.assert_array_equal(tensors.pop("item_table"), np.load(seqrec / "seed-1" / "item_table.npy"))
     params = traverse_util.flatten_dict(trained.params, sep="/")

@@ -105,7 +105,7 @@ def test_bce_negatives_are_never_the_users_training_items():
 
     data = _toy_data()  # user a: items 1-4 train, 5 validation, 6 test (of 13 items)
     config = SeqrecConfig()
-    config.recommender.loss, config.recommender.negatives, config.recommender.max_history = "bce", 3, 3
+    config.recommender.loss, config.recommender.negatives, config.recommender.backbone.max_history = "bce", 3, 3
     config.recommender.examples = "chunks"
     setup = _Setup(config, data)
     drawn_by_a = set()
@@ -130,7 +130,8 @@ def test_bert4rec_examples_come_twice_with_the_last_item_copies():
     from jaxrec.tasks.seqrec import SeqrecConfig, _Setup
 
     config = SeqrecConfig()
-    config.recommender.model, config.recommender.examples, config.recommender.max_history = "bert4rec", "sequences", 4
+    config.recommender.backbone.model, config.recommender.backbone.max_history = "bert4rec", 4
+    config.recommender.examples = "sequences"
     setup = _Setup(config, _toy_data())
     n = len(setup.examples)
     mask_last = setup.batch(np.arange(setup.count), np.random.default_rng(0))["mask_last"]
@@ -143,12 +144,14 @@ def test_bert4rec_examples_come_twice_with_the_last_item_copies():
 @pytest.mark.parametrize("limit", [None, 64, 5])
 def test_rat_alignment_covers_the_batchs_target_items(limit):
     from jaxrec.seqrec.recommender import Recommender, init_variables
-    from jaxrec.seqrec.spec import RecommenderSpec
+    from jaxrec.seqrec.spec import AlignmentSpec, BackboneSpec, ItemsSpec, RecommenderSpec
 
     rng = np.random.default_rng(0)
     llm, aligned = rng.normal(size=(11, 6)).astype(np.float32), rng.normal(size=(11, 4)).astype(np.float32)
     llm[0] = aligned[0] = 0
-    spec = RecommenderSpec(hidden=4, items="llm", embeddings="x", align_to="y", align_items=limit, max_history=5)
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=4, max_history=5),
+                           items=ItemsSpec(kind="llm", embeddings="x"),
+                           alignment=AlignmentSpec(to="y", max_items=limit))
     model = Recommender(spec, 10, llm_dim=6, align_dim=4)
     variables = init_variables(model, jax.random.key(0), llm, aligned)
     adapted = np.asarray(model.apply(variables, method=Recommender.adapted_llm_items))
@@ -191,15 +194,19 @@ def test_rat_over_every_target_scores_the_batchs_real_targets_only_with_the_same
     every position, padding included, and its loss and gradients are the same
     (and the same under a cap the batch does not reach)."""
     from jaxrec.seqrec.recommender import Recommender, align_slots, init_variables, item_slots
-    from jaxrec.seqrec.spec import RecommenderSpec
+    from jaxrec.seqrec.spec import AlignmentSpec, BackboneSpec, ItemsSpec, RecommenderSpec
 
     rng = np.random.default_rng(1)
     num_items, length, users = 200, 16, 6
     llm = rng.normal(size=(num_items + 1, 12)).astype(np.float32)
     aligned = rng.normal(size=(num_items + 1, 8)).astype(np.float32)
     llm[0] = aligned[0] = 0
-    spec = RecommenderSpec(hidden=8, items="llm", embeddings="x", adapter=[10], align_to="y", align_items=cap,
-                           max_history=length, examples="sequences", loss=loss_kind, negatives=2, dropout=0.3)
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=8, max_history=length, dropout=0.3),
+                           items=ItemsSpec(kind="llm", embeddings="x", adapter=[10]),
+                           alignment=AlignmentSpec(to="y", max_items=cap),
+                           examples="sequences",
+                           loss=loss_kind,
+                           negatives=2)
     model = Recommender(spec, num_items, llm_dim=12, align_dim=8)
     variables = init_variables(model, jax.random.key(0), llm, aligned)
     lengths = np.array([16, 3, 5, 1, 9, 2])
@@ -221,16 +228,19 @@ def test_bce_step_on_the_batchs_items_equals_the_whole_catalogue(items, align):
     """Scoring only the batch's items (item_slots) gives the loss and gradients of
     the whole table: the adapter's other rows never reach a BCE loss."""
     from jaxrec.seqrec.recommender import Recommender, init_variables, item_slots
-    from jaxrec.seqrec.spec import RecommenderSpec
+    from jaxrec.seqrec.spec import AlignmentSpec, BackboneSpec, ItemsSpec, RecommenderSpec
 
     rng = np.random.default_rng(0)
     num_items, length = 300, 6
     llm = rng.normal(size=(num_items + 1, 12)).astype(np.float32)
     aligned = rng.normal(size=(num_items + 1, 8)).astype(np.float32)
     llm[0] = aligned[0] = 0
-    spec = RecommenderSpec(hidden=8, items=items, combine="concat", embeddings="x", adapter=[10],
-                           align_to="y" if align else None, align_items=7, max_history=length,
-                           examples="sequences", loss="bce", negatives=2, dropout=0.3)
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=8, max_history=length, dropout=0.3),
+                           items=ItemsSpec(kind=items, combine="concat", embeddings="x", adapter=[10]),
+                           alignment=AlignmentSpec(to="y" if align else None, max_items=7),
+                           examples="sequences",
+                           loss="bce",
+                           negatives=2)
     model = Recommender(spec, num_items, llm_dim=12, align_dim=8 if align else 0)
     variables = init_variables(model, jax.random.key(0), llm, aligned if align else None)
     history = rng.integers(1, num_items + 1, size=(4, length)).astype(np.int32)
@@ -260,10 +270,10 @@ def test_llmemb_pipeline_end_to_end_with_its_long_tail_report(beauty_slice, tmp_
     settings = [f"run_dir={run_dir}", f"model.name={model_dir}", f"data.name={data}", "data.k_core=1",
                 "trainable.lora_rank=4", "stages.scft.batch.size=8", "stages.scft.batch.max_length=48",
                 "stages.scft.loop.steps=3", "stages.scft.loop.save_every=1", "stages.embed.encode.max_length=48",
-                "stages.llmemb.recommender.pca=16", "stages.llmemb.recommender.adapter=[24]"]
+                "stages.llmemb.recommender.items.pca=16", "stages.llmemb.recommender.items.adapter=[24]"]
     for stage in ("sasrec_id", "llmemb"):
         settings += [f"stages.{stage}.loop.epochs=2", f"stages.{stage}.batch.size=16",
-                     f"stages.{stage}.recommender.hidden=32", f"stages.{stage}.recommender.max_history=20",
+                     f"stages.{stage}.recommender.backbone.hidden=32", f"stages.{stage}.recommender.backbone.max_history=20",
                      f"stages.{stage}.evaluation.seeds=[0, 1]",
                      # 60 users: few items have many interactions
                      f"stages.{stage}.evaluation.tail_threshold=1", f"stages.{stage}.evaluation.popularity_edges=[1, 2]"]

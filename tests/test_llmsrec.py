@@ -161,8 +161,8 @@ def teacher_and_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llmsrec")
     data = write_successor_dataset(tmp / "data")
     teacher = tmp / "teacher"
-    args = ["task=seqrec", f"data.name={data}", "data.k_core=1", f"run_dir={teacher}", "recommender.hidden=16",
-            "recommender.heads=2", "recommender.max_history=6", "recommender.dropout=0.1", "batch.size=32",
+    args = ["task=seqrec", f"data.name={data}", "data.k_core=1", f"run_dir={teacher}", "recommender.backbone.hidden=16",
+            "recommender.backbone.heads=2", "recommender.backbone.max_history=6", "recommender.backbone.dropout=0.1", "batch.size=32",
             "optimizer.learning_rate=0.01", "loop.epochs=25", "loop.eval_every=1", "loop.monitor=recall@5", "loop.monitor_mode=max",
             "evaluation.shuffle=false"]
     assert launch.main([x for a in args for x in ("--set", a)]) == 0
@@ -326,7 +326,7 @@ def test_llmsrec_pipeline_with_both_ablations_and_the_diagnostics_report(tmp_pat
     run_dir = tmp_path_factory.mktemp("llmsrec-pipeline") / "run"
     settings = [f"run_dir={run_dir}", f"model.name={model_dir}", f"data.name={data}", "data.sample_items=null",
                 "data.sample_users=null", "evaluation.sampled_negatives=20", "evaluation.batch_size=16",
-                "stages.teacher.loop.epochs=10", "stages.teacher.recommender.max_history=20"]
+                "stages.teacher.loop.epochs=10", "stages.teacher.recommender.backbone.max_history=20"]
     for stage in ("llmsrec", "without_distillation_and_uniformity", "without_uniformity"):
         settings += [f"stages.{stage}.distill.head_hidden=32", f"stages.{stage}.distill.out_dim=16",
                      f"stages.{stage}.batch.size=8", f"stages.{stage}.loop.epochs=1"]

@@ -74,7 +74,7 @@ def _quickstart_args(run_dir: Path, data: Path, model_dir: Path) -> list[str]:
         settings.append(f"stages.{stage}.encode.batch_size=16")
     for stage in ("sasrec_id", "sasrec_untrained", "sasrec_llm2rec", "sasrec_id_llm2rec"):
         settings += [f"stages.{stage}.loop.epochs=2", f"stages.{stage}.evaluation.seeds=[0, 1]",
-                     f"stages.{stage}.batch.size=16", f"stages.{stage}.recommender.hidden=32"]
+                     f"stages.{stage}.batch.size=16", f"stages.{stage}.recommender.backbone.hidden=32"]
     return ["--config", str(QUICKSTART)] + [a for s in settings for a in ("--set", s)]
 
 
@@ -103,7 +103,7 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
         for name in run.manifest["outputs"]:
             assert run.file(name).is_file()
     assert runs.read_manifest(first / "mntp")["chain"][0]["task"] == "csft"
-    assert runs.read_manifest(first / "sasrec_llm2rec")["inputs"]["recommender.embeddings"]["run"] == \
+    assert runs.read_manifest(first / "sasrec_llm2rec")["inputs"]["recommender.items.embeddings"]["run"] == \
         str((first / "embed").absolute())
     trained = np.load(first / "embed" / "item_embeddings.npy")
     untrained = np.load(first / "embed_untrained" / "item_embeddings.npy")
@@ -117,9 +117,9 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     report = (first / "results.md").read_text()
     assert "| SASRec, ID only | " in report and "mean ± std over 2 seeds" in report
     # the settings every row shares are stated once, and what differs per row
-    assert "Every row trained and tested with: " in report and "recommender.hidden 32" in report
-    assert "- SASRec on LLM2Rec embeddings: recommender.conditioning standardize, recommender.embeddings embed, "\
-           "recommender.items llm" in report
+    assert "Every row trained and tested with: " in report and "recommender.backbone.hidden 32" in report
+    assert "- SASRec on LLM2Rec embeddings: recommender.items.conditioning standardize, recommender.items.embeddings embed, "\
+           "recommender.items.kind llm" in report
     slices = json.loads((first / "results.json").read_text())["rows"][0]["slices"]
     assert set(slices) == {"held-out cold items", "tail"} and "overall Recall@10 | overall NDCG@10" in report
     probe = json.loads((first / "results.json").read_text())["probe"]  # the LLM rows' matrices, a floor, a ceiling
@@ -202,7 +202,7 @@ def test_pipeline_config_errors_name_the_stage_and_the_fix(tmp_path):
                                              "  train: {task: mntp}\n")
     with pytest.raises(ConfigError, match="stage 'train' comes later"):
         load_pipeline(later)
-    unused = _write(tmp_path / "unused.yaml", "recommender: {hidden: 8}\nstages:\n  embed: {task: encode}\n")
+    unused = _write(tmp_path / "unused.yaml", "recommender: {backbone: {hidden: 8}}\nstages:\n  embed: {task: encode}\n")
     with pytest.raises(ConfigError, match="shared section 'recommender' is used by none"):
         load_pipeline(unused)
     no_task = _write(tmp_path / "no_task.yaml", "stages:\n  embed: {encode: {batch_size: 2}}\n")

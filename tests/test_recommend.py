@@ -29,15 +29,15 @@ def _test_recall(rec: recommend.Recommender, k: int) -> float:
 @pytest.mark.parametrize("items, model", [("id", "sasrec"), ("llm", "sasrec"), ("id", "bert4rec")])
 def test_api_scores_equal_the_runs_evaluation(seqrec_run, items, model, tmp_path, capsys):  # noqa: F811
     run, tmp = seqrec_run
-    overrides = ["loop.epochs=3", "evaluation.seeds=[0, 1]", f"recommender.model={model}"]
+    overrides = ["loop.epochs=3", "evaluation.seeds=[0, 1]", f"recommender.backbone.model={model}"]
     if model == "bert4rec":  # it reads a mask token's row after the catalogue's
         overrides.append("recommender.examples=sequences")
     if items == "llm":
         rng = np.random.default_rng(0)
         np.save(tmp / "emb.npy", rng.normal(size=(30, 12)).astype(np.float32) * 20)
         (tmp / "item_ids.json").write_text(json.dumps([f"i{i}" for i in range(30)]))
-        overrides += ["recommender.items=llm", f"recommender.embeddings={tmp / 'emb.npy'}",
-                      "recommender.conditioning=standardize"]
+        overrides += ["recommender.items.kind=llm", f"recommender.items.embeddings={tmp / 'emb.npy'}",
+                      "recommender.items.conditioning=standardize"]
     summary = run(tmp / "run", *overrides)
     rec = jaxrec.Recommender.load(tmp / "run")
     best = max(summary["per_seed"], key=lambda r: r["training"]["best_validation_recall@5"])
@@ -91,8 +91,8 @@ def llm_item_run(seqrec_run):  # noqa: F811
     save_tokenizer(model_dir, words)
     assert launch.main(["--set", "task=encode", "--set", f"model.name={model_dir}", "--set", f"data.name={tmp / 'data'}",
                         "--set", f"run_dir={tmp / 'embed'}"]) == 0
-    llm = ["recommender.items=llm", f"recommender.embeddings={tmp / 'embed'}", "recommender.conditioning=standardize",
-           "recommender.pca=8", "loop.epochs=2"]
+    llm = ["recommender.items.kind=llm", f"recommender.items.embeddings={tmp / 'embed'}", "recommender.items.conditioning=standardize",
+           "recommender.items.pca=8", "loop.epochs=2"]
     return (lambda out, *overrides: run(out, *llm, *overrides)), tmp
 
 

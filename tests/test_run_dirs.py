@@ -160,7 +160,8 @@ def _pipeline(tmp_path: Path, args: list[str]) -> Path:
             model: {{init_from: mntp}}
           sasrec:
             task: seqrec
-            recommender: {{items: llm, embeddings: embed, hidden: 16, layers: 1, heads: 1, ffn: 16, max_history: 4}}
+            recommender: {{items: {{kind: llm, embeddings: embed}},
+                          backbone: {{hidden: 16, layers: 1, heads: 1, ffn: 16, max_history: 4}}}}
             batch: {{size: 4}}
             loop: {{epochs: 1}}
             evaluation: {{seeds: [0]}}

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, SeqRecConfig, last_position
-from jaxrec.seqrec.spec import RecommenderSpec
+from jaxrec.seqrec.models import BERT4Rec, GRU4Rec, SASRec, last_position
+from jaxrec.seqrec.spec import BackboneSpec, ItemsSpec, RecommenderSpec
 
 
 def last_state(states, history):
@@ -19,7 +19,7 @@ def last_state(states, history):
     return jnp.take_along_axis(states, last_position(history)[:, None, None], axis=1)[:, 0]
 
 
-CONFIG = SeqRecConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_history=8)
+CONFIG = BackboneSpec(hidden=16, layers=2, heads=2, dropout=0.0, max_history=8)
 TABLE = jax.random.normal(jax.random.key(1), (21, 16))
 
 
@@ -66,7 +66,7 @@ def test_trailing_padding_does_not_change_the_user_state():
 
 
 def test_dropout_only_in_training():
-    model = SASRec(SeqRecConfig(hidden=16, layers=1, heads=1, dropout=0.5, max_history=8))
+    model = SASRec(BackboneSpec(hidden=16, layers=1, heads=1, dropout=0.5, max_history=8))
     history = jnp.asarray([[3, 7, 1, 9]])
     params = _init(model, history)
     np.testing.assert_array_equal(model.apply(params, history, TABLE), model.apply(params, history, TABLE))
@@ -173,8 +173,8 @@ def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):
     np.save(tmp_path / "item_embeddings.npy", matrix)
     (tmp_path / "item_ids.json").write_text(json.dumps([str(i) for i in range(1, 7)]))
     config = SeqrecConfig()
-    config.recommender = RecommenderSpec(items="llm", embeddings=str(tmp_path), conditioning="center_scale", pca=3)
-    table = frozen_item_table(config.recommender, [""] + [str(i) for i in range(1, 7)])
+    config.recommender = RecommenderSpec(items=ItemsSpec(kind="llm", embeddings=str(tmp_path), conditioning="center_scale", pca=3))
+    table = frozen_item_table(config.recommender.items, [""] + [str(i) for i in range(1, 7)])
     assert table.shape == (7, 3) and not table[0].any()
     np.testing.assert_allclose(table[1:], pca(condition(matrix, "center_scale"), 3), rtol=1e-5, atol=1e-6)
 
@@ -182,8 +182,8 @@ def test_seqrec_conditions_the_frozen_matrix_before_pca(tmp_path):
 def test_initialisation_options_of_positions_ids_and_adapter():
     from jaxrec.seqrec.recommender import Recommender
 
-    spec = RecommenderSpec(hidden=64, max_history=50, items="id+llm", embeddings="x", embedding_init=1.0,
-                           adapter_init="xavier_normal", adapter_norm=True)
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=64, max_history=50, embedding_init=1.0),
+                           items=ItemsSpec(kind="id+llm", embeddings="x", adapter_init="xavier_normal", adapter_norm=True))
     model = Recommender(spec, 400, llm_dim=300)
     params = model.init(jax.random.key(0), jnp.ones((1, 50), jnp.int32))["params"]
     positions = params["backbone"]["encoder"]["positions"]["embedding"]
@@ -192,7 +192,7 @@ def test_initialisation_options_of_positions_ids_and_adapter():
     kernel = params["adapter"]["dense_0"]["kernel"]
     assert np.std(kernel) == pytest.approx(np.sqrt(2 / (300 + 64)), rel=0.05)  # xavier normal
     assert "norm" in params["adapter"]
-    default = Recommender(RecommenderSpec(hidden=64, max_history=50), 400)
+    default = Recommender(RecommenderSpec(backbone=BackboneSpec(hidden=64, max_history=50)), 400)
     params = default.init(jax.random.key(0), jnp.ones((1, 50), jnp.int32))["params"]
     assert np.std(params["backbone"]["encoder"]["positions"]["embedding"]) == pytest.approx(0.02, rel=0.05)
 
@@ -200,7 +200,8 @@ def test_initialisation_options_of_positions_ids_and_adapter():
 def test_id_dropout_leaves_a_share_of_items_only_their_adapted_llm_part_in_training():
     from jaxrec.seqrec.recommender import Recommender, init_variables
 
-    spec = RecommenderSpec(hidden=16, max_history=5, items="id+llm", embeddings="x", id_dropout=0.3)
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=16, max_history=5),
+                           items=ItemsSpec(kind="id+llm", embeddings="x", id_dropout=0.3))
     model = Recommender(spec, 2000, llm_dim=12)
     llm = np.random.default_rng(0).normal(size=(2001, 12)).astype(np.float32)
     variables = init_variables(model, jax.random.key(0), llm, None)
@@ -215,7 +216,7 @@ def test_id_dropout_leaves_a_share_of_items_only_their_adapted_llm_part_in_train
     evaluated = np.asarray(model.apply(variables, method=Recommender.items))  # no dropping outside training
     np.testing.assert_allclose(evaluated[1:], ids[1:] + adapted[1:], rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="id_dropout drops the ID part"):
-        RecommenderSpec(items="llm", embeddings="x", id_dropout=0.3)
+        RecommenderSpec(items=ItemsSpec(kind="llm", embeddings="x", id_dropout=0.3))
 
 
 def test_next_item_losses_match_numpy():
@@ -336,7 +337,7 @@ def test_bert4rec_masking_as_llmemb_80_10_10_and_last_item_rows():
 def test_bert4rec_is_bidirectional_and_predicts_at_an_appended_mask():
     from jaxrec.seqrec.models import BERT4Rec
     from jaxrec.seqrec.recommender import Recommender
-    from jaxrec.seqrec.spec import RecommenderSpec
+
 
     model = BERT4Rec(CONFIG)
     history = jnp.asarray([[3, 7, 1, 9, 0, 0, 0, 0]])
@@ -345,7 +346,8 @@ def test_bert4rec_is_bidirectional_and_predicts_at_an_appended_mask():
     changed = np.asarray(model.apply(params, history.at[0, 3].set(11), TABLE))
     assert np.abs(changed[0, 0] - base[0, 0]).max() > 1e-4  # position 0 sees position 3
 
-    recommender = Recommender(RecommenderSpec(model="bert4rec", hidden=16, heads=2, max_history=5, examples="sequences"), 20)
+    recommender = Recommender(RecommenderSpec(backbone=BackboneSpec(model="bert4rec", hidden=16, heads=2, max_history=5),
+                                              examples="sequences"), 20)
     variables = recommender.init(jax.random.key(0), jnp.ones((1, 5), jnp.int32))
     short = jnp.asarray([[3, 7, 0, 0]])
     items = recommender.apply(variables, method=Recommender.items)
@@ -379,7 +381,7 @@ def test_query_residual_block_matches_the_public_pytorch_sasrec():
     LLM-SRec's code build on), written out in torch, on a full-length history
     (that code also lets real items attend to left padding; jaxrec never does)."""
     torch = pytest.importorskip("torch")
-    config = SeqRecConfig(hidden=16, layers=2, heads=2, ffn=16, dropout=0.0, max_history=6, norm_first=True,
+    config = BackboneSpec(hidden=16, layers=2, heads=2, ffn=16, dropout=0.0, max_history=6, norm_first=True,
                           query_residual=True, activation="relu", scale_embeddings=False)
     model, history = SASRec(config), jnp.asarray([[4, 9, 1, 17, 3, 12]])
     params = model.init(jax.random.key(3), history, TABLE)
@@ -410,7 +412,7 @@ def test_bias_free_gru4rec_without_output_layer_matches_torch_gru():
     """The authors' GRU4Rec: torch's GRU(bias=False), its last layer's states read out directly."""
     import torch
 
-    config = SeqRecConfig(hidden=16, layers=2, dropout=0.0, max_history=8, gru_bias=False, output_layer=False)
+    config = BackboneSpec(hidden=16, layers=2, dropout=0.0, max_history=8, gru_bias=False, output_layer=False)
     model = GRU4Rec(config)
     history = jnp.asarray([[3, 7, 1, 9, 0, 0, 0, 0], [2, 4, 6, 8, 10, 12, 14, 16]])
     params = model.init(jax.random.key(0), history, TABLE)["params"]
@@ -460,7 +462,7 @@ def test_recency_positions_and_xavier_init_of_the_public_pytorch_sasrec():
     short = model.apply(params, history[:, :3][1:2], TABLE, last_only=True)
     np.testing.assert_allclose(np.asarray(short), np.asarray(model.apply(params, history[1:2], TABLE, last_only=True)),
                                atol=1e-6)
-    spec = RecommenderSpec(hidden=64, max_history=128, weight_init="xavier_normal")
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=64, max_history=128, weight_init="xavier_normal"))
     params = Recommender(spec, 2000).init(jax.random.key(0), jnp.ones((1, 128), jnp.int32))["params"]
     assert np.std(params["id_items"]["embedding"]) == pytest.approx(np.sqrt(2 / (2001 + 64)), rel=0.05)
     assert np.std(params["backbone"]["encoder"]["positions"]["embedding"]) == pytest.approx(np.sqrt(2 / 192), rel=0.1)
@@ -491,8 +493,10 @@ def test_batches_cut_to_their_longest_history_give_the_full_widths_loss_and_user
     from jaxrec.seqrec.histories import trim_padding, trimmed_width
     from jaxrec.seqrec.recommender import Recommender, init_variables, make_objective
 
-    spec = RecommenderSpec(model=model, hidden=16, heads=2, dropout=0.0, max_history=40, positions="from_end",
-                           loss="bce", negatives=2, examples="sequences")
+    spec = RecommenderSpec(backbone=BackboneSpec(model=model, hidden=16, heads=2, dropout=0.0, max_history=40, positions="from_end"),
+                           loss="bce",
+                           negatives=2,
+                           examples="sequences")
     recommender = Recommender(spec, 50)
     variables = init_variables(recommender, jax.random.key(0), None, None)
     rng = np.random.default_rng(0)
@@ -518,7 +522,10 @@ def test_prefixes_under_bce_score_each_rows_target_against_the_negatives_at_its_
     from jaxrec.seqrec.losses import sampled_bce_loss
     from jaxrec.seqrec.recommender import Recommender, init_variables, make_objective
 
-    spec = RecommenderSpec(hidden=16, heads=2, dropout=0.0, max_history=5, loss="bce", negatives=2, examples="prefixes")
+    spec = RecommenderSpec(backbone=BackboneSpec(hidden=16, heads=2, dropout=0.0, max_history=5),
+                           loss="bce",
+                           negatives=2,
+                           examples="prefixes")
     model = Recommender(spec, 30)
     variables = init_variables(model, jax.random.key(0), None, None)
     history = np.array([[3, 0, 0, 0, 0], [4, 5, 6, 0, 0]], np.int32)

@@ -40,8 +40,8 @@ def seqrec_run(tmp_path, monkeypatch):
     def run(out, *overrides):
         args = [
             "--set", "task=seqrec", "--set", f"data.name={data}", "--set", "data.k_core=1", "--set", f"run_dir={out}",
-            "--set", "recommender.hidden=32", "--set", "recommender.heads=2", "--set", "recommender.dropout=0.1",
-            "--set", "recommender.max_history=6", "--set", "batch.size=32", "--set", "optimizer.learning_rate=0.01",
+            "--set", "recommender.backbone.hidden=32", "--set", "recommender.backbone.heads=2", "--set", "recommender.backbone.dropout=0.1",
+            "--set", "recommender.backbone.max_history=6", "--set", "batch.size=32", "--set", "optimizer.learning_rate=0.01",
             "--set", "optimizer.decay=constant", "--set", "loop.eval_every=1", "--set", "loop.save_every=1",
             "--set", "loop.monitor=recall@5", "--set", "loop.monitor_mode=max", "--set", "loop.log_every=5",
             "--set", "evaluation.history_bins=[8]",
@@ -137,9 +137,9 @@ def test_llm_items_with_pca_adapter_and_rat_alignment(seqrec_run):
     run(tmp / "id", "loop.epochs=2", "recommender.loss=bce", "recommender.negatives=2")
     encoded = _fake_encode_run(tmp / "encode")
     summary = run(
-        tmp / "rat", "loop.epochs=2", "recommender.items=llm", f"recommender.embeddings={encoded}",
-        "recommender.pca=12", "recommender.adapter=[16]", f"recommender.align_to={tmp / 'id'}",
-        "recommender.align_items=16", "recommender.loss=bce",
+        tmp / "rat", "loop.epochs=2", "recommender.items.kind=llm", f"recommender.items.embeddings={encoded}",
+        "recommender.items.pca=12", "recommender.items.adapter=[16]", f"recommender.alignment.to={tmp / 'id'}",
+        "recommender.alignment.max_items=16", "recommender.loss=bce",
     )
     assert np.isfinite(summary["per_seed"][0]["test"]["full"]["ndcg@10"])
     rows = [json.loads(line) for line in (tmp / "rat" / "metrics.jsonl").read_text().splitlines()]
@@ -155,8 +155,8 @@ def test_other_backbones_on_id_plus_llm_items(seqrec_run, model, combine):
     run, tmp = seqrec_run
     encoded = _fake_encode_run(tmp / "encode")
     summary = run(
-        tmp / model, "loop.epochs=2", f"recommender.model={model}", "recommender.items=id+llm",
-        f"recommender.combine={combine}", f"recommender.embeddings={encoded}", "recommender.examples=sequences",
+        tmp / model, "loop.epochs=2", f"recommender.backbone.model={model}", "recommender.items.kind=id+llm",
+        f"recommender.items.combine={combine}", f"recommender.items.embeddings={encoded}", "recommender.examples=sequences",
     )
     assert np.isfinite(summary["per_seed"][0]["test"]["full"]["recall@20"])
     assert np.load(tmp / model / "item_table.npy").shape == (NUM_ITEMS, 32)
@@ -165,13 +165,13 @@ def test_other_backbones_on_id_plus_llm_items(seqrec_run, model, combine):
 def test_bad_embedding_inputs_are_clear_errors(seqrec_run, capsys):
     run, tmp = seqrec_run
     with pytest.raises(AssertionError):
-        run(tmp / "x", "recommender.items=llm", f"recommender.embeddings={tmp / 'nowhere'}")
+        run(tmp / "x", "recommender.items.kind=llm", f"recommender.items.embeddings={tmp / 'nowhere'}")
     assert "nowhere" in capsys.readouterr().err
     encoded = _fake_encode_run(tmp / "short")
     ids = json.loads((encoded / "item_ids.json").read_text())
     (encoded / "item_ids.json").write_text(json.dumps(ids[:-1]))
     with pytest.raises(AssertionError):
-        run(tmp / "y", "recommender.items=llm", f"recommender.embeddings={encoded}")
+        run(tmp / "y", "recommender.items.kind=llm", f"recommender.items.embeddings={encoded}")
     assert "lists 29 item ids" in capsys.readouterr().err
 
 
@@ -192,7 +192,7 @@ def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
         load_config(None, ["task=seqrec", "mesh.cpu_devices=0"])
     data = write_successor_dataset(tmp_path / "data", users=40)
     settings = [f"data.name={data}", "data.k_core=1", f"run_dir={tmp_path / 'run'}", "task=seqrec",
-                "recommender.hidden=16", "recommender.max_history=6", "batch.size=32", "loop.epochs=1",
+                "recommender.backbone.hidden=16", "recommender.backbone.max_history=6", "batch.size=32", "loop.epochs=1",
                 "loop.eval_every=1", "loop.monitor=recall@5", "loop.monitor_mode=max", "evaluation.shuffle=false",
                 "mesh.cpu_devices=2"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXREC_PROGRESS": "0"}

@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     llmsrec.add_argument("--rounds", type=int, default=2)
     probe = sub.add_parser("probe", help="linear probes: how much of a trained ID recommender's item vectors (and "
                                          "of the items' popularity) frozen item matrices predict, on held-out items")
-    probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items: id")
+    probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items.kind: id")
     probe.add_argument("--embeddings", nargs="+", required=True, help="encode run directories or .npy files")
     probe.add_argument("--conditioning", default="standardize",
                        choices=CONDITIONINGS,
-                       help="applied to each matrix first, as recommender.conditioning (default: standardize)")
+                       help="applied to each matrix first, as recommender.items.conditioning (default: standardize)")
     probe.add_argument("--seed", type=int, help="the ID run's seed to probe (default: its first)")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds over the items (default: 5)")
     probe.add_argument("--write-floor", metavar="DIR", help="also save the Gaussian matrix there (item_embeddings.npy "

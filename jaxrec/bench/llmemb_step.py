@@ -30,20 +30,15 @@ def run(data: str | None, steps: int, rounds: int, log=print) -> dict:
     from jaxrec.data.batches import IndexBatches
     from jaxrec.pipelines.config import load_pipeline, stage_config
     from jaxrec.seqrec.recommender import init_variables, make_objective
-    from jaxrec.tasks.seqrec import _Setup
     from jaxrec.train.session import TrainingSession
 
     overrides = [f"data.name={data}"] if data else []
     config = stage_config(load_pipeline(CONFIG, overrides), "llmemb")
     dataset = config.data.load(config.seed, log)
-    with tempfile.TemporaryDirectory() as scratch:
-        rng = np.random.default_rng(0)
-        matrix = Path(scratch) / "item_embeddings.npy"
-        np.save(matrix, rng.standard_normal((dataset.num_items, 576)).astype(np.float32))
-        (Path(scratch) / "item_ids.json").write_text(json.dumps([str(i) for i in dataset.item_ids[1:]]))
-        spec = dataclasses.replace(config.recommender, embeddings=str(matrix))
-        setup = _Setup(dataclasses.replace(config, recommender=spec), dataset)
-    aligned = rng.standard_normal((dataset.num_items + 1, spec.hidden)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    setup = setup_on_random_items(config, dataset, 576, rng)
+    spec = setup.spec
+    aligned = rng.standard_normal((dataset.num_items + 1, spec.backbone.hidden)).astype(np.float32)
     session = TrainingSession(config.mesh, config.optimizer, config.loop, config.seed)
     variables = session.replicate(init_variables(setup.model, jax.random.key(0), setup.llm_items, aligned))
     batches = IndexBatches(setup.count, config.batch.size, setup.batch, seed=0)
@@ -52,7 +47,7 @@ def run(data: str | None, steps: int, rounds: int, log=print) -> dict:
     slots = [b["item_slots"].size for b in timed if "item_slots" in b]
     log(f"{dataset.num_items} items, batches of {config.batch.size}: the batch's items take {np.mean(slots):.0f} "
         f"slots on average ({len(slots)} of {steps} batches; the rest use the whole catalogue)")
-    full = spec.max_history
+    full = spec.backbone.max_history
     widen = lambda b: {k: np.pad(v, [(0, 0), (0, full - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
                        if k in ("history", "targets", "negatives") else v for k, v in b.items() if k != "item_slots"}
     variants = {"full_width_whole_catalogue": [widen(b) for b in timed],  # as before both changes
@@ -69,3 +64,17 @@ def run(data: str | None, steps: int, rounds: int, log=print) -> dict:
             "seconds_per_epoch": per_epoch,
             "speedup_of_batch_items": round(best["whole_catalogue"] / best["batch_items"], 2),
             "speedup_over_full_width_whole_catalogue": round(best["full_width_whole_catalogue"] / best["batch_items"], 2)}
+
+
+def setup_on_random_items(config, dataset, width: int, rng: np.random.Generator):
+    """The seqrec task's setup for ``config`` (LLM items) with a random frozen matrix ``width`` wide
+    in place of its embeddings: what a step costs, or what its batches hold, does not depend on them."""
+    from jaxrec.tasks.seqrec import _Setup
+
+    with tempfile.TemporaryDirectory() as scratch:
+        matrix = Path(scratch) / "item_embeddings.npy"
+        np.save(matrix, rng.standard_normal((dataset.num_items, width)).astype(np.float32))
+        (Path(scratch) / "item_ids.json").write_text(json.dumps([str(i) for i in dataset.item_ids[1:]]))
+        items = dataclasses.replace(config.recommender.items, embeddings=str(matrix))
+        return _Setup(dataclasses.replace(config, recommender=dataclasses.replace(config.recommender, items=items)),
+                      dataset)

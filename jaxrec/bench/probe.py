@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxrec import runs
 from jaxrec.seqrec.probe import gaussian_matrix
-from jaxrec.seqrec.spec import RecommenderSpec
+from jaxrec.seqrec.spec import ItemsSpec
 from jaxrec.tasks.seqrec import SeqrecConfig, frozen_item_table, id_probe_targets
 
 
@@ -37,7 +37,7 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
     item_ids = [str(i) for i in data.item_ids]
     log(f"{len(targets.items)} of {data.num_items} items have training interactions; probing the ID vectors of seed "
         f"{seed} of {id_run} ({targets.vectors.shape[1]} wide) and log(1 + training count), {folds}-fold over items")
-    matrices = {location: frozen_item_table(RecommenderSpec(items="llm", embeddings=location, conditioning=conditioning),
+    matrices = {location: frozen_item_table(ItemsSpec(kind="llm", embeddings=location, conditioning=conditioning),
                                             item_ids)  # as a recommender with this conditioning reads it
                 for location in embeddings}
     width = next(iter(matrices.values())).shape[1]
@@ -51,7 +51,7 @@ def run(id_run: str, embeddings: list[str], conditioning: str = "standardize", s
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "item_embeddings.npy", like_rows(noise[1:], runs.item_embeddings(embeddings[0], item_ids)[1:]))
         (out / "item_ids.json").write_text(json.dumps(item_ids[1:]))
-        log(f"wrote the Gaussian matrix to {out}: give recommender.embeddings={out / 'item_embeddings.npy'}")
+        log(f"wrote the Gaussian matrix to {out}: give recommender.items.embeddings={out / 'item_embeddings.npy'}")
     rows = []
     for name, matrix in matrices.items():
         probe = targets.score(matrix, folds)

@@ -9,7 +9,7 @@ A pipeline config is a YAML file with a ``stages`` mapping::
       csft: {task: csft, loop: {steps: 100}}
       mntp: {task: mntp, model: {init_from: csft}}     # a stage name where a run directory goes
       embed: {task: encode, model: {init_from: mntp}}
-      sasrec: {task: seqrec, recommender: {items: llm, embeddings: embed}}
+      sasrec: {task: seqrec, recommender: {items: {kind: llm, embeddings: embed}}}
     report: {...}                   # what the pipeline's report compares (see report.py)
 
 ``include: [other.yaml]`` adds another pipeline's stages as they are there
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from jaxrec.config import apply_override, culprit_override, include_entries, merge_trees, read_tree
 from jaxrec.errors import ConfigError
-from jaxrec.inputs import input_fields
+from jaxrec.inputs import input_fields, value_at
 from jaxrec.registry import config_class
 
 PIPELINE_KEYS = ("run_dir", "include", "stages", "report")
@@ -62,9 +62,9 @@ class Stage:
         """The stage's config tree with stage names replaced by their run directories."""
         tree = copy.deepcopy(self.tree)
         for field, stage in self.needs.items():
-            section, key = field.split(".")
-            value = tree[section][key]
-            tree[section][key] = str(stages[stage].run_dir) + value[len(stage):]
+            *sections, key = field.split(".")
+            node = value_at(tree, tuple(sections))
+            node[key] = str(stages[stage].run_dir) + node[key][len(stage):]
         tree["run_dir"] = str(self.run_dir)
         return tree
 
@@ -183,8 +183,8 @@ def _read(path: Path, overrides: list[str], seen: tuple[Path, ...],
     return stages, tree.get("report") or {}, run_dir
 
 
-def run_fields(task: str, reads_only_runs: bool = False) -> list[tuple[str, str]]:
-    """(section, field) of the task's config fields that may name a run directory (with
+def run_fields(task: str, reads_only_runs: bool = False) -> list[tuple[str, ...]]:
+    """Paths of the task's config fields that may name a run directory (with
     ``reads_only_runs``: those that never name anything else, such as an asset)."""
     return [name for name, field in input_fields(config_class(task)).items()
             if field.run and not (reads_only_runs and field.asset)]
@@ -193,22 +193,22 @@ def run_fields(task: str, reads_only_runs: bool = False) -> list[tuple[str, str]
 def _references(stage: Stage, names) -> dict[str, str]:
     """config field -> the stage it names, for the fields that name run directories."""
     found = {}
-    for section, key in run_fields(stage.task):
-        target = _stage_name((stage.tree.get(section) or {}).get(key), names)
+    for path in run_fields(stage.task):
+        target = _stage_name(value_at(stage.tree, path), names)
         if target is not None:
-            found[f"{section}.{key}"] = target
+            found[".".join(path)] = target
     return found
 
 
 def _check_unresolved_references(stage: Stage, names: list[str]) -> None:
     """A field that reads a run and names neither a stage nor an existing path is a typo, found now
     rather than when that stage starts."""
-    for section, key in run_fields(stage.task, reads_only_runs=True):
-        value = (stage.tree.get(section) or {}).get(key)
+    for path in run_fields(stage.task, reads_only_runs=True):
+        value = value_at(stage.tree, path)
         if not isinstance(value, str) or _stage_name(value, names) is not None or Path(value).exists():
             continue
         close = difflib.get_close_matches(value.split("/", 1)[0], names, n=1)
-        raise ConfigError(f"{stage.origin}: {section}.{key}: {value!r} is neither a stage of this pipeline"
+        raise ConfigError(f"{stage.origin}: {'.'.join(path)}: {value!r} is neither a stage of this pipeline"
                           + (f" (did you mean {close[0]!r}?)" if close else f" ({', '.join(names)})")
                           + " nor an existing run directory or file")
 

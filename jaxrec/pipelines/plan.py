@@ -23,7 +23,7 @@ from pathlib import Path
 from jaxrec import runs
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
-from jaxrec.inputs import input_fields
+from jaxrec.inputs import input_fields, value_at
 from jaxrec.pipelines.config import Pipeline, stage_config
 from jaxrec.run_dir import config_changes
 
@@ -46,13 +46,13 @@ class StagePlan:
 def input_paths(config) -> dict[str, str]:
     """The run directories (or files) a task config reads, by config field."""
     found = {}
-    for (section, key), field in input_fields(type(config)).items():
-        value = getattr(getattr(config, section, None), key, None)
+    for path, field in input_fields(type(config)).items():
+        value = value_at(config, path)
         if not field.run or not isinstance(value, str):
             continue
         if field.asset and not runs.is_run(value):
             continue  # a base model: its identity is in the config and the checkpoints
-        found[f"{section}.{key}"] = value
+        found[".".join(path)] = value
     return found
 
 

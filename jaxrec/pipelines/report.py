@@ -183,9 +183,9 @@ def _probe_results(pipeline, spec: ReportSpec, tested: dict[str, runs.Recommende
 
     configs = {e.stage: stage_config(pipeline, e.stage) for e in spec.compare}
     seqrec = [e for e in spec.compare if configs[e.stage].task == "seqrec"]
-    id_rows = [e for e in seqrec if configs[e.stage].recommender.items == "id"]
+    id_rows = [e for e in seqrec if not configs[e.stage].recommender.items.uses_llm]
     if not id_rows:
-        raise ConfigError(f"{pipeline.path}: report.probe needs an ID row (a seqrec stage with recommender.items: id) "
+        raise ConfigError(f"{pipeline.path}: report.probe needs an ID row (a seqrec stage with recommender.items.kind: id) "
                           "among report.compare to probe against")
     against, seeds = id_rows[0], tested[id_rows[0].stage].seeds
     id_config, id_run = configs[against.stage], pipeline.stages[against.stage].run_dir
@@ -193,15 +193,15 @@ def _probe_results(pipeline, spec: ReportSpec, tested: dict[str, runs.Recommende
     item_ids = [str(i) for i in data.item_ids]
     rows, scored, width = [], {}, None
     for entry in seqrec:
-        recommender = configs[entry.stage].recommender
-        if recommender.items == "id":
+        items = configs[entry.stage].recommender.items
+        if not items.uses_llm:
             continue
         if configs[entry.stage].data != id_config.data:
             raise ConfigError(f"{pipeline.path}: report.probe: stage {entry.stage} reads other data than the ID row "
                               f"{against.stage}; probe rows of one dataset")
-        key = (recommender.embeddings, recommender.conditioning, recommender.pca)  # what the matrix depends on
+        key = (items.embeddings, items.conditioning, items.pca)  # what the matrix depends on
         if key not in scored:
-            matrix = frozen_item_table(recommender, item_ids)
+            matrix = frozen_item_table(items, item_ids)
             scored[key], width = targets.score(matrix), matrix.shape[1]
         rows.append({"label": entry.label, **scored[key]})
     if width is not None:

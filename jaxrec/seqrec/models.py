@@ -10,60 +10,16 @@ after it) is the user representation, scored against the same table.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class SeqRecConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 1
-    ffn: int | None = None
-    """Feed-forward width (default: hidden)."""
-    dropout: float = 0.1
-    max_history: int = 50
-    """Longest history (rows of the position table)."""
-    activation: Literal["gelu", "relu"] = "gelu"
-    activation_dropout: bool = True
-    """Dropout after the feed-forward activation as well as after its output
-    (the SASRec paper's); False keeps only the latter (RecBole's SASRec)."""
-    norm_first: bool = False
-    """Pre-LN blocks; False is SASRec's original post-LN."""
-    query_residual: bool = False
-    """With norm_first, the public PyTorch SASRec's block: the attention's query and both
-    residuals come from the normalised states, keys and values from the raw ones."""
-    input_norm: bool = False
-    """LayerNorm on the summed item and position embeddings (RecBole's SASRec)."""
-    scale_embeddings: bool = True
-    """Item embeddings times sqrt(hidden) before positions are added."""
-    gru_bias: bool = True
-    """GRU4Rec: biases in the GRU cells (torch's GRU(bias=False), as the authors' code: none)."""
-    output_layer: bool = True
-    """GRU4Rec: a dense layer on the last GRU's states (the authors' GRU4Rec has none)."""
-    embedding_init: float = 0.02
-    """Standard deviation of the learned positions' normal initialisation."""
-    weight_init: Literal["normal", "xavier_normal"] = "normal"
-    """Every attention-model matrix: normal(0.02) (BERT, RecBole), or xavier normal, embeddings included
-    (the public PyTorch SASRec, which LLM-SRec's teacher is)."""
-    positions: Literal["from_start", "from_end"] = "from_start"
-    """Position of each history item: counted from its first item, or by recency so the last item is
-    always at max_history - 1 (the public PyTorch SASRec's left-padded rows)."""
-    mask_rate: float = 0.6
-    """BERT4Rec: share of history items chosen for prediction."""
-    mask_random: float = 0.1
-    """BERT4Rec: share of the chosen items replaced by a random item instead of the mask."""
-    mask_keep: float = 0.1
-    """BERT4Rec: share of the chosen items left unchanged (still predicted)."""
-    mask_last_examples: bool = True
-    """BERT4Rec: also train on each window with only its last item masked."""
+from jaxrec.seqrec.spec import BackboneSpec
 
 
 # normal(0.02) weights for every attention-model layer and embedding, as BERT
@@ -160,7 +116,7 @@ def _at(x: jax.Array, at: jax.Array | None) -> jax.Array:
 
 
 class _Block(nn.Module):
-    config: SeqRecConfig
+    config: BackboneSpec
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, at: jax.Array | None = None):
@@ -194,7 +150,7 @@ class _AttentionEncoder(nn.Module):
     """Item + learned position embeddings through self-attention blocks,
     causal (SASRec) or bidirectional over the real items (BERT4Rec)."""
 
-    config: SeqRecConfig
+    config: BackboneSpec
     causal: bool
 
     @nn.compact
@@ -230,7 +186,7 @@ class Backbone(nn.Module):
     defaults are those of a next-item model (SASRec, GRU4Rec); BERT4Rec, trained
     to recover masked items, overrides them."""
 
-    config: SeqRecConfig
+    config: BackboneSpec
     num_items: int = 0
     """Catalogue size (item ids 1..num_items); rows a model adds to the item table follow it."""
 
@@ -246,7 +202,7 @@ class Backbone(nn.Module):
         return examples
 
     @classmethod
-    def training_copies(cls, config: SeqRecConfig) -> int:
+    def training_copies(cls, config: BackboneSpec) -> int:
         """How many times an epoch visits each training example."""
         return 1
 
@@ -303,7 +259,7 @@ class BERT4Rec(Backbone):
         return "windows"  # each window's items are its own targets, where masked
 
     @classmethod
-    def training_copies(cls, config: SeqRecConfig) -> int:
+    def training_copies(cls, config: BackboneSpec) -> int:
         return 2 if config.mask_last_examples else 1  # every window again, masking only its last item
 
     @classmethod
@@ -379,7 +335,7 @@ class _BiasFreeGRUCell(nn.GRUCell):
         return new_h, new_h
 
 
-def position_ids(history: jax.Array, config: SeqRecConfig) -> jax.Array:
+def position_ids(history: jax.Array, config: BackboneSpec) -> jax.Array:
     """[1, length] positions counted from each row's start, or [batch, length]
     counted back from its last real item (which gets max_history - 1)."""
     length = history.shape[1]

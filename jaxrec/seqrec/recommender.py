@@ -8,8 +8,6 @@ the jitted step instead of being baked into it as literals.
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,28 +16,24 @@ import numpy as np
 from jaxrec.objectives.similarity import soft_clip_loss
 from jaxrec.seqrec.item_vectors import FrozenTextAdapter, IDEmbedding
 from jaxrec.seqrec.losses import full_softmax_loss, sampled_bce_loss
-from jaxrec.seqrec.models import BACKBONES, Backbone, SeqRecConfig, embedding_initializer
+from jaxrec.seqrec.models import BACKBONES, Backbone, embedding_initializer
 from jaxrec.seqrec.spec import RecommenderSpec
 
 
-def backbone_config(spec: RecommenderSpec) -> SeqRecConfig:
-    """The backbone's part of the recommender's settings."""
-    return SeqRecConfig(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(SeqRecConfig)})
-
-
 def backbone_class(spec: RecommenderSpec) -> type[Backbone]:
-    return BACKBONES[spec.model]
+    return BACKBONES[spec.backbone.model]
 
 
 def _widths(spec: RecommenderSpec) -> tuple[int, int]:
     """(ID embedding width, LLM adapter output width); 0 where unused."""
-    if spec.items == "id":
-        return spec.hidden, 0
-    if spec.items == "llm":
-        return 0, spec.hidden
-    if spec.combine == "sum":
-        return spec.hidden, spec.hidden
-    return spec.hidden // 2, spec.hidden - spec.hidden // 2
+    hidden, items = spec.backbone.hidden, spec.items
+    if items.kind == "id":
+        return hidden, 0
+    if items.kind == "llm":
+        return 0, hidden
+    if items.combine == "sum":
+        return hidden, hidden
+    return hidden // 2, hidden - hidden // 2
 
 
 def adapter_output_width(spec: RecommenderSpec) -> int:
@@ -55,14 +49,15 @@ class Recommender(nn.Module):
     """Width of the ID item table to align to (0: no alignment)."""
 
     def setup(self):
-        s = self.spec
-        self.backbone = backbone_class(s)(backbone_config(s), self.num_items)
-        id_width, llm_width = _widths(s)
+        backbone, items = self.spec.backbone, self.spec.items
+        self.backbone = backbone_class(self.spec)(backbone, self.num_items)
+        id_width, llm_width = _widths(self.spec)
         if id_width:
-            self.id_items = IDEmbedding(self.num_items, id_width, embedding_initializer(s.weight_init, s.embedding_init))
+            self.id_items = IDEmbedding(self.num_items, id_width,
+                                        embedding_initializer(backbone.weight_init, backbone.embedding_init))
         if llm_width:
             self.llm_matrix = self.variable("constants", "llm_items", jnp.zeros, (self.num_items + 1, self.llm_dim))
-            self.adapter = FrozenTextAdapter((*s.adapter, llm_width), s.adapter_init, s.adapter_norm)
+            self.adapter = FrozenTextAdapter((*items.adapter, llm_width), items.adapter_init, items.adapter_norm)
         if self.align_dim:
             self.align_table = self.variable("constants", "align_items", jnp.zeros, (self.num_items + 1, self.align_dim))
 
@@ -79,7 +74,7 @@ class Recommender(nn.Module):
         padded = jnp.concatenate([jnp.zeros((1, llm_rows.shape[1]), llm_rows.dtype), llm_rows])
         adapted = self.adapter(padded)[1:]  # the adapter zeroes row 0, the padding item's
         id_width, _ = _widths(self.spec)
-        if not id_width or self.spec.combine == "sum":
+        if not id_width or self.spec.items.combine == "sum":
             return adapted
         return jnp.concatenate([jnp.zeros((adapted.shape[0], id_width), adapted.dtype), adapted], axis=1)
 
@@ -91,17 +86,18 @@ class Recommender(nn.Module):
     def _items_and_adapted(self, rows: jax.Array | None, training: bool = False) -> tuple[jax.Array, jax.Array | None]:
         """(the item vectors, the adapter's part of them or None without LLM items);
         ``training``: with ``id_dropout``, a random share of the items lose their ID part."""
+        spec = self.spec.items
         id_width, llm_width = _widths(self.spec)
         adapted = self.adapted_llm_items(rows) if llm_width else None
         if not id_width:
             return adapted, adapted
         ids = self.id_items() if rows is None else self.id_items()[rows]
-        if training and adapted is not None and self.spec.id_dropout > 0:
-            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.spec.id_dropout, (ids.shape[0], 1))
+        if training and adapted is not None and spec.id_dropout > 0:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - spec.id_dropout, (ids.shape[0], 1))
             ids = ids * keep  # not rescaled: an item without a trained ID vector has none at all
         if adapted is None:
             return ids, None
-        return (ids + adapted if self.spec.combine == "sum" else jnp.concatenate([ids, adapted], axis=1)), adapted
+        return (ids + adapted if spec.combine == "sum" else jnp.concatenate([ids, adapted], axis=1)), adapted
 
     def __call__(self, history: jax.Array, deterministic: bool = True, last_only: bool = False,
                  rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -132,7 +128,7 @@ class Recommender(nn.Module):
     def alignment_loss(self, targets: jax.Array, rng: jax.Array, rows: jax.Array | None = None,
                        adapted: jax.Array | None = None, slots: int | None = None) -> jax.Array:
         """RAT: soft-CLIP between the adapted LLM vectors and the ID model's of
-        the items at the batch's target positions (at most ``align_items`` of
+        the items at the batch's target positions (at most ``alignment.max_items`` of
         them, at randomly chosen positions, or all; padding takes no part).
         With ``rows``, ``targets`` index the item ids ``rows``; ``adapted``: the
         adapter's output for those items when the caller has it (``forward``).
@@ -140,14 +136,14 @@ class Recommender(nn.Module):
         positions, so that only that many are scored, not every position."""
         adapted = self.adapted_llm_items(rows) if adapted is None else adapted
         chosen = flat = targets.reshape(-1)
-        budget = min((b for b in (self.spec.align_items, slots) if b is not None), default=flat.size)
+        alignment = self.spec.alignment
+        budget = min((b for b in (alignment.max_items, slots) if b is not None), default=flat.size)
         if budget < flat.size:
             order = jnp.where(flat > 0, jax.random.uniform(rng, flat.shape), 2.0)  # real positions first, shuffled
             chosen = flat[jnp.argsort(order)[:budget]]
         aligned = self.align_table.value[chosen if rows is None else rows[chosen]]
-        tau = jnp.asarray(self.spec.align_tau, jnp.float32)
-        return soft_clip_loss(adapted[chosen], aligned, tau,
-                              self.spec.align_normalize, valid=chosen > 0)
+        tau = jnp.asarray(alignment.tau, jnp.float32)
+        return soft_clip_loss(adapted[chosen], aligned, tau, alignment.normalize, valid=chosen > 0)
 
 
 def maps_batch_items(spec: RecommenderSpec) -> bool:
@@ -155,7 +151,7 @@ def maps_batch_items(spec: RecommenderSpec) -> bool:
     sampled BCE loss nothing else is scored, and with LLM items that spares the
     adapter the rest of the catalogue (a backbone that replaces items, BERT4Rec, keeps
     the whole table: its replacements may be any item)."""
-    return spec.loss == "bce" and spec.items != "id" and not backbone_class(spec).masks_items
+    return spec.loss == "bce" and spec.items.uses_llm and not backbone_class(spec).masks_items
 
 
 def slots_for(count: int, rows: int) -> np.ndarray:
@@ -181,12 +177,12 @@ def item_slots(batch: dict[str, np.ndarray], num_items: int) -> np.ndarray | Non
 def counts_align_targets(spec: RecommenderSpec) -> bool:
     """Whether RAT's batches bound their real targets (:func:`align_slots`): a
     backbone that masks items, BERT4Rec, chooses its targets inside the step."""
-    return spec.align_to is not None and not backbone_class(spec).masks_items
+    return spec.alignment.to is not None and not backbone_class(spec).masks_items
 
 
 def align_slots(batch: dict[str, np.ndarray]) -> np.ndarray:
     """For RAT, :func:`slots_for` the batch's real target positions: the
-    alignment scores that many at most (and at most ``align_items``)."""
+    alignment scores that many at most (and at most ``alignment.max_items``)."""
     return slots_for(int(np.count_nonzero(batch["targets"])), len(batch["targets"]))
 
 
@@ -240,7 +236,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
             slots = batch["align_slots"].size if "align_slots" in batch else None
             align = model.apply(variables, targets, align_rng, rows, adapted, slots, method=Recommender.alignment_loss)
             metrics["align_loss"] = align
-            total = total + spec.align_weight * align
+            total = total + spec.alignment.weight * align
         return total, metrics
 
     return (lambda rng: {}), loss
@@ -248,7 +244,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
 
 def init_variables(model: Recommender, rng: jax.Array, llm_items: np.ndarray | None, align_items: np.ndarray | None) -> dict:
     """Fresh trainable parameters, with the given frozen matrices as constants."""
-    variables = dict(model.init(rng, jnp.ones((1, model.spec.max_history), jnp.int32)))
+    variables = dict(model.init(rng, jnp.ones((1, model.spec.backbone.max_history), jnp.int32)))
     constants = dict(variables.get("constants", {}))
     if llm_items is not None:
         constants["llm_items"] = jnp.asarray(llm_items, jnp.float32)

@@ -9,10 +9,15 @@ from typing import Literal
 from jaxrec.inputs import InputField
 
 
+def _at_least_one(spec, names) -> None:
+    for name in names:
+        if getattr(spec, name) is not None and getattr(spec, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(spec, name)}")
+
+
 @dataclasses.dataclass
-class RecommenderSpec:
-    INPUTS = {"embeddings": InputField("an encode run directory or an .npy file", run=True),
-              "align_to": InputField("a finished seqrec run directory", run=True)}
+class BackboneSpec:
+    """The sequence model that reads a history of item vectors."""
 
     model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
     hidden: int = 64
@@ -49,9 +54,37 @@ class RecommenderSpec:
     positions: Literal["from_start", "from_end"] = "from_start"
     """Learned positions counted from a history's first item, or by recency so that its last item is always
     at max_history - 1 (the public PyTorch SASRec pads rows on the left: LLM-SRec's teacher)."""
+    mask_rate: float = 0.6
+    """BERT4Rec: share of history items chosen for prediction (LLMEmb's code: 0.6)."""
+    mask_random: float = 0.1
+    """BERT4Rec: share of the chosen items replaced by a random item instead of the mask."""
+    mask_keep: float = 0.1
+    """BERT4Rec: share of the chosen items left unchanged (still predicted)."""
+    mask_last_examples: bool = True
+    """BERT4Rec: also train on each window with only its last item masked (as it is read at test time)."""
 
-    items: Literal["id", "llm", "id+llm"] = "id"
-    """Item representation: trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""
+    def __post_init__(self):
+        _at_least_one(self, ("hidden", "layers", "heads", "max_history"))
+        if not self.embedding_init > 0:
+            raise ValueError(f"embedding_init must be > 0, got {self.embedding_init}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.mask_rate < 1:
+            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if min(self.mask_random, self.mask_keep) < 0 or self.mask_random + self.mask_keep > 1:
+            raise ValueError(f"mask_random + mask_keep must be a share in [0, 1], got {self.mask_random} + {self.mask_keep}")
+        if self.query_residual and not self.norm_first:
+            raise ValueError("query_residual is a pre-LN variant: set norm_first: true")
+
+
+@dataclasses.dataclass
+class ItemsSpec:
+    """How items enter the backbone: trainable IDs, frozen LLM vectors through an adapter, or both."""
+
+    INPUTS = {"embeddings": InputField("an encode run directory or an .npy file", run=True)}
+
+    kind: Literal["id", "llm", "id+llm"] = "id"
+    """Trainable ID embeddings, frozen LLM embeddings through an adapter, or both."""
     combine: Literal["sum", "concat"] = "sum"
     """How 'id+llm' joins the two (concat: half the hidden width each)."""
     id_dropout: float = 0.0
@@ -67,27 +100,60 @@ class RecommenderSpec:
     """Rescaling of the frozen LLM matrix, once, before PCA: none (the authors' code), scale (divide by
     the mean row norm), center_scale (subtract the mean row first), standardize (per dimension, then
     divide by sqrt(dim)), whiten (rotated onto the principal directions, each to unit variance, then
-    divided by sqrt(directions); with pca, the top pca directions whitened). Mean-pooled LLM rows have norms of tens, which saturates the softmax at
-    initialisation; see the shipped configs for the measured effect."""
+    divided by sqrt(directions); with pca, the top pca directions whitened). Mean-pooled LLM rows have
+    norms of tens, which saturates the softmax at initialisation; see the shipped configs for the measured effect."""
     adapter: list[int] = dataclasses.field(default_factory=list)
     """Hidden widths of the adapter before its last layer (of width hidden); [] is one linear layer (LLM2Rec), [768] is LLMEmb's."""
     adapter_init: Literal["lecun_normal", "xavier_normal"] = "lecun_normal"
     """Initialisation of the adapter's weights (Flax's default; the authors' LLM2Rec adapter: xavier_normal)."""
     adapter_norm: bool = False
     """LayerNorm (with a learned scale and bias) on the adapter's output."""
-    align_to: str | None = None
-    """LLMEmb's RAT: a seqrec run directory of an ID model whose item embeddings the adapter output is aligned to."""
-    align_weight: float = 0.01
-    align_tau: float = 2.0
-    align_items: int | None = 256
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.kind != "id"
+
+    def __post_init__(self):
+        _at_least_one(self, ("pca",))
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.id_dropout and self.kind != "id+llm":
+            raise ValueError(f"id_dropout drops the ID part of 'id+llm' items; kind is {self.kind!r}")
+        if self.uses_llm and self.embeddings is None:
+            raise ValueError(f"kind {self.kind!r} needs embeddings: an encode run directory or .npy file")
+
+
+@dataclasses.dataclass
+class AlignmentSpec:
+    """LLMEmb's recommendation adaptation training (RAT): an InfoNCE loss that pulls the adapter's
+    output for each item towards a trained ID model's vector of it."""
+
+    INPUTS = {"to": InputField("a finished seqrec run directory", run=True)}
+
+    to: str | None = None
+    """A seqrec run directory of an ID model whose item embeddings the adapter output is aligned to; null: no alignment."""
+    weight: float = 0.01
+    tau: float = 2.0
+    max_items: int | None = 256
     """Most items per step in the alignment loss: the targets of randomly chosen positions of the batch;
     null: the target of every position, as the authors' code. Either way the step scores at most the
     batch's real targets, in a few bucketed sizes (a batch of 128 Beauty users holds about 750), except
     under a backbone that masks items (BERT4Rec), whose targets are chosen in the step: uncapped, it
     scores every position (25,600 x 25,600 similarities for 128 histories of 200)."""
-    align_normalize: bool = False
+    normalize: bool = False
     """L2-normalise both sides of the alignment loss (the authors' code aligns raw vectors)."""
 
+    def __post_init__(self):
+        _at_least_one(self, ("max_items",))
+
+
+@dataclasses.dataclass
+class RecommenderSpec:
+    """A sequential recommender from parts: the backbone, its items and their alignment, and how it trains."""
+
+    backbone: BackboneSpec = dataclasses.field(default_factory=BackboneSpec)
+    items: ItemsSpec = dataclasses.field(default_factory=ItemsSpec)
+    alignment: AlignmentSpec = dataclasses.field(default_factory=AlignmentSpec)
     examples: Literal["prefixes", "sequences", "last", "chunks"] = "prefixes"
     """prefixes: every training position is an example predicting its item from the ones before (RecBole);
     sequences: one example per user, the loss at every position of its latest window (the SASRec paper);
@@ -98,39 +164,26 @@ class RecommenderSpec:
     """Full-softmax cross-entropy over the catalogue, or BCE against sampled negatives."""
     negatives: int = 1
     """Sampled negatives per position for the BCE loss, never among the user's items."""
-    mask_rate: float = 0.6
-    """BERT4Rec: share of history items chosen for prediction (LLMEmb's code: 0.6)."""
-    mask_random: float = 0.1
-    """BERT4Rec: share of the chosen items replaced by a random item instead of the mask."""
-    mask_keep: float = 0.1
-    """BERT4Rec: share of the chosen items left unchanged (still predicted)."""
-    mask_last_examples: bool = True
-    """BERT4Rec: also train on each window with only its last item masked (as it is read at test time)."""
 
     def __post_init__(self):
-        for name in ("hidden", "layers", "heads", "max_history", "negatives", "align_items"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.embedding_init > 0:
-            raise ValueError(f"embedding_init must be > 0, got {self.embedding_init}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
-        if self.id_dropout and self.items != "id+llm":
-            raise ValueError(f"id_dropout drops the ID part of 'id+llm' items; items is {self.items!r}")
-        if not 0 < self.mask_rate < 1:
-            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
-        if min(self.mask_random, self.mask_keep) < 0 or self.mask_random + self.mask_keep > 1:
-            raise ValueError(f"mask_random + mask_keep must be a share in [0, 1], got {self.mask_random} + {self.mask_keep}")
-        if self.query_residual and not self.norm_first:
-            raise ValueError("query_residual is a pre-LN variant: set norm_first: true")
-        if self.items != "id" and self.embeddings is None:
-            raise ValueError(f"items={self.items!r} needs embeddings: an encode run directory or .npy file")
-        if self.align_to is not None and self.items == "id":
-            raise ValueError("align_to aligns the LLM adapter's output; it needs items 'llm' or 'id+llm'")
-        if self.model == "bert4rec" and self.examples != "sequences":
+        _at_least_one(self, ("negatives",))
+        if self.alignment.to is not None and not self.items.uses_llm:
+            raise ValueError("alignment.to aligns the LLM adapter's output; it needs items.kind 'llm' or 'id+llm'")
+        if self.backbone.model == "bert4rec" and self.examples != "sequences":
             raise ValueError("bert4rec trains on masked sequences: set examples: sequences")
+
+
+FLAT_KEYS = {
+    **{f.name: ("backbone", f.name) for f in dataclasses.fields(BackboneSpec)},
+    **{f.name: ("items", f.name) for f in dataclasses.fields(ItemsSpec) if f.name != "kind"},
+    "items": ("items", "kind"),
+    **{f"align_{f.name}": ("alignment", f.name) for f in dataclasses.fields(AlignmentSpec)
+       if f.name not in ("to", "max_items")},
+    "align_to": ("alignment", "to"),
+    "align_items": ("alignment", "max_items"),
+}
+"""Each key of the flat ``recommender`` section of jaxrec before it had sections -> where it is now."""
+RecommenderSpec.MOVED_KEYS = FLAT_KEYS  # stored runs' flat keys move; a user's config gets an error naming the place
 
 
 @dataclasses.dataclass

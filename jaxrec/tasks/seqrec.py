@@ -19,9 +19,9 @@ import jax
 import numpy as np
 
 from jaxrec import runs
-from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
+from jaxrec.config import non_default_fields
 from jaxrec.errors import ConfigError, RunError
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
@@ -29,9 +29,9 @@ from jaxrec.seqrec.histories import training_examples, training_user_items, trim
 from jaxrec.seqrec.item_vectors import RowTransform, frozen_matrix_transform
 from jaxrec.seqrec.probe import ProbeTargets
 from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, align_slots, backbone_class,
-                                       backbone_config, counts_align_targets, init_variables, item_slots,
+                                       counts_align_targets, init_variables, item_slots,
                                        make_objective, maps_batch_items)
-from jaxrec.seqrec.spec import EvalSpec, RecommenderSpec, ranking_monitor
+from jaxrec.seqrec.spec import FLAT_KEYS, EvalSpec, ItemsSpec, RecommenderSpec, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
 
@@ -46,17 +46,17 @@ class SeqrecConfig(TrainingConfig):
         self.loop = ranking_monitor(self.loop, self.evaluation)
 
 
-def frozen_item_rows(spec: RecommenderSpec, item_ids: list[str]) -> tuple[np.ndarray, RowTransform]:
+def frozen_item_rows(spec: ItemsSpec, item_ids: list[str]) -> tuple[np.ndarray, RowTransform]:
     """The raw LLM rows of the catalogue (``item_ids`` without its padding row 0) from
-    ``recommender.embeddings``, and the conditioning (and PCA) fitted on them."""
+    ``recommender.items.embeddings``, and the conditioning (and PCA) fitted on them."""
     raw = runs.item_embeddings(spec.embeddings, item_ids)[1:]
     return raw, frozen_matrix_transform(raw, spec.conditioning, spec.pca)
 
 
-def frozen_item_table(spec: RecommenderSpec, item_ids: list[str]) -> np.ndarray | None:
+def frozen_item_table(spec: ItemsSpec, item_ids: list[str]) -> np.ndarray | None:
     """The frozen LLM matrix [len(item_ids), d] as the recommender reads it (conditioned,
     PCA-reduced; row 0, padding, zero), or None for ID items."""
-    if spec.items == "id":
+    if not spec.uses_llm:
         return None
     raw, transform = frozen_item_rows(spec, item_ids)
     rows = transform(raw)
@@ -66,23 +66,23 @@ def frozen_item_table(spec: RecommenderSpec, item_ids: list[str]) -> np.ndarray 
 def id_probe_targets(config: SeqrecConfig, run_dir, seed: int) -> tuple[SeqData, ProbeTargets]:
     """The data of a finished ID recommender's run and what the linear probe fits to
     (:class:`~jaxrec.seqrec.probe.ProbeTargets`): the item vectors of its ``seed``."""
-    if config.recommender.items != "id":
-        raise RunError(f"{run_dir}: the probe needs an ID recommender's run (recommender.items: id), "
-                       f"not one with items {config.recommender.items!r}")
+    if config.recommender.items.uses_llm:
+        raise RunError(f"{run_dir}: the probe needs an ID recommender's run (recommender.items.kind: id), "
+                       f"not one with items {config.recommender.items.kind!r}")
     data = config.data.load(config.seed, log=lambda *_: None)
     return data, ProbeTargets.of(data, runs.item_table(run_dir, [str(i) for i in data.item_ids], seed))
 
 
 def _align_items(config: SeqrecConfig, item_ids: list[str], seed: int) -> np.ndarray | None:
     """The ID model's item vectors RAT aligns to: of the same seed when that run trained several."""
-    location = config.recommender.align_to
+    location = config.recommender.alignment.to
     if location is None:
         return None
     table = runs.item_table(location, item_ids, seed)
     width = adapter_output_width(config.recommender)
     if table.shape[1] != width:
-        raise ConfigError(f"recommender.align_to: its item vectors are {table.shape[1]}-wide but the adapter "
-                          f"outputs {width}; train the ID model with hidden {width}")
+        raise ConfigError(f"recommender.alignment.to: its item vectors are {table.shape[1]}-wide but the adapter "
+                          f"outputs {width}; train the ID model with backbone.hidden {width}")
     return table
 
 
@@ -94,16 +94,17 @@ class _Setup:
         spec = self.spec = config.recommender
         self.config, self.data = config, data
         self.item_ids = [str(i) for i in data.item_ids]
-        self.llm_items = frozen_item_table(config.recommender, self.item_ids)
+        self.llm_items = frozen_item_table(spec.items, self.item_ids)
         self.model = Recommender(
             spec, data.num_items, 0 if self.llm_items is None else self.llm_items.shape[1],
-            0 if spec.align_to is None else adapter_output_width(spec),
+            0 if spec.alignment.to is None else adapter_output_width(spec),
         )
         self.backbone = backbone_class(spec)
-        self.examples = training_examples(data, spec.max_history, self.backbone.example_kind(spec.examples))
-        self.count = len(self.examples) * self.backbone.training_copies(backbone_config(spec))
+        max_history = spec.backbone.max_history
+        self.examples = training_examples(data, max_history, self.backbone.example_kind(spec.examples))
+        self.count = len(self.examples) * self.backbone.training_copies(spec.backbone)
         self.training_items = training_user_items(data)  # BCE negatives: never a held-out interaction
-        self.ranking = SplitRanking(data, config.evaluation, spec.max_history - self.backbone.readout_slots)
+        self.ranking = SplitRanking(data, config.evaluation, max_history - self.backbone.readout_slots)
         self.user_fn = jax.jit(lambda v, h, items: self.model.apply(v, h, items, method=Recommender.user_vectors))
         self.item_fn = jax.jit(lambda v: self.model.apply(v, method=Recommender.items))
 
@@ -135,11 +136,22 @@ class _Setup:
         return batch
 
 
+def _flat_fields(spec: RecommenderSpec) -> dict:
+    """The settings of ``spec`` away from their defaults, under the flat names of runs made before
+    the sections existed (what a checkpoint's identity records)."""
+    nested = non_default_fields(spec)
+    flat = {key: value for key, value in nested.items() if not isinstance(value, dict)}
+    for flat_key, (section, name) in FLAT_KEYS.items():
+        if name in nested.get(section, {}):
+            flat[flat_key] = nested[section][name]
+    return flat
+
+
 def _identity(config: SeqrecConfig, seed: int) -> dict:
-    # only the settings away from their defaults: an option added later, at its
-    # default, leaves the checkpoints of earlier runs resumable
+    # only the settings away from their defaults, under their flat names: an option
+    # added later at its default, or sections, leave earlier runs' checkpoints resumable
     return {"task": "seqrec", "data": str(config.data.name), "seed": seed,
-            "recommender": non_default_fields(config.recommender)}
+            "recommender": _flat_fields(config.recommender)}
 
 
 def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=print) -> dict:
@@ -191,7 +203,7 @@ def run(config: SeqrecConfig, run: Run, log=print) -> dict:
     results = []
     for seed in seeds:
         results.append(train_and_test(setup, seed, run, f"seed-{seed}" if len(seeds) > 1 else "", log))
-    summary = {"task": "seqrec", "model": config.recommender.model, "items": config.recommender.items,
+    summary = {"task": "seqrec", "model": config.recommender.backbone.model, "items": config.recommender.items.kind,
                **seeds_summary(results)}
     for section, metrics in summary["over_seeds"].items():
         log(f"test ({section}, {len(seeds)} seed(s)): " + "  ".join(

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable, Literal
 
-from jaxrec.inputs import InputField, input_fields
+from jaxrec.inputs import InputField, input_fields, value_at
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.train.engine import TrainableSpec
 from jaxrec.train.loop import LoopSpec
@@ -197,11 +197,11 @@ def check_inputs(config, produced: set[str] = frozenset()) -> None:
     from jaxrec.assets import REGISTRY
     from jaxrec.data.hf_datasets import from_hub_cache, is_hub_name
 
-    for (section, key), field in input_fields(type(config)).items():
-        value = getattr(getattr(config, section, None), key, None)
+    for path, field in input_fields(type(config)).items():
+        value = value_at(config, path)
         if value is None or value in REGISTRY or Path(value).expanduser().exists():
             continue
-        if (section, key) == ("data", "name") and is_hub_name(value):
+        if path == ("data", "name") and is_hub_name(value):
             try:
                 from_hub_cache(value)
             except DataError as err:
@@ -209,7 +209,7 @@ def check_inputs(config, produced: set[str] = frozenset()) -> None:
             continue
         if any(value == run or value.startswith(run.rstrip("/") + "/") for run in produced):
             continue
-        raise ConfigError(f"{section}.{key}: {value} does not exist; expected {field.what}")
+        raise ConfigError(f"{'.'.join(path)}: {value} does not exist; expected {field.what}")
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ from jaxrec import runs
 from jaxrec.errors import ConfigError, DataError, RunError
 from jaxrec.seqrec.evaluate import batched
 from jaxrec.seqrec.recommender import Recommender
-from jaxrec.seqrec.spec import RecommenderSpec
 
 
 class Teacher:
@@ -25,10 +24,11 @@ class Teacher:
         except RunError as err:
             raise DataError(f"{run_dir} holds no finished seqrec run; distill.teacher must be the directory of one "
                             f"(with several seeds: one of its seed-<n> directories). {err}") from None
-        spec = RecommenderSpec(**trained.spec)
-        if spec.items != "id" or spec.model != "sasrec":
-            raise ConfigError(f"{run_dir}: the teacher is a {spec.model} on {spec.items!r} items; "
-                              "LLM-SRec distils an ID-based SASRec (recommender.model sasrec, items id)")
+        spec = trained.spec
+        if spec.items.uses_llm or spec.backbone.model != "sasrec":
+            raise ConfigError(f"{run_dir}: the teacher is a {spec.backbone.model} on {spec.items.kind!r} items; "
+                              "LLM-SRec distils an ID-based SASRec (recommender.backbone.model sasrec, "
+                              "recommender.items.kind id)")
         if trained.item_ids != item_ids[1:]:
             raise DataError(f"{run_dir} was trained on other items than this dataset's "
                             f"({len(trained.item_ids)} vs {len(item_ids) - 1}); train the teacher on the same data")
@@ -40,7 +40,7 @@ class Teacher:
 
     @property
     def dim(self) -> int:
-        return self.spec.hidden
+        return self.spec.backbone.hidden
 
     def item_table(self) -> np.ndarray:
         """[num_items + 1, dim] (row 0: padding)."""
@@ -49,7 +49,7 @@ class Teacher:
     def user_vectors(self, history: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """The SASRec output at each right-padded history's last item (its latest
         ``max_history`` items are read)."""
-        history = _latest(history, self.spec.max_history)
+        history = _latest(history, self.spec.backbone.max_history)
         items = self._items(self.variables)
         return batched(lambda h: self._users(self.variables, h, items), history, batch_size=batch_size)
 
