@@ -202,3 +202,27 @@ def test_cpu_devices_split_the_batch_in_a_fresh_launch(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "batches split over 2 cpu device(s)" in out.stderr
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_align_targets_bench_counts_each_batchs_targets_and_what_a_cap_keeps(tmp_path, monkeypatch):
+    """``python -m jaxrec.bench align-targets`` on a BERT4Rec stage with LLM items: the targets of
+    an epoch of batches, drawn as the step draws its masks, and the share a cap on them aligns."""
+    from jaxrec.bench.align_targets import run
+
+    monkeypatch.setenv("JAXREC_PROGRESS", "0")
+    data, encoded = write_successor_dataset(tmp_path / "data"), _fake_encode_run(tmp_path / "embed")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        f"run_dir: {tmp_path / 'runs'}\ndata: {{name: {data}, k_core: 1}}\nbatch: {{size: 16}}\nstages:\n"
+        "  rec:\n    task: seqrec\n"
+        "    recommender: {backbone: {model: bert4rec, hidden: 8, max_history: 6},\n"
+        f"                  items: {{kind: llm, embeddings: {encoded}}},\n"
+        f"                  alignment: {{to: {tmp_path}, max_items: 1}}, examples: sequences}}\n")
+    capped = run(str(pipeline), "rec", [], log=lambda *_: None)
+    assert capped["batches"] == -(-2 * 90 // 16)  # each history twice: masked, and with only its last item masked
+    assert 1 <= capped["targets_median"] <= capped["targets_max"] <= capped["positions_per_batch"] == 16 * 6
+    assert capped["cap_binds_share"] == 1.0  # every batch holds more than one target
+    assert capped["aligned_share"] == pytest.approx(1 / capped["targets_mean"], rel=0.01)
+    roomy = run(str(pipeline), "rec", ["stages.rec.recommender.alignment.max_items=1000"], log=lambda *_: None)
+    assert (roomy["cap_binds_share"], roomy["aligned_share"]) == (0.0, 1.0)
+    assert roomy["targets_mean"] == capped["targets_mean"]  # the same seed draws the same masks

@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   "against cached once per catalogue")
     llmsrec.add_argument("--steps", type=int, default=6)
     llmsrec.add_argument("--rounds", type=int, default=2)
+    align = sub.add_parser("align-targets", help="LLMEmb's RAT: target positions per training batch of a "
+                                                 "pipeline's seqrec stage, and how often its cap on them binds")
+    align.add_argument("--config", required=True, help="a pipeline config")
+    align.add_argument("--stage", required=True, help="its seqrec stage with LLM items")
+    align.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override the pipeline, e.g. data.name=DIR")
     probe = sub.add_parser("probe", help="linear probes: how much of a trained ID recommender's item vectors (and "
                                          "of the items' popularity) frozen item matrices predict, on held-out items")
     probe.add_argument("--id-run", required=True, help="a finished seqrec run with recommender.items.kind: id")
@@ -134,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.llmemb_step import run
 
         result = run(args.data, args.steps, args.rounds, log=log)
+    elif args.bench == "align-targets":
+        from jaxrec.bench.align_targets import run
+
+        result = run(args.config, args.stage, args.overrides, log=log)
     elif args.bench == "llmsrec-step":
         from jaxrec.bench.llmsrec_step import run
 
