@@ -127,6 +127,20 @@ def as_stored_now(cls, data):
     return out
 
 
+def path_now(cls, dotted: str) -> str:
+    """A dotted key that a run stored (such as the field an input was read through), as
+    today's ``cls`` names it: ``recommender.embeddings`` -> ``recommender.items.embeddings``."""
+    head, _, rest = dotted.partition(".")
+    if not dataclasses.is_dataclass(cls):
+        return dotted
+    moved, fields = getattr(cls, "MOVED_KEYS", {}), {f.name for f in dataclasses.fields(cls)}
+    if head in moved and (head not in fields or not rest):
+        return ".".join(moved[head]) + (f".{rest}" if rest else "")
+    if rest and head in fields:
+        return f"{head}.{path_now(typing.get_type_hints(cls)[head], rest)}"
+    return dotted
+
+
 def apply_override(tree: dict, assignment: str) -> None:
     """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML."""
     key, sep, raw = assignment.partition("=")

@@ -347,6 +347,7 @@ def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read():
     """A config a user writes in the flat form of earlier versions gets an error naming each key's
     new place; a run stored in that form reads as today's sections (the same config, so a pipeline
     skips it), and its checkpoints' identity keeps the flat names (so they still resume)."""
+    from jaxrec.config import path_now
     from jaxrec.registry import build_config
     from jaxrec.run_dir import same_config
     from jaxrec.tasks.seqrec import _identity
@@ -374,6 +375,11 @@ def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read():
     assert same_config(today, {"config": stored, "config_hash": "of the stored tree"})
     assert not same_config(to_dict(build_config({**sectioned, "seed": 5})), {"config": stored})
     assert _identity(config, 0)["recommender"] == flat
+    for stored_key, key_now in (("recommender.embeddings", "recommender.items.embeddings"),
+                                ("recommender.align_to", "recommender.alignment.to"),
+                                ("recommender.items", "recommender.items.kind"), ("data.name", "data.name"),
+                                ("recommender.items.embeddings", "recommender.items.embeddings")):
+        assert path_now(type(config), stored_key) == key_now  # an input's field, as a stored manifest names it
 
 
 def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():

@@ -18,6 +18,7 @@ import pytest
 from jaxrec import launch, runs
 from jaxrec.errors import ConfigError
 from jaxrec.pipelines.config import load_pipeline
+from jaxrec.seqrec.spec import flat_names
 from jaxrec.pipelines.plan import make_plan
 from tests.conftest import build_torch_model, save_tokenizer
 
@@ -148,9 +149,20 @@ def test_quickstart_pipeline_runs_skips_resumes_and_reruns_what_changed(games_sl
     mntp["inputs"]["model.init_from"].update(run="/elsewhere/csft", config_hash=csft["config_hash"])
     for stage, manifest in (("csft", csft), ("mntp", mntp)):
         (first / stage / "manifest.json").write_text(json.dumps(manifest))
+    # ... and a recommender stored with the flat section of jaxrec before it had sections
+    sasrec = runs.read_manifest(first / "sasrec_llm2rec")
+    sasrec["config"]["recommender"] = flat_names(sasrec["config"]["recommender"])
+    sasrec["config_hash"] = runs.config_hash(sasrec["config"])
+    sasrec["inputs"]["recommender.embeddings"] = sasrec["inputs"].pop("recommender.items.embeddings")
+    for name, output in sasrec["outputs"].items():
+        if name.endswith("recommender"):
+            output["spec"] = flat_names(output["spec"])
+    (first / "sasrec_llm2rec" / "manifest.json").write_text(json.dumps(sasrec))
+    assert runs.trained_recommender(first / "sasrec_llm2rec" / "seed-1").spec.items.embeddings.endswith("embed")
     capsys.readouterr()
     assert launch.main(args + ["--dry-run"]) == 0
     assert re.search(r"csft\s+csft\s+skip", (plan := capsys.readouterr().err)) and re.search(r"mntp\s+mntp\s+skip", plan)
+    assert re.search(r"sasrec_llm2rec\s+seqrec\s+skip", plan)
     csft["config"]["data"]["sample_items"] = 5  # a value the run did not have is a change
     (first / "csft" / "manifest.json").write_text(json.dumps(csft))
     assert launch.main(args + ["--dry-run"]) == 0

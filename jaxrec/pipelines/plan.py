@@ -21,7 +21,7 @@ import dataclasses
 from pathlib import Path
 
 from jaxrec import runs
-from jaxrec.config import to_dict
+from jaxrec.config import path_now, to_dict
 from jaxrec.errors import ConfigError
 from jaxrec.inputs import input_fields, value_at
 from jaxrec.pipelines.config import Pipeline, stage_config
@@ -84,7 +84,8 @@ def _decide(config, run_dir: Path, upstream_moving: list[str]) -> tuple[str, str
     changed = config_changes(to_dict(config), manifest)
     if changed:
         return "rerun", "config changed: " + ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    current, stored = fingerprints(config), manifest.get("inputs", {})
+    current = fingerprints(config)
+    stored = {path_now(type(config), field): value for field, value in manifest.get("inputs", {}).items()}
     changed = [f for f in sorted(set(current) | set(stored)) if not _same_input(current.get(f), stored.get(f))]
     if changed:
         return "rerun", "inputs changed: " + ", ".join(changed)

@@ -183,6 +183,17 @@ FLAT_KEYS = {
     "align_items": ("alignment", "max_items"),
 }
 """Each key of the flat ``recommender`` section of jaxrec before it had sections -> where it is now."""
+
+
+def flat_names(recommender: dict) -> dict:
+    """A ``recommender`` tree (nested dicts) under the flat names of runs made before the sections."""
+    flat = {key: value for key, value in recommender.items() if not isinstance(value, dict)}
+    for flat_key, (section, name) in FLAT_KEYS.items():
+        if name in recommender.get(section, {}):
+            flat[flat_key] = recommender[section][name]
+    return flat
+
+
 RecommenderSpec.MOVED_KEYS = FLAT_KEYS  # stored runs' flat keys move; a user's config gets an error naming the place
 
 

@@ -31,7 +31,7 @@ from jaxrec.seqrec.probe import ProbeTargets
 from jaxrec.seqrec.recommender import (Recommender, adapter_output_width, align_slots, backbone_class,
                                        counts_align_targets, init_variables, item_slots,
                                        make_objective, maps_batch_items)
-from jaxrec.seqrec.spec import FLAT_KEYS, EvalSpec, ItemsSpec, RecommenderSpec, ranking_monitor
+from jaxrec.seqrec.spec import EvalSpec, ItemsSpec, RecommenderSpec, flat_names, ranking_monitor
 from jaxrec.tasks.specs import Task, TrainingConfig
 from jaxrec.train.session import TrainingSession, gather, trainable_count
 
@@ -136,22 +136,11 @@ class _Setup:
         return batch
 
 
-def _flat_fields(spec: RecommenderSpec) -> dict:
-    """The settings of ``spec`` away from their defaults, under the flat names of runs made before
-    the sections existed (what a checkpoint's identity records)."""
-    nested = non_default_fields(spec)
-    flat = {key: value for key, value in nested.items() if not isinstance(value, dict)}
-    for flat_key, (section, name) in FLAT_KEYS.items():
-        if name in nested.get(section, {}):
-            flat[flat_key] = nested[section][name]
-    return flat
-
-
 def _identity(config: SeqrecConfig, seed: int) -> dict:
     # only the settings away from their defaults, under their flat names: an option
     # added later at its default, or sections, leave earlier runs' checkpoints resumable
     return {"task": "seqrec", "data": str(config.data.name), "seed": seed,
-            "recommender": _flat_fields(config.recommender)}
+            "recommender": flat_names(non_default_fields(config.recommender))}
 
 
 def train_and_test(setup: _Setup, seed: int, run: Run, subdir: str = "", log=print) -> dict:
