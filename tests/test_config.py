@@ -118,6 +118,19 @@ def test_an_override_of_an_aliased_section_changes_only_the_place_it_names(tmp_p
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def test_every_shipped_config_header_says_where_it_differs_from_the_authors_code():
+    import re
+
+    said = re.compile(r"deliberate differences?|deviations from the authors' code|not one of the three methods'",
+                      re.IGNORECASE)
+    silent = []
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        header = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+        if not said.search(header):
+            silent.append(str(path.relative_to(CONFIGS)))
+    assert not silent, f"config headers without their deviations from the authors' code: {silent}"
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_configs_are_valid(path, tmp_path):
     """Every shipped config, task or pipeline, validates; a pipeline's every
