@@ -147,9 +147,23 @@ class AlignmentSpec:
         _at_least_one(self, ("max_items",))
 
 
+FLAT_KEYS = {
+    **{f.name: ("backbone", f.name) for f in dataclasses.fields(BackboneSpec)},
+    **{f.name: ("items", f.name) for f in dataclasses.fields(ItemsSpec) if f.name != "kind"},
+    "items": ("items", "kind"),
+    **{f"align_{f.name}": ("alignment", f.name) for f in dataclasses.fields(AlignmentSpec)
+       if f.name not in ("to", "max_items")},
+    "align_to": ("alignment", "to"),
+    "align_items": ("alignment", "max_items"),
+}
+"""Each key of the flat ``recommender`` section of jaxrec before it had sections -> where it is now."""
+
+
 @dataclasses.dataclass
 class RecommenderSpec:
     """A sequential recommender from parts: the backbone, its items and their alignment, and how it trains."""
+
+    MOVED_KEYS = FLAT_KEYS  # a stored run's flat keys move here; a config written flat gets an error naming the place
 
     backbone: BackboneSpec = dataclasses.field(default_factory=BackboneSpec)
     items: ItemsSpec = dataclasses.field(default_factory=ItemsSpec)
@@ -173,18 +187,6 @@ class RecommenderSpec:
             raise ValueError("bert4rec trains on masked sequences: set examples: sequences")
 
 
-FLAT_KEYS = {
-    **{f.name: ("backbone", f.name) for f in dataclasses.fields(BackboneSpec)},
-    **{f.name: ("items", f.name) for f in dataclasses.fields(ItemsSpec) if f.name != "kind"},
-    "items": ("items", "kind"),
-    **{f"align_{f.name}": ("alignment", f.name) for f in dataclasses.fields(AlignmentSpec)
-       if f.name not in ("to", "max_items")},
-    "align_to": ("alignment", "to"),
-    "align_items": ("alignment", "max_items"),
-}
-"""Each key of the flat ``recommender`` section of jaxrec before it had sections -> where it is now."""
-
-
 def flat_names(recommender: dict) -> dict:
     """A ``recommender`` tree (nested dicts) under the flat names of runs made before the sections."""
     flat = {key: value for key, value in recommender.items() if not isinstance(value, dict)}
@@ -192,9 +194,6 @@ def flat_names(recommender: dict) -> dict:
         if name in recommender.get(section, {}):
             flat[flat_key] = recommender[section][name]
     return flat
-
-
-RecommenderSpec.MOVED_KEYS = FLAT_KEYS  # stored runs' flat keys move; a user's config gets an error naming the place
 
 
 @dataclasses.dataclass
