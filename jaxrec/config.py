@@ -80,19 +80,32 @@ def _coerce(tp, value: Any, key: str):
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def build(cls, data: Any, prefix: str = ""):
-    """Instantiate dataclass ``cls`` from a mapping, checking every key and type."""
+def _moved_to(cls, key: str, value) -> tuple[str, ...] | None:
+    """Where today's ``cls`` keeps a key that it has moved (its ``MOVED_KEYS``: old key -> path
+    under the class), or None: a key that is still a field keeps its place unless its value is
+    of the old kind (``items: llm`` where ``items`` is now a section)."""
+    path = getattr(cls, "MOVED_KEYS", {}).get(key)
+    if path is None or (key in {f.name for f in dataclasses.fields(cls)} and isinstance(value, Mapping)):
+        return None
+    return path
+
+
+def build(cls, data: Any, prefix: str = "", stored: bool = False):
+    """Instantiate dataclass ``cls`` from a mapping, checking every key and type; ``stored``:
+    a tree a run stored, read in today's shape first (:func:`as_stored_now`)."""
     where = prefix.rstrip(".") or "the top level"
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    if stored:
+        data = as_stored_now(cls, data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
-        if key in moved and (key not in fields or not isinstance(data[key], Mapping)):
-            raise ConfigError(f"'{prefix}{key}' is now '{prefix}{'.'.join(moved[key])}'; valid keys under {where}: "
+        moved = _moved_to(cls, key, data[key])
+        if moved is not None:
+            raise ConfigError(f"'{prefix}{key}' is now '{prefix}{'.'.join(moved)}'; valid keys under {where}: "
                               f"{', '.join(fields)}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
@@ -113,13 +126,13 @@ def as_stored_now(cls, data):
     sections too. A config a user writes gets an error naming the new place instead (:func:`build`)."""
     if not isinstance(data, Mapping) or not dataclasses.is_dataclass(cls):
         return data
-    moved, hints = getattr(cls, "MOVED_KEYS", {}), typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    is_moved = lambda key, value: key in moved and (key not in fields or not isinstance(value, Mapping))
-    out = {key: as_stored_now(hints.get(key), value) for key, value in data.items() if not is_moved(key, value)}
+    hints = typing.get_type_hints(cls)
+    out = {key: as_stored_now(hints.get(key), value) for key, value in data.items()
+           if _moved_to(cls, key, value) is None}
     for key, value in data.items():
-        if is_moved(key, value):
-            *sections, name = moved[key]
+        moved = _moved_to(cls, key, value)
+        if moved is not None:
+            *sections, name = moved
             node = out
             for section in sections:
                 node = node.setdefault(section, {})
@@ -130,15 +143,16 @@ def as_stored_now(cls, data):
 def path_now(cls, dotted: str) -> str:
     """A dotted key that a run stored (such as the field an input was read through), as
     today's ``cls`` names it: ``recommender.embeddings`` -> ``recommender.items.embeddings``."""
-    head, _, rest = dotted.partition(".")
-    if not dataclasses.is_dataclass(cls):
-        return dotted
-    moved, fields = getattr(cls, "MOVED_KEYS", {}), {f.name for f in dataclasses.fields(cls)}
-    if head in moved and (head not in fields or not rest):
-        return ".".join(moved[head]) + (f".{rest}" if rest else "")
-    if rest and head in fields:
-        return f"{head}.{path_now(typing.get_type_hints(cls)[head], rest)}"
-    return dotted
+    tree = node = {}
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = None  # a leaf value: the key itself, not a section of today's shape
+    path, node = [], as_stored_now(cls, tree)
+    while isinstance(node, dict):
+        (key, node), = node.items()
+        path.append(key)
+    return ".".join(path)
 
 
 def apply_override(tree: dict, assignment: str) -> None:

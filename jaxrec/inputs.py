@@ -28,9 +28,9 @@ def input_fields(config_class: type) -> dict[tuple[str, ...], InputField]:
     """Path of fields (such as ``("recommender", "items", "embeddings")``) -> :class:`InputField`
     over the sections of a config class and the sections nested in them (read once per class:
     pipelines ask for every stage, several times)."""
-    found = {}
+    found, hints = {}, typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
-        section = typing.get_type_hints(config_class).get(field.name)
+        section = hints.get(field.name)
         if not dataclasses.is_dataclass(section):
             continue
         for key, declared in getattr(section, "INPUTS", {}).items():

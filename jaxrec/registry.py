@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxrec.config import apply_override, as_stored_now, build, culprit_override, read_tree
+from jaxrec.config import apply_override, build, culprit_override, read_tree
 from jaxrec.errors import ConfigError
 from jaxrec.methods import llm2rec, llmemb, llmsrec
 from jaxrec.tasks import encode, seqrec
@@ -36,8 +36,6 @@ def build_config(tree: dict, origin: str = "config", stored: bool = False) -> Ta
     ``stored``: a tree a run stored, read in today's shape (:func:`~jaxrec.config.as_stored_now`)."""
     task = tree.get("task", DEFAULT_TASK)
     cls = config_class(task, origin)
-    if stored:
-        tree = as_stored_now(cls, tree)
     own = sections(cls)
     for key in tree:
         users = [name for name, t in TASKS.items() if key in sections(t.config)]
@@ -45,7 +43,7 @@ def build_config(tree: dict, origin: str = "config", stored: bool = False) -> Ta
             raise ConfigError(f"{origin}: section '{key}' is not used by task '{task}' (it belongs to "
                               f"{', '.join(users)}); remove it or set task to one of those")
     try:
-        config = build(cls, {**tree, "task": task})
+        config = build(cls, {**tree, "task": task}, stored=stored)
     except ConfigError as err:
         raise ConfigError(f"{origin}: {err}") from None
     if getattr(getattr(config, "batch", None), "pack", False) and not TASKS[task].packs_examples:

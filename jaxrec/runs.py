@@ -39,7 +39,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save
 
-from jaxrec.config import as_stored_now, build
+from jaxrec.config import build
 from jaxrec.errors import DataError, RunError
 from jaxrec.io import save_npy_atomic, sha256_file, write_bytes_atomic, write_json_atomic
 from jaxrec.models.layers import LoraSpec
@@ -204,7 +204,7 @@ class RunInfo:
         """The config the run was made with, built as ``config_class`` (its run_dir left out:
         where a run was written is not part of what it did)."""
         stored = {k: v for k, v in self.manifest["config"].items() if k != "run_dir"}
-        return build(config_class, as_stored_now(config_class, stored))
+        return build(config_class, stored, stored=True)
 
     def output(self, name: str) -> dict:
         outputs = self.manifest["outputs"]
@@ -411,7 +411,7 @@ def trained_recommender(location: str | Path, role: str = "the directory") -> Tr
     entry = run.output("recommender")
     params = traverse_util.unflatten_dict(load_file(str(run.file("recommender"))), sep="/")
     item_ids = json.loads(run.file("item_ids").read_text())
-    spec = build(RecommenderSpec, as_stored_now(RecommenderSpec, entry["spec"]), prefix="recommender.")
+    spec = build(RecommenderSpec, entry["spec"], prefix="recommender.", stored=True)
     return TrainedRecommender(spec, params, item_ids, str(Path(location)))
 
 
