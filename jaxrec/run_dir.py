@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxrec import runs
 from jaxrec.config import to_dict, to_yaml
+from jaxrec.inputs import value_at
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.registry import TASKS, build_config
 from jaxrec.tasks.specs import TaskConfig, check_inputs
@@ -77,18 +78,21 @@ def same_config(config_dict: dict, manifest: dict) -> bool:
     return stored is not None and runs.config_hash(stored) == runs.config_hash(config_dict)
 
 
+def _stored_tree(manifest: dict) -> dict:
+    """The run's stored config as today's classes read it (as stored, where it no longer reads)."""
+    stored = manifest.get("config") or {}
+    return _stored_config_as_now(stored) or stored
+
+
 def config_changes(config_dict: dict, manifest: dict) -> list[str]:
     """The keys that differ from the stored run's config (read as today's classes read it)."""
     if same_config(config_dict, manifest):
         return []
-    stored = _stored_config_as_now(manifest.get("config") or {}) or manifest.get("config") or {}
-    return changed_keys(stored, config_dict) or ["(the config hash differs)"]
+    return changed_keys(_stored_tree(manifest), config_dict) or ["(the config hash differs)"]
 
 
 def _leaf(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+    return value_at(tree, tuple(dotted.split(".")))
 
 
 def check_relaunch(config_dict: dict, task: str, run_dir: Path) -> list[dict]:
@@ -109,11 +113,12 @@ def check_relaunch(config_dict: dict, task: str, run_dir: Path) -> list[dict]:
     if not changed or (status != "finished" and not holds_training_state(run_dir)):
         return history  # the same run, or one that ended before it made anything a changed config could mislabel
     if set(changed) <= EXTENDING_KEYS:
-        stored = manifest.get("config") or {}
+        stored = _stored_tree(manifest)
         history.append({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "changed": {k: [_leaf(stored, k), _leaf(config_dict, k)] for k in changed}})
         return history
-    shown = ", ".join(f"{k} ({_leaf(manifest.get('config') or {}, k)!r} -> {_leaf(config_dict, k)!r})"
+    stored = _stored_tree(manifest)
+    shown = ", ".join(f"{k} ({_leaf(stored, k)!r} -> {_leaf(config_dict, k)!r})"
                       for k in changed[:8]) + (" ..." if len(changed) > 8 else "")
     raise RunDirConflict(f"{run_dir} holds a {status} {task} run made with another config (differing: {shown}); "
                          f"only {', '.join(sorted(EXTENDING_KEYS))} may change to resume it: {ways_out}")

@@ -356,7 +356,7 @@ def test_shipped_configs_follow_the_authors_where_they_say_so():
     assert (teacher.loop.epochs, teacher.loop.patience, teacher.loop.eval_every) == (200, 0, 0)
 
 
-def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read():
+def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read(tmp_path):
     """A config a user writes in the flat form of earlier versions gets an error naming each key's
     new place; a run stored in that form reads as today's sections (the same config, so a pipeline
     skips it), and its checkpoints' identity keeps the flat names (so they still resume)."""
@@ -393,6 +393,17 @@ def test_the_recommender_is_in_sections_and_runs_stored_flat_still_read():
                                 ("recommender.items", "recommender.items.kind"), ("data.name", "data.name"),
                                 ("recommender.items.embeddings", "recommender.items.embeddings")):
         assert path_now(type(config), stored_key) == key_now  # an input's field, as a stored manifest names it
+    # a relaunch refused over a run stored flat names the stored value under today's key
+    import json
+
+    from jaxrec.run_dir import RunDirConflict, check_relaunch
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"task": "seqrec", "status": "finished", "config": stored,
+                                                        "config_hash": "of the stored tree"}))
+    with pytest.raises(RunDirConflict, match=r"recommender\.backbone\.hidden \(32 -> 64\)"):
+        check_relaunch(to_dict(build_config({**sectioned, "recommender": {**sectioned["recommender"],
+                                                                            "backbone": {"model": "gru4rec", "hidden": 64}}})),
+                       "seqrec", tmp_path)
 
 
 def test_non_default_fields_leave_out_what_a_later_option_adds_at_its_default():
