@@ -19,9 +19,9 @@ import jax
 import numpy as np
 
 from jaxrec import runs
+from jaxrec.config import non_default_fields
 from jaxrec.data.batches import IndexBatches
 from jaxrec.data.prep import SeqData
-from jaxrec.config import non_default_fields
 from jaxrec.errors import ConfigError, RunError
 from jaxrec.runs import Run
 from jaxrec.seqrec.evaluate import SplitRanking, batched, best_state_on_test, seeds_summary
