@@ -240,9 +240,18 @@ def test_next_item_losses_match_numpy():
     held[..., 4] = -np.inf
     logp = held - np.log(np.exp(held - held.max(-1, keepdims=True)).sum(-1, keepdims=True)) - held.max(-1, keepdims=True)
     expected = -np.mean([logp[b, l, warm_targets[b, l]] for b, l in zip(*np.nonzero(real))])
-    held_out = jnp.arange(1, 6) == 4
-    got = full_softmax_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(warm_targets), held_out)
+    got = full_softmax_loss(jnp.asarray(states), jnp.asarray(table), jnp.asarray(warm_targets), np.array([1, 2, 3, 5]))
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # and their gradients are those of the logits masked to -inf (the held-out rows get none)
+    def masked(states, table):
+        logits = jnp.where(jnp.arange(6) == 4, -jnp.inf, jnp.einsum("blh,nh->bln", states, table).at[..., 0].set(-jnp.inf))
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(warm_targets)[..., None], -1)[..., 0]
+        return jnp.sum(nll * real) / real.sum()
+
+    left_out = lambda states, table: full_softmax_loss(states, table, jnp.asarray(warm_targets), np.array([1, 2, 3, 5]))
+    for want, have in zip(jax.grad(masked, (0, 1))(jnp.asarray(states), jnp.asarray(table)),
+                          jax.grad(left_out, (0, 1))(jnp.asarray(states), jnp.asarray(table))):
+        np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-5, atol=1e-6)
     softplus = lambda x: np.log1p(np.exp(x))
     terms = [
         softplus(-states[b, l] @ table[targets[b, l]]) + softplus(states[b, l] @ table[negatives[b, l, 0]])

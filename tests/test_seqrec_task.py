@@ -226,3 +226,22 @@ def test_align_targets_bench_counts_each_batchs_targets_and_what_a_cap_keeps(tmp
     roomy = run(str(pipeline), "rec", ["stages.rec.recommender.alignment.max_items=1000"], log=lambda *_: None)
     assert (roomy["cap_binds_share"], roomy["aligned_share"]) == (0.0, 1.0)
     assert roomy["targets_mean"] == capped["targets_mean"]  # the same seed draws the same masks
+
+
+def test_seqrec_step_bench_times_a_stage_in_this_checkout_and_another(tmp_path, monkeypatch):
+    """``python -m jaxrec.bench seqrec-step --tree DIR``: each checkout's step in its own process;
+    the same code on both sides gives the same loss after the same steps."""
+    from jaxrec.bench.seqrec_step import ROOT, run
+
+    monkeypatch.setenv("JAXREC_PROGRESS", "0")
+    data = write_successor_dataset(tmp_path / "data")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        f"run_dir: {tmp_path / 'runs'}\ndata: {{name: {data}, k_core: 1}}\nbatch: {{size: 16}}\nstages:\n"
+        "  rec:\n    task: seqrec\n    recommender: {backbone: {model: sasrec, hidden: 8, max_history: 6}}\n")
+    lines = []
+    result = run(str(pipeline), "rec", steps=3, rounds=1, tree=str(ROOT), log=lines.append)
+    assert set(result["ms_per_step"]) == {"this checkout", f"tree {ROOT}"}
+    assert all(ms > 0 for ms in result["ms_per_step"].values()) and result["speedup"] > 0
+    losses = {line.rsplit(" ", 1)[-1] for line in lines}
+    assert len(lines) == 2 and len(losses) == 1, lines

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                                                   "against cached once per catalogue")
     llmsrec.add_argument("--steps", type=int, default=6)
     llmsrec.add_argument("--rounds", type=int, default=2)
+    seqrec = sub.add_parser("seqrec-step", help="a seqrec stage's training step (default: the quickstart's SASRec on "
+                                                "ID items), this checkout against another, alternating processes")
+    seqrec.add_argument("--config", default="configs/quickstart.yaml", help="a pipeline config, relative to each tree")
+    seqrec.add_argument("--stage", default="sasrec_id", help="its seqrec stage")
+    seqrec.add_argument("--steps", type=int, default=35, help="timed steps per round")
+    seqrec.add_argument("--rounds", type=int, default=3)
+    seqrec.add_argument("--tree", help="another checkout of jaxrec to time alongside (e.g. the commit before a change)")
     align = sub.add_parser("align-targets", help="LLMEmb's RAT: target positions per training batch of a "
                                                  "pipeline's seqrec stage, and how often its cap on them binds")
     align.add_argument("--config", required=True, help="a pipeline config")
@@ -140,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.llmemb_step import run
 
         result = run(args.data, args.steps, args.rounds, log=log)
+    elif args.bench == "seqrec-step":
+        from jaxrec.bench.seqrec_step import run
+
+        result = run(args.config, args.stage, args.steps, args.rounds, args.tree, log=log)
     elif args.bench == "align-targets":
         from jaxrec.bench.align_targets import run
 

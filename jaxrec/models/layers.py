@@ -39,7 +39,7 @@ class LoraSpec:
 _lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's Linear default
 
 
-def _flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
+def flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
     """``tensordot(x, kernel, contract_dims)`` as one 2-D matrix product on
     [tokens, inputs] x [inputs, outputs]. The same math, but differentiated
     as 2-D products: on CPU, XLA lowers the backward of the (batch, length)
@@ -78,7 +78,7 @@ class Projection(nn.Module):
             in_shape + tuple(self.features),
             self.param_dtype,
         )
-        y = _flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.contract_dims)
+        y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.contract_dims)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -102,10 +102,10 @@ class Projection(nn.Module):
         b = self.variable("lora", "b", lambda: b_init(self.make_rng("params"), (spec.rank,) + tuple(self.features), jnp.float32))
         a, b = a.value, b.value
         x = nn.Dropout(spec.dropout, deterministic=self.deterministic)(x)
-        low = _flat_matmul(x.astype(self.dtype), a.astype(self.dtype), self.contract_dims)
+        low = flat_matmul(x.astype(self.dtype), a.astype(self.dtype), self.contract_dims)
         # scaling the rank x features factor, not the tokens x features product,
         # spares a pass over the output in the forward and the backward
-        return _flat_matmul(low, (b * spec.scale).astype(self.dtype), 1)
+        return flat_matmul(low, (b * spec.scale).astype(self.dtype), 1)
 
 
 class RMSNorm(nn.Module):

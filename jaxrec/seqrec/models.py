@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.models.layers import flat_matmul
 from jaxrec.seqrec.spec import BackboneSpec
 
 
@@ -53,9 +54,10 @@ class Dropout(nn.Module):
         return jnp.where(keep, x * (256.0 / (256 - threshold)), 0.0).astype(x.dtype)
 
 
-class _Projection(nn.Module):
-    """A dense layer (same parameters as ``nn.Dense``) that can compute a
-    slice of its output columns alone."""
+class Dense(nn.Module):
+    """``nn.Dense``'s parameters (and, by its name, their names and initial values),
+    computed as one 2-D product over the flattened positions (see ``flat_matmul``:
+    faster gradients on CPU), and able to compute a slice of its output columns alone."""
 
     features: int
     kernel_init: str = "normal"
@@ -66,7 +68,7 @@ class _Projection(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if columns is not None:
             kernel, bias = kernel[:, columns[0]:columns[1]], bias[columns[0]:columns[1]]
-        return x @ kernel + bias
+        return flat_matmul(x, kernel, 1) + bias
 
 
 class _SelfAttention(nn.Module):
@@ -87,7 +89,7 @@ class _SelfAttention(nn.Module):
         if hidden % self.heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {self.heads} heads")
         head_dim = hidden // self.heads
-        projection = _Projection(3 * hidden, self.kernel_init, name="qkv")
+        projection = Dense(3 * hidden, self.kernel_init, name="qkv")
         if at is None and kv is None:
             q, k, v = jnp.split(projection(x), 3, axis=-1)
         else:
@@ -101,7 +103,7 @@ class _SelfAttention(nn.Module):
         weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
         weights = Dropout(self.dropout, deterministic)(weights)
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], hidden)
-        return nn.Dense(hidden, kernel_init=WEIGHT_INITS[self.kernel_init], name="out")(out)
+        return Dense(hidden, self.kernel_init, name="out")(out)
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -123,7 +125,7 @@ class _Block(nn.Module):
         """``at`` [batch]: compute the output at that position of each row only."""
         c = self.config
         attention = _SelfAttention(c.heads, c.dropout, c.weight_init)
-        dense = functools.partial(nn.Dense, kernel_init=WEIGHT_INITS[c.weight_init])
+        dense = functools.partial(Dense, kernel_init=c.weight_init)
         attend = lambda h, kv=None: attention(h, mask, deterministic, at, kv)
         act = _gelu if c.activation == "gelu" else nn.relu
         drop = lambda h: Dropout(c.dropout, deterministic)(h)

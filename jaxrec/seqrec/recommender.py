@@ -208,9 +208,9 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
     items only); optionally ``align_slots`` (:func:`align_slots`); and the backbone's ``batch_fields`` (BERT4Rec: ``mask_last`` [B], rows that mask only their last item).
     ``held_out``: item ids the softmax never offers (held-out cold items)."""
     spec = model.spec
-    excluded = None
+    candidates = None
     if held_out is not None and len(held_out):
-        excluded = jnp.zeros(model.num_items, bool).at[jnp.asarray(held_out) - 1].set(True)
+        candidates = np.setdiff1d(np.arange(1, model.num_items + 1), held_out).astype(np.int32)
 
     def loss(variables, _objective_params, batch, rng):
         dropout_rng, mask_rng, align_rng = jax.random.split(rng, 3)
@@ -227,7 +227,7 @@ def make_objective(model: Recommender, held_out: np.ndarray | None = None):
             targets = jnp.max(targets, axis=1, keepdims=True)
             negatives = None if negatives is None else jnp.max(negatives, axis=1, keepdims=True)
         if spec.loss == "softmax":
-            next_item = full_softmax_loss(states, items, targets, excluded)
+            next_item = full_softmax_loss(states, items, targets, candidates)
         else:
             next_item = sampled_bce_loss(states, items, targets, negatives)
         metrics = {"next_item_loss": next_item}
