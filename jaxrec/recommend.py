@@ -108,7 +108,8 @@ def _llmsrec_scorer(run: runs.RunInfo, config, data) -> _Scorer:
     from jaxrec.methods.llmsrec.task import distiller, every_item_vector, frozen_constants, prompts_for
 
     spec = config.distill
-    lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer)
+    lm = runs.load_trained_lm(run.path, config.model.dtype, role="--run", tokenizer=config.model.tokenizer,
+                              matmul_dtype=config.model.matmul_dtype)  # as the run scored
     teacher = Teacher(spec.teacher, [str(i) for i in data.item_ids])
     prompts, days = prompts_for(lm, data, spec)
     model = distiller(lm.config, spec)

@@ -117,6 +117,49 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_checkpoints):
     assert np.abs(half - full).max() / np.abs(full).max() < 0.05
 
 
+@pytest.mark.parametrize("variant", ALL)
+def test_bfloat16_matmul_operands_stay_close_to_transformers_float32(tiny_checkpoints, variant):
+    """model.matmul_dtype: bfloat16 rounds the projections' operands only; the weights stay
+    float32 and the logits within bfloat16's rounding of transformers' float32 ones."""
+    directory, torch_model = tiny_checkpoints(variant)
+    ids = random_ids(2, 24, seed=1)
+    expected = torch_reference.logits(torch_model, ids)
+    mixed = jaxrec.load_lm(directory, matmul_dtype="bfloat16")
+    assert mixed.params["layers"]["mlp"]["up"]["kernel"].dtype == "float32"
+    got = np.asarray(mixed.logits(ids))
+    full = np.asarray(jaxrec.load_lm(directory).logits(ids))
+    assert got.dtype == np.float32
+    assert 1e-5 < np.abs(got - full).max() / np.abs(expected).max() < 0.02  # rounded, and only by that
+    np.testing.assert_allclose(full, expected, atol=1e-4, rtol=0)
+
+
+def test_model_matmul_dtype_reaches_the_loaded_decoder(tiny_checkpoints):
+    from jaxrec.tasks.specs import ModelSpec
+
+    directory, _ = tiny_checkpoints("qwen2-tied")
+    assert ModelSpec(name=str(directory), matmul_dtype="bfloat16").load().config.matmul_dtype == "bfloat16"
+    assert ModelSpec(name=str(directory)).load().config.matmul_dtype is None
+    with pytest.raises(ValueError, match="matmul_dtype must be one of"):
+        jaxrec.load_lm(directory, matmul_dtype="float16")
+
+
+def test_flat_matmul_rounds_its_operands_and_accumulates_in_the_inputs_dtype():
+    import jax.numpy as jnp
+
+    from jaxrec.models.layers import flat_matmul
+
+    rng = np.random.default_rng(0)
+    x, kernel = rng.normal(size=(3, 5, 64)).astype(np.float32), rng.normal(size=(64, 2, 8)).astype(np.float32)
+    rounded = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    want = np.tensordot(rounded(x), rounded(kernel), 1)
+    got = flat_matmul(jnp.asarray(x), jnp.asarray(kernel), 1, "bfloat16")
+    assert got.dtype == jnp.float32 and got.shape == (3, 5, 2, 8)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    exact = np.tensordot(x.astype(np.float64), kernel.astype(np.float64), 1)
+    assert np.abs(np.asarray(flat_matmul(jnp.asarray(x), jnp.asarray(kernel), 1)) - exact).max() < 1e-4
+    assert np.abs(np.asarray(got) - exact).max() > 1e-3  # the rounding shows
+
+
 @pytest.mark.parametrize("variant", ["llama-tied-gqa", "qwen2-untied"])
 def test_injected_embeddings_match_transformers_inputs_embeds(tiny_checkpoints, variant):
     """LLM-SRec's [HistoryEmb] path: vectors replacing some token embeddings."""

@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "against cached once per catalogue")
     llmsrec.add_argument("--steps", type=int, default=6)
     llmsrec.add_argument("--rounds", type=int, default=2)
+    matmul = sub.add_parser("matmul-dtype", help="SmolLM2's LoRA steps and encoding with float32 against bfloat16 "
+                                                 "matmul operands (model.matmul_dtype), alternating in one process")
+    matmul.add_argument("--steps", type=int, default=4, help="timed steps per objective and round")
+    matmul.add_argument("--rounds", type=int, default=2)
+    matmul.add_argument("--batch-size", type=int, default=32)
     seqrec = sub.add_parser("seqrec-step", help="a seqrec stage's training step (default: the quickstart's SASRec on "
                                                 "ID items), this checkout against another, alternating processes")
     seqrec.add_argument("--config", default="configs/quickstart.yaml", help="a pipeline config, relative to each tree")
@@ -147,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrec.bench.llmemb_step import run
 
         result = run(args.data, args.steps, args.rounds, log=log)
+    elif args.bench == "matmul-dtype":
+        from jaxrec.bench.matmul_dtype import run
+
+        result = run(args.steps, args.rounds, args.batch_size, log=log)
     elif args.bench == "seqrec-step":
         from jaxrec.bench.seqrec_step import run
 

@@ -47,11 +47,11 @@ class DecoderLayer(nn.Module):
         attn = Attention(
             c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, c.o_bias,
             c.attention_dropout, self.deterministic, c.dtype, c.param_dtype, c.lora,
-            c.rms_norm_eps if c.qk_norm else None, name="attn",
+            c.rms_norm_eps if c.qk_norm else None, c.matmul_dtype, name="attn",
         )
         attended, kv = attn(norm("input_norm")(x), cos, sin, mask, past)
         x = x + attended
-        mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, name="mlp")
+        mlp = SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, c.lora, self.deterministic, c.matmul_dtype, name="mlp")
         x = x + mlp(norm("post_attn_norm")(x))
         return constrain_batch(x), kv if self.keep_kv else None
 

@@ -39,16 +39,21 @@ class LoraSpec:
 _lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's Linear default
 
 
-def flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
+def flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int, operands: str | None = None) -> jax.Array:
     """``tensordot(x, kernel, contract_dims)`` as one 2-D matrix product on
     [tokens, inputs] x [inputs, outputs]. The same math, but differentiated
     as 2-D products: on CPU, XLA lowers the backward of the (batch, length)
     tensordot's weight gradient with the output gradient transposed
-    element by element first, which cost a LoRA step more than its matmuls."""
+    element by element first, which cost a LoRA step more than its matmuls.
+    ``operands``: round both to this dtype, accumulating in ``x``'s."""
     lead, inputs = x.shape[: x.ndim - contract_dims], x.shape[x.ndim - contract_dims :]
     outputs = kernel.shape[contract_dims:]
     rows = x.reshape(-1, math.prod(inputs))
-    product = rows @ kernel.reshape(math.prod(inputs), math.prod(outputs))
+    matrix = kernel.reshape(math.prod(inputs), math.prod(outputs))
+    if operands is None or jnp.dtype(operands) == x.dtype:
+        product = rows @ matrix
+    else:
+        product = jnp.matmul(rows.astype(operands), matrix.astype(operands), preferred_element_type=x.dtype)
     return product.reshape(lead + outputs)
 
 
@@ -68,6 +73,8 @@ class Projection(nn.Module):
     param_dtype: str = "float32"
     lora: LoraSpec | None = None
     deterministic: bool = True
+    matmul_dtype: str | None = None
+    """Round the input and kernel to this dtype for the product (LoRA's stays in ``dtype``)."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -78,7 +85,7 @@ class Projection(nn.Module):
             in_shape + tuple(self.features),
             self.param_dtype,
         )
-        y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.contract_dims)
+        y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.contract_dims, self.matmul_dtype)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -248,6 +255,7 @@ class Attention(nn.Module):
     lora: LoraSpec | None = None
     qk_norm_eps: float | None = None
     """With a value, an RMSNorm over each head's query and key before RoPE (Qwen3)."""
+    matmul_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, past=None):
@@ -257,7 +265,8 @@ class Attention(nn.Module):
 
         def proj(name, features, axes, bias, contract=1):
             return Projection(
-                features, axes, contract, bias, self.dtype, self.param_dtype, self.lora, self.deterministic, name=name
+                features, axes, contract, bias, self.dtype, self.param_dtype, self.lora, self.deterministic,
+                self.matmul_dtype, name=name,
             )
 
         q = proj("q", (self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), self.qkv_bias)(x)
@@ -289,12 +298,14 @@ class SwiGLU(nn.Module):
     param_dtype: str = "float32"
     lora: LoraSpec | None = None
     deterministic: bool = True
+    matmul_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x):
         def proj(name, features, axes):
             return Projection(
-                features, axes, 1, False, self.dtype, self.param_dtype, self.lora, self.deterministic, name=name
+                features, axes, 1, False, self.dtype, self.param_dtype, self.lora, self.deterministic,
+                self.matmul_dtype, name=name,
             )
 
         gate = proj("gate", (self.intermediate_size,), ("embed", "mlp"))(x)

@@ -203,13 +203,15 @@ def load_pretrained(
     tokenizer: str | Path | None = None,
     attention_dropout: float | None = None,
     remat: str | None = None,
+    matmul_dtype: str | None = None,
     shardings: Callable[[DecoderConfig], dict] | None = None,
 ) -> LM:
     """Load a LLaMA / Qwen2 decoder from a named asset (``smollm2-135m``), an HF
     model directory with safetensors, or a LLaMA GGUF file.
 
     ``dtype`` is the compute dtype; parameters are kept in ``param_dtype``
-    (default: the same as ``dtype``); ``remat`` overrides ``DecoderConfig.remat``.
+    (default: the same as ``dtype``); ``remat`` and ``matmul_dtype`` override
+    ``DecoderConfig``'s.
     ``shardings`` maps the model's config to the shardings of its params: each
     process then reads only the shards its devices hold (default: the whole
     model on the first local device).
@@ -219,6 +221,10 @@ def load_pretrained(
     runtime = {"dtype": dtype, "param_dtype": param_dtype or dtype}
     if remat is not None:  # else DecoderConfig's default
         runtime["remat"] = remat
+    if matmul_dtype is not None:
+        if matmul_dtype not in DTYPES:
+            raise ValueError(f"matmul_dtype must be one of {DTYPES}, got {matmul_dtype!r}")
+        runtime["matmul_dtype"] = matmul_dtype
     path = assets.resolve_file(name_or_path)
     if path.is_dir():
         config = load_hf_config(path, **runtime)
