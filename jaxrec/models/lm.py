@@ -216,14 +216,13 @@ def load_pretrained(
     process then reads only the shards its devices hold (default: the whole
     model on the first local device).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    for name, value in (("dtype", dtype), ("matmul_dtype", matmul_dtype)):
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"{name} must be one of {DTYPES}, got {value!r}")
     runtime = {"dtype": dtype, "param_dtype": param_dtype or dtype}
     if remat is not None:  # else DecoderConfig's default
         runtime["remat"] = remat
     if matmul_dtype is not None:
-        if matmul_dtype not in DTYPES:
-            raise ValueError(f"matmul_dtype must be one of {DTYPES}, got {matmul_dtype!r}")
         runtime["matmul_dtype"] = matmul_dtype
     path = assets.resolve_file(name_or_path)
     if path.is_dir():
