@@ -266,3 +266,21 @@ def test_a_typo_in_a_stage_name_is_found_before_any_work(tmp_path, capsys):
     (tmp_path / "elsewhere").mkdir()  # an existing directory is taken as a run directory, as before
     pipeline = load_pipeline(QUICKSTART, [f"stages.mntp.model.init_from={tmp_path / 'elsewhere'}"])
     assert "model.init_from" not in pipeline.stages["mntp"].needs
+
+
+def test_training_curves_mark_a_stage_that_logged_once():
+    """A stage with one logged loss (an LLM-SRec stage of a few steps) draws
+    a visible point, not an empty panel; longer series stay plain lines."""
+    from jaxrec.pipelines.report import training_curves_figure
+
+    once = {"": [{"split": "train", "step": 4, "loss": 3.7}]}
+    many = {"": [{"split": "train", "step": s, "loss": 1.0 / s} for s in range(1, 6)]
+                + [{"split": "validation", "step": s, "recall@20": 0.1 * s} for s in (2, 4)]}
+    figure = training_curves_figure({"short": once, "long": many})
+    short, long = figure.axes[0], figure.axes[1]
+    assert short.get_title() == "short" and long.get_title() == "long"
+    assert [line.get_marker() for line in short.lines] == ["o"]
+    assert long.lines[0].get_marker() in ("None", None, "")
+    validation = next(ax for ax in figure.axes[2:] if ax.lines)  # the twin axis of "long"
+    assert validation.lines[0].get_marker() == "o"  # two validations
+    assert training_curves_figure({"encode": {"": [{"split": "test", "step": 0}]}}) is None

@@ -375,6 +375,17 @@ def _png(figure) -> bytes:
 def training_curves_png(curves: dict[str, dict[str, list[dict]]]) -> bytes | None:
     """One panel per stage that trained: training loss by step, and the
     validation monitor when the stage validated."""
+    figure = training_curves_figure(curves)
+    return None if figure is None else _png(figure)
+
+
+def _markers(points: int) -> dict:
+    """Markers on a series too short for its line to show (a stage that logged
+    its loss once would otherwise draw an empty panel)."""
+    return {"marker": "o", "markersize": 4} if points < 3 else {}
+
+
+def training_curves_figure(curves: dict[str, dict[str, list[dict]]]):
     from matplotlib.figure import Figure
 
     stages = {name: c for name, c in curves.items() if any(r.get("split") == "train" for rows in c.values() for r in rows)}
@@ -389,20 +400,22 @@ def training_curves_png(curves: dict[str, dict[str, list[dict]]]) -> bytes | Non
         for seed, rows in by_seed.items():
             train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
             if train:
-                ax.plot(*zip(*train), lw=1.2, label=f"train loss {seed}".strip())
+                steps, losses = zip(*train)
+                ax.plot(steps, losses, lw=1.2, label=f"train loss {seed}".strip(), **_markers(len(steps)))
             valid = [r for r in rows if r.get("split") == "validation"]
             key = next((k for k in ("recall@20", "recall@10", "loss") if valid and k in valid[0]), None)
             if key:
                 validation_axis = validation_axis or ax.twinx()
-                validation_axis.plot([r["step"] for r in valid], [r[key] for r in valid], "--", lw=1.2,
-                                     color="tab:red", alpha=0.7)
+                steps, values = [r["step"] for r in valid], [r[key] for r in valid]
+                validation_axis.plot(steps, values, "--", lw=1.2, color="tab:red", alpha=0.7,
+                                     **_markers(len(steps)))
                 validation_axis.set_ylabel(f"validation {key}", color="tab:red")
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
     for ax in axes[len(stages):]:
         ax.set_visible(False)
-    return _png(figure)
+    return figure
 
 
 def metrics_png(table: dict) -> bytes:
