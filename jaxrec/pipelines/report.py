@@ -373,8 +373,7 @@ def _png(figure) -> bytes:
 
 
 def training_curves_png(curves: dict[str, dict[str, list[dict]]]) -> bytes | None:
-    """One panel per stage that trained: training loss by step, and the
-    validation monitor when the stage validated."""
+    """:func:`training_curves_figure` as PNG bytes (None when no stage trained)."""
     figure = training_curves_figure(curves)
     return None if figure is None else _png(figure)
 
@@ -386,6 +385,8 @@ def _markers(points: int) -> dict:
 
 
 def training_curves_figure(curves: dict[str, dict[str, list[dict]]]):
+    """One panel per stage that trained: training loss by step, and the
+    validation monitor when the stage validated."""
     from matplotlib.figure import Figure
 
     stages = {name: c for name, c in curves.items() if any(r.get("split") == "train" for rows in c.values() for r in rows)}
