@@ -378,10 +378,11 @@ def training_curves_png(curves: dict[str, dict[str, list[dict]]]) -> bytes | Non
     return None if figure is None else _png(figure)
 
 
-def _markers(points: int) -> dict:
-    """Markers on a series too short for its line to show (a stage that logged
-    its loss once would otherwise draw an empty panel)."""
-    return {"marker": "o", "markersize": 4} if points < 3 else {}
+def _plot_series(ax, steps: list, values: list, *style, **options) -> None:
+    """One curve, with markers when it is too short for its line to show (a
+    stage that logged its loss once would otherwise draw an empty panel)."""
+    markers = {"marker": "o", "markersize": 4} if len(steps) < 3 else {}
+    ax.plot(steps, values, *style, **options, **markers)
 
 
 def training_curves_figure(curves: dict[str, dict[str, list[dict]]]):
@@ -401,15 +402,13 @@ def training_curves_figure(curves: dict[str, dict[str, list[dict]]]):
         for seed, rows in by_seed.items():
             train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
             if train:
-                steps, losses = zip(*train)
-                ax.plot(steps, losses, lw=1.2, label=f"train loss {seed}".strip(), **_markers(len(steps)))
+                _plot_series(ax, *zip(*train), lw=1.2, label=f"train loss {seed}".strip())
             valid = [r for r in rows if r.get("split") == "validation"]
             key = next((k for k in ("recall@20", "recall@10", "loss") if valid and k in valid[0]), None)
             if key:
                 validation_axis = validation_axis or ax.twinx()
-                steps, values = [r["step"] for r in valid], [r[key] for r in valid]
-                validation_axis.plot(steps, values, "--", lw=1.2, color="tab:red", alpha=0.7,
-                                     **_markers(len(steps)))
+                _plot_series(validation_axis, [r["step"] for r in valid], [r[key] for r in valid], "--",
+                             lw=1.2, color="tab:red", alpha=0.7)
                 validation_axis.set_ylabel(f"validation {key}", color="tab:red")
         ax.set_title(name)
         ax.set_xlabel("step")
